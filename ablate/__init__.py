@@ -1,0 +1,3 @@
+"""ablate: a bag-of-tricks ablation harness for object detection."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,151 @@
+"""The per-run record: one ``result.json`` per run, the only thing the report reads.
+
+No torch here: ``ablate report`` must run on any laptop and start fast.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+RECORD_NAME = "result.json"
+STATUSES = ("ok", "failed", "diverged")
+
+# COCOeval's 12 stats, in its order, under the names COCO gives them.
+COCO_METRICS = ("mAP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+
+# Config sections that decide what a run computes; `paths` and `runtime` (device, threads,
+# progress bar) do not, so runs that differ only there share one hash.
+HASHED_SECTIONS = ("seed", "data", "model", "tricks", "train", "eval")
+
+
+class RecordError(ValueError):
+    """A result.json that is missing, truncated, corrupt or of another schema."""
+
+
+@dataclass
+class RunRecord:
+    status: str
+    variant: str
+    sweep: str
+    tricks: list[str]
+    seed: int
+    config: dict[str, Any]
+    config_hash: str
+    # Hash of the config without its tricks: runs with the same base_hash share a baseline.
+    base_hash: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    per_class_ap: dict[str, float] = field(default_factory=dict)
+    # One entry per logged iteration or epoch: {"epoch", "step", "loss", "lr", ...}.
+    curve: list[dict[str, Any]] = field(default_factory=list)
+    # wall_s, train_s, eval_s, images_per_s, data_wait_s, data_wait_fraction, time_to_first_step_s
+    timings: dict[str, float] = field(default_factory=dict)
+    inference_ms_per_image: float | None = None
+    params: int | None = None
+    flops: int | None = None
+    peak_memory_mb: float | None = None
+    device: str = ""
+    error: str | None = None
+    versions: dict[str, str] = field(default_factory=dict)
+    git_commit: str | None = None
+    created_at: str = ""
+    schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise RecordError(f"status {self.status!r} is not one of {STATUSES}")
+
+    @property
+    def complete(self) -> bool:
+        """A record is complete when the run ended for good: ok or diverged (failures are retried)."""
+        return self.status in ("ok", "diverged")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "<dict>") -> "RunRecord":
+        if not isinstance(data, dict):
+            raise RecordError(f"{source}: a record must be a JSON object, got {type(data).__name__}")
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise RecordError(f"{source}: schema_version {version!r}, this ablate reads {SCHEMA_VERSION}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        required = {f.name for f in dataclasses.fields(cls)
+                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+        missing = sorted(required - data.keys())
+        if missing:
+            raise RecordError(f"{source}: missing keys {missing}")
+        unknown = sorted(data.keys() - names)
+        if unknown:
+            raise RecordError(f"{source}: unknown keys {unknown}")
+        try:
+            return cls(**data)
+        except RecordError as e:
+            raise RecordError(f"{source}: {e}") from None
+
+
+def config_hash(config: dict[str, Any], sections: tuple[str, ...] = HASHED_SECTIONS) -> str:
+    """A short stable hash of the sections of a resolved config that decide a run's result."""
+    picked = {k: config.get(k) for k in sections}
+    text = json.dumps(picked, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def base_hash(config: dict[str, Any]) -> str:
+    """The hash of the config with its tricks and seed taken out: what a variant is compared against."""
+    return config_hash(config, tuple(s for s in HASHED_SECTIONS if s not in ("tricks", "seed")))
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a file so that readers see the old content or the new, never half of it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_record(record: RunRecord, run_dir: Path) -> Path:
+    path = Path(run_dir) / RECORD_NAME
+    atomic_write_text(path, json.dumps(record.to_dict(), indent=1, allow_nan=True) + "\n")
+    return path
+
+
+def read_record(path: Path) -> RunRecord:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise RecordError(f"{path}: cannot read ({e.strerror})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise RecordError(f"{path}: not valid JSON ({e.msg}, line {e.lineno}); truncated or corrupt") from None
+    return RunRecord.from_dict(data, source=str(path))
+
+
+def find_records(*roots: Path) -> tuple[list[tuple[Path, RunRecord]], list[RecordError]]:
+    """All records under the given folders, and the errors of those that could not be read."""
+    found: list[tuple[Path, RunRecord]] = []
+    errors: list[RecordError] = []
+    for root in roots:
+        for path in sorted(Path(root).rglob(RECORD_NAME)):
+            try:
+                found.append((path, read_record(path)))
+            except RecordError as e:
+                errors.append(e)
+    return found, errors
