@@ -1,0 +1,64 @@
+"""Shared test fixtures. Keep this file small and generic."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+from PIL import Image
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = REPO_ROOT / "conf"
+
+
+@pytest.fixture
+def load_conf():
+    """load_conf("data/shapes", key=value, ...): a conf/*.yaml file with dotted-key overrides."""
+
+    def load(name: str, **overrides):
+        cfg = OmegaConf.load(CONF_DIR / f"{name}.yaml")
+        for key, value in overrides.items():
+            OmegaConf.update(cfg, key, value, merge=False)
+        return cfg
+
+    return load
+
+
+def write_test_image(path: Path, width: int, height: int, seed: int = 0) -> np.ndarray:
+    """A small RGB image with a left-right ramp plus noise (so flips and resizes show); returns its pixels."""
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(0, 255, width, dtype=np.float32)[None, :, None]
+    pixels = np.clip(ramp + rng.normal(0, 20, (height, width, 3)), 0, 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+    return pixels
+
+
+@pytest.fixture
+def coco_set_factory(tmp_path):
+    """make(images=[{"id", "file_name", "width", "height"}], annotations=[...], categories=[...],
+    name="instances_train.json", root=tmp_path/"coco"): writes the images (PNG or JPEG by suffix)
+    under root/images and the json under root/annotations; returns the json path."""
+
+    def make(images, annotations, categories=None, name="instances_train.json", root=None, write_images=True):
+        root = Path(root) if root is not None else tmp_path / "coco"
+        if categories is None:
+            categories = [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]
+        if write_images:
+            for im in images:
+                write_test_image(root / "images" / im["file_name"], im["width"], im["height"], seed=im["id"])
+        ann = root / "annotations" / name
+        ann.parent.mkdir(parents=True, exist_ok=True)
+        ann.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+        return ann
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def shapes_cache(tmp_path_factory):
+    """One cache folder (paths.cache / ABLATE_CACHE) for the whole session: the smoke profile's
+    shapes set is generated once and reused by every test that trains."""
+    return tmp_path_factory.mktemp("ablate_cache")
