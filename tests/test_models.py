@@ -1,0 +1,123 @@
+"""Each baseline builds from its config, trains one step on the CPU and predicts in the image frame."""
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torchvision import models as tvm
+
+from ablate.config import conf_dir
+from ablate.models import build_model, count_parameters, label_offset
+
+MODELS = ["fcos", "retinanet", "faster_rcnn"]
+
+
+def model_cfg(name, backbone="tiny", **backbone_overrides):
+    cfg = OmegaConf.load(conf_dir() / "model" / f"{name}.yaml")
+    cfg.pop("defaults")
+    cfg.backbone = OmegaConf.merge(OmegaConf.load(conf_dir() / "model" / "backbone" / f"{backbone}.yaml"),
+                                   backbone_overrides)
+    return cfg
+
+
+def batch(size=96, offset=0):
+    """Two images, one with two boxes of dataset labels 1 and 2 (shifted by the model's offset), one empty."""
+    torch.manual_seed(0)
+    images = [torch.rand(3, size, size), torch.rand(3, size - 16, size)]
+    targets = [{"boxes": torch.tensor([[10.0, 12.0, 50.0, 60.0], [40.0, 40.0, 80.0, 70.0]]),
+                "labels": torch.tensor([1, 2]) - offset},
+               {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}]
+    return images, targets
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_baseline_trains_one_step_and_predicts(name):
+    torch.manual_seed(0)
+    cfg = model_cfg(name, width=8)
+    model = build_model(cfg, num_classes=2, image_size=96)
+    offset = label_offset(cfg.family)
+    images, targets = batch(offset=offset)
+    model.train()
+    before = [p.detach().clone() for p in model.parameters()]
+    losses = model(images, targets)
+    loss = sum(losses.values())
+    assert torch.isfinite(loss) and loss > 0
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    loss.backward()
+    opt.step()
+    changed = sum(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert changed > len(before) // 2
+    model.eval()
+    with torch.no_grad():
+        out = model(images)
+    assert len(out) == 2
+    for o, img in zip(out, images):
+        assert set(o) >= {"boxes", "scores", "labels"}
+        if len(o["boxes"]):
+            # no resize inside the model: boxes stay in the input image's frame
+            assert o["boxes"][:, 2].max() <= img.shape[2] + 1e-3 and o["boxes"][:, 3].max() <= img.shape[1] + 1e-3
+            assert o["labels"].min() >= 1 - offset and o["labels"].max() <= 2 - offset
+
+
+def test_one_stage_heads_have_no_background_channel_two_stage_heads_have_one():
+    fcos = build_model(model_cfg("fcos", width=8), num_classes=2, image_size=96)
+    assert fcos.head.classification_head.num_classes == 2
+    frcnn = build_model(model_cfg("faster_rcnn", width=8), num_classes=2, image_size=96)
+    assert frcnn.roi_heads.box_predictor.cls_score.out_features == 3
+
+
+def test_model_input_is_not_resized():
+    model = build_model(model_cfg("fcos", width=8), num_classes=3, image_size=96)
+    images, targets = batch()
+    image_list, tgts = model.transform(images, [dict(t) for t in targets])
+    assert image_list.image_sizes == [(96, 96), (80, 96)]
+    assert torch.equal(tgts[0]["boxes"], targets[0]["boxes"])
+
+
+def test_head_convs_and_fpn_channels_follow_the_config():
+    cfg = model_cfg("fcos", width=8)
+    cfg.head_convs, cfg.fpn_channels = 2, 32
+    model = build_model(cfg, num_classes=3, image_size=96)
+    assert len(model.head.classification_head.conv) == 2 * 3  # conv, GroupNorm, ReLU per block
+    assert model.backbone.out_channels == 32
+    small = count_parameters(model)
+    cfg.head_convs = 4
+    assert count_parameters(build_model(cfg, num_classes=3, image_size=96)) > small
+
+
+def test_unknown_backbone_and_missing_level_are_clear():
+    with pytest.raises(ValueError, match="model.backbone.name='vgg'"):
+        cfg = model_cfg("fcos")
+        cfg.backbone.name = "vgg"
+        build_model(cfg, 3, 96)
+    cfg = model_cfg("fcos", width=8)
+    cfg.levels = [4, 5, 6]
+    with pytest.raises(ValueError, match=r"model.levels=\[4, 5, 6\].*no level \[6\]"):
+        build_model(cfg, 3, 96)
+
+
+def test_pretrained_weights_load_from_torch_hub_cache(tmp_path, monkeypatch):
+    """Offline here: the 'download' is a file put where torchvision looks first."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    weights = tvm.ResNet18_Weights.IMAGENET1K_V1
+    torch.manual_seed(1)
+    reference = tvm.resnet18().state_dict()
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(reference, tmp_path / "hub" / "checkpoints" / weights.url.rsplit("/", 1)[-1])
+    model = build_model(model_cfg("fcos", "resnet18", pretrained=True), num_classes=3, image_size=96)
+    body = model.backbone.body
+    assert torch.equal(body.layer3[0].conv1.weight, reference["layer3.0.conv1.weight"])
+    # torchvision's fine-tuning convention: frozen BN, early stages frozen (trainable_layers=3)
+    assert type(body.layer1[0].bn1).__name__ == "FrozenBatchNorm2d"
+    assert not body.layer1[0].conv1.weight.requires_grad
+    assert body.layer4[0].conv1.weight.requires_grad
+
+
+def test_pretrained_weights_offline_error_says_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+
+    def no_network(url, dst, *args, **kwargs):
+        from urllib.error import URLError
+        raise URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    with pytest.raises(RuntimeError, match=r"pretrained=true.*failed.*offline.*checkpoints/resnet18-.*pretrained=false"):
+        build_model(model_cfg("fcos", "resnet18", pretrained=True), num_classes=3, image_size=96)
