@@ -1,0 +1,54 @@
+"""The trick contract: what a trick may change, and when the harness calls it.
+
+A trick is built by Hydra from conf/tricks/<name>.yaml (its `_target_` and arguments). It
+overrides only the hooks it needs; the others leave things as they are. It declares the slots
+it claims (two tricks may not claim one slot) and the detector families it fits.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+FAMILIES = ("one_stage", "two_stage")
+# What to select instead when a trick does not fit the detector.
+FAMILY_EXAMPLES = {"one_stage": "model=fcos or model=retinanet", "two_stage": "model=faster_rcnn"}
+
+Images = list[torch.Tensor]
+Targets = list[dict[str, torch.Tensor]]
+LRFactor = Callable[[int], float]
+
+
+@dataclass
+class BatchContext:
+    """What a batch hook may use: where training is, and a random generator seeded from the
+    run's seed and the epoch, so a resumed run draws the same numbers."""
+    epoch: int
+    num_epochs: int
+    step: int
+    total_steps: int
+    rng: np.random.Generator
+
+
+class Trick:
+    #: Slots this trick changes, e.g. "lr_warmup", "batch_mix", "cls_loss".
+    claims: ClassVar[tuple[str, ...]] = ()
+    #: Detector families (cfg.model.family) this trick applies to.
+    fits: ClassVar[tuple[str, ...]] = FAMILIES
+    #: The config name (conf/tricks/<name>.yaml), set when the trick is built.
+    name: str = ""
+
+    def on_model(self, model: nn.Module) -> nn.Module:
+        """Called once on the built detector, before the optimizer sees its parameters."""
+        return model
+
+    def on_lr_factor(self, factor: LRFactor, total_steps: int) -> LRFactor:
+        """Called once with the main schedule's LR factor per iteration; returns the new one."""
+        return factor
+
+    def on_batch(self, images: Images, targets: Targets, ctx: BatchContext) -> tuple[Images, Targets]:
+        """Called on each training batch (float images in [0, 1] on the device, targets beside)."""
+        return images, targets
