@@ -1,0 +1,376 @@
+"""The training loop: one run = one variant at one seed, trained, evaluated and recorded.
+
+`main(cfg)` is the Hydra task function; `train_and_evaluate(cfg, run_dir)` does the work and
+returns the run's record, which it also writes to run_dir/result.json.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import math
+import os
+import platform
+import random
+import resource
+import subprocess
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+import ablate
+from . import config as ablate_config
+from .data import build_data, make_loader
+from .evaluate import coco_metrics, count_flops, measure_latency, predict
+from .models import build_model, count_parameters, label_offset
+from .results import RECORD_NAME, RecordError, RunRecord, base_hash, config_hash, read_record, write_record
+from .tricks import BatchContext, Trick, build_tricks
+
+log = logging.getLogger("ablate.train")
+CHECKPOINT = "last.pt"
+
+
+class Diverged(RuntimeError):
+    """The loss stopped being finite."""
+
+
+# ---------------------------------------------------------------- set-up
+
+
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"runtime.device={name}: CUDA is not available on this machine (use auto or cpu)")
+    return device
+
+
+def autocast_for(device: torch.device, enabled: bool) -> Callable[[], contextlib.AbstractContextManager]:
+    """Mixed precision on CUDA (bf16 where supported, else fp16); full precision on CPU."""
+    if device.type != "cuda" or not enabled:
+        return contextlib.nullcontext
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return lambda: torch.autocast("cuda", dtype=dtype)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """A seed per (run seed, epoch): shuffling, flips and tricks of an epoch do not depend on
+    how the run got there, so a run resumed from a checkpoint repeats the same epoch."""
+    return (seed * 1_000_003 + epoch * 7919) % 2**63
+
+
+def lr_schedule(cfg_schedule, total_steps: int) -> Callable[[int], float]:
+    """The main schedule as an LR factor per iteration."""
+    name = cfg_schedule.name
+    if name == "constant":
+        return lambda step: 1.0
+    if name == "cosine":
+        lo = cfg_schedule.min_factor
+        return lambda step: lo + (1 - lo) * 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
+    if name == "step":
+        marks = [m * total_steps for m in cfg_schedule.milestones]
+        gamma = cfg_schedule.gamma
+        return lambda step: gamma ** sum(step >= m for m in marks)
+    raise ValueError(f"train.schedule.name={name!r}: choose cosine, step or constant")
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(ablate_config.REPO_ROOT), "describe", "--always", "--dirty",
+                              "--abbrev=40"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def versions() -> dict[str, str]:
+    import hydra
+    import pycocotools
+    import torchvision
+    return {"ablate": ablate.__version__, "python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "hydra": hydra.__version__,
+            "pycocotools": getattr(pycocotools, "__version__", "unknown")}
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """CUDA: peak memory allocated by this run. CPU: peak resident memory of the process."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def new_record(cfg: DictConfig, status: str) -> RunRecord:
+    """A record of this run's identity (config, hashes, versions), results to be filled in."""
+    config = ablate_config.to_container(cfg)
+    return RunRecord(status=status, variant=str(cfg.variant), sweep=str(cfg.sweep_name),
+                     tricks=ablate_config.trick_names(cfg.tricks), seed=int(cfg.seed), config=config,
+                     config_hash=config_hash(config), base_hash=base_hash(config), versions=versions(),
+                     git_commit=git_commit(),
+                     created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Atomic: a run killed while saving keeps its previous checkpoint."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, expected_hash: str) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated or foreign file: train from scratch, but say so
+        log.warning("checkpoint %s cannot be read (%s): training from the start", path, e)
+        return None
+    if state.get("config_hash") != expected_hash:
+        log.warning("checkpoint %s belongs to another config (hash %s, this run %s): training from the start",
+                    path, state.get("config_hash"), expected_hash)
+        return None
+    return state
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def to_device(images, targets, device: torch.device, offset: int):
+    """Float images in [0, 1] on the device; labels shifted to the model's class indices."""
+    images = [img.to(device, non_blocking=True).float().div_(255) for img in images]
+    targets = [{k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in t.items()}
+               for t in targets]
+    for t in targets:
+        t["labels"] = t["labels"] - offset
+    return images, targets
+
+
+def train_and_evaluate(cfg: DictConfig, run_dir: Path) -> RunRecord:
+    start = time.perf_counter()
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record = new_record(cfg, "ok")
+    chash = record.config_hash
+
+    if cfg.runtime.num_threads:
+        torch.set_num_threads(int(cfg.runtime.num_threads))
+    device = select_device(cfg.runtime.device)
+    record.device = str(device) if device.type == "cpu" else torch.cuda.get_device_name(device)
+    autocast = autocast_for(device, cfg.train.amp)
+    seed_everything(int(cfg.seed))
+
+    # Tricks first: a combination that cannot run fails before any data is read.
+    tricks = build_tricks(cfg.tricks, cfg.model)
+    data = build_data(cfg.data, Path(cfg.paths.cache))
+    model = build_model(cfg.model, len(data.classes), cfg.data.image_size)
+    offset = label_offset(cfg.model.family)
+    for trick in tricks:
+        model = trick.on_model(model)
+    model.to(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = instantiate(cfg.train.optimizer)(params)
+    steps_per_epoch = math.ceil(len(data.train) / cfg.data.batch_size)
+    total_steps = cfg.train.epochs * steps_per_epoch
+    factor = lr_schedule(cfg.train.schedule, total_steps)
+    for trick in tricks:
+        factor = trick.on_lr_factor(factor, total_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and cfg.train.amp
+                                  and not torch.cuda.is_bf16_supported())
+
+    ckpt_path = run_dir / CHECKPOINT
+    state = load_checkpoint(ckpt_path, chash) if cfg.runtime.checkpoint else None
+    first_epoch, step = 0, 0
+    totals = {"train_s": 0.0, "data_wait_s": 0.0, "images": 0, "eval_s": 0.0}
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        first_epoch, step = state["epoch"] + 1, state["step"]
+        record.curve, totals = state["curve"], state["totals"]
+        log.info("resuming from %s after epoch %d", ckpt_path, state["epoch"] + 1)
+
+    time_to_first_step = None
+    log.info("training %s (seed %d) on %s: %d images, %d epochs of %d steps", record.variant, record.seed,
+             record.device, len(data.train), cfg.train.epochs, steps_per_epoch)
+    try:
+        for epoch in range(first_epoch, cfg.train.epochs):
+            eseed = epoch_seed(int(cfg.seed), epoch)
+            torch.manual_seed(eseed)  # flips and any torch randomness of this epoch
+            ctx_rng = np.random.default_rng(eseed)
+            loader = make_loader(data.train, cfg.data.batch_size, shuffle=True,
+                                 num_workers=cfg.data.num_workers, seed=eseed)
+            model.train()
+            epoch_loss, epoch_parts, n_batches = 0.0, {}, 0
+            bar = tqdm(total=len(loader), desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False,
+                       disable=not cfg.runtime.progress)
+            t_epoch = time.perf_counter()
+            it = iter(loader)
+            while True:
+                t_wait = time.perf_counter()
+                try:
+                    images, targets = next(it)
+                except StopIteration:
+                    break
+                totals["data_wait_s"] += time.perf_counter() - t_wait
+                images, targets = to_device(images, targets, device, offset)
+                ctx = BatchContext(epoch=epoch, num_epochs=cfg.train.epochs, step=step, total_steps=total_steps,
+                                   rng=ctx_rng)
+                for trick in tricks:
+                    images, targets = trick.on_batch(images, targets, ctx)
+                with autocast():
+                    losses = model(images, targets)
+                loss = sum(losses.values())
+                if not torch.isfinite(loss):
+                    raise Diverged(f"loss is {loss.item()} at epoch {epoch + 1}, step {step} "
+                                   f"({ {k: round(v.item(), 4) for k, v in losses.items()} })")
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if cfg.train.clip_grad_norm:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(params, cfg.train.clip_grad_norm)
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                step += 1
+                totals["images"] += len(images)
+                if time_to_first_step is None:
+                    time_to_first_step = time.perf_counter() - start
+                value = loss.item()
+                epoch_loss += value
+                n_batches += 1
+                for k, v in losses.items():
+                    epoch_parts[k] = epoch_parts.get(k, 0.0) + v.item()
+                if step % cfg.train.log_every == 0:
+                    record.curve.append({"epoch": epoch + 1, "step": step, "loss": value,
+                                         "lr": optimizer.param_groups[0]["lr"]})
+                bar.update(1)
+                bar.set_postfix(loss=f"{value:.3f}")
+            bar.close()
+            totals["train_s"] += time.perf_counter() - t_epoch
+            point = {"epoch": epoch + 1, "step": step, "epoch_loss": epoch_loss / max(n_batches, 1),
+                     **{k: v / max(n_batches, 1) for k, v in epoch_parts.items()}}
+            if cfg.train.eval_every and (epoch + 1) % cfg.train.eval_every == 0 and epoch + 1 < cfg.train.epochs:
+                t_eval = time.perf_counter()
+                metrics, _ = evaluate_model(model, data, cfg, device, autocast)
+                totals["eval_s"] += time.perf_counter() - t_eval
+                point["val_mAP"] = metrics["mAP"]
+            record.curve.append(point)
+            log.info("epoch %d/%d: loss %.4f, lr %.2e%s", epoch + 1, cfg.train.epochs, point["epoch_loss"],
+                     optimizer.param_groups[0]["lr"],
+                     f", val mAP {point['val_mAP']:.4f}" if "val_mAP" in point else "")
+            if cfg.runtime.checkpoint:
+                save_checkpoint(ckpt_path, {"epoch": epoch, "step": step, "config_hash": chash,
+                                            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                                            "curve": record.curve, "totals": totals})
+    except Diverged as e:
+        log.error("run diverged: %s", e)
+        record.status, record.error = "diverged", str(e)
+
+    if record.status == "ok":
+        t_eval = time.perf_counter()
+        record.metrics, record.per_class_ap = evaluate_model(model, data, cfg, device, autocast)
+        totals["eval_s"] += time.perf_counter() - t_eval
+        record.curve[-1]["val_mAP"] = record.metrics["mAP"]
+        sample = [data.val[i][0] for i in range(min(cfg.eval.latency_images, len(data.val)))]
+        record.inference_ms_per_image = measure_latency(model, sample, device, autocast())
+        record.flops = count_flops(model, sample[0], device)
+        log.info("val mAP %.4f (AP50 %.4f, AP75 %.4f)", record.metrics["mAP"], record.metrics["AP50"],
+                 record.metrics["AP75"])
+    record.params = count_parameters(model)
+    record.peak_memory_mb = peak_memory_mb(device)
+    record.timings = {
+        "wall_s": time.perf_counter() - start,
+        "train_s": totals["train_s"],
+        "eval_s": totals["eval_s"],
+        "images_per_s": totals["images"] / totals["train_s"] if totals["train_s"] else 0.0,
+        "data_wait_s": totals["data_wait_s"],
+        "data_wait_fraction": totals["data_wait_s"] / totals["train_s"] if totals["train_s"] else 0.0,
+        "time_to_first_step_s": time_to_first_step if time_to_first_step is not None else float("nan"),
+    }
+    write_record(record, run_dir)
+    if not cfg.runtime.keep_checkpoint:
+        ckpt_path.unlink(missing_ok=True)
+    return record
+
+
+def evaluate_model(model, data, cfg: DictConfig, device: torch.device, autocast) -> tuple[dict, dict]:
+    loader = make_loader(data.val, cfg.eval.batch_size, shuffle=False, num_workers=cfg.data.num_workers)
+    offset = label_offset(cfg.model.family)
+    class_to_cat_id = {label - offset: cat for label, cat in data.label_to_cat_id.items()}
+    detections = predict(model, loader, device, class_to_cat_id, autocast())
+    names = {data.label_to_cat_id[k + 1]: name for k, name in enumerate(data.classes)}
+    return coco_metrics(data.val_coco_gt, detections, data.val.image_ids, cfg.eval.backend, names)
+
+
+# ---------------------------------------------------------------- the Hydra task
+
+
+def existing_record(run_dir: Path, chash: str) -> RunRecord | None:
+    """The complete record of this very config in run_dir, if there is one. A record of another
+    config is moved aside (kept, never overwritten); a corrupt one is reported and redone."""
+    path = run_dir / RECORD_NAME
+    if not path.exists():
+        return None
+    try:
+        record = read_record(path)
+    except RecordError as e:
+        log.warning("%s: redoing the run", e)
+        path.rename(path.with_name(f"result.corrupt-{int(time.time())}.json"))
+        return None
+    if record.config_hash != chash:
+        aside = path.with_name(f"result.{record.config_hash}.json")
+        log.warning("%s holds a run of another config (hash %s); moved to %s", path, record.config_hash, aside.name)
+        path.rename(aside)
+        return None
+    return record if record.complete else None
+
+
+def main(cfg: DictConfig) -> str:
+    """Hydra task: train and evaluate one run in Hydra's output folder; returns its status.
+
+    In a multirun a failure is recorded (status failed, with the error's last lines) and the
+    sweep goes on; a single run raises it."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    multirun = hc.mode == RunMode.MULTIRUN
+    config = ablate_config.to_container(cfg)
+    done = existing_record(run_dir, config_hash(config))
+    if done is not None:
+        log.info("%s: complete record found (%s), not training again", run_dir, done.status)
+        return done.status
+    try:
+        return train_and_evaluate(cfg, run_dir).status
+    except Exception as e:
+        tail = "".join(traceback.format_exception(e)).strip().splitlines()[-15:]
+        record = new_record(cfg, "failed")
+        record.error = "\n".join(tail)
+        write_record(record, run_dir)
+        log.error("run failed: %s", e)
+        if multirun:
+            return "failed"
+        raise

@@ -1,0 +1,123 @@
+"""The training loop on the smoke profile: determinism, resume, divergence, every baseline, real data."""
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+import ablate.train as train_mod
+from ablate.config import conf_dir
+from ablate.results import COCO_METRICS, read_record
+from ablate.train import CHECKPOINT, lr_schedule, train_and_evaluate
+
+BCCD = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "bccd"
+
+
+def make_cfg(cache, *overrides):
+    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
+        return compose("config", overrides=["profile=smoke", f"paths.cache={cache}", *overrides])
+
+
+def test_same_seed_same_result_other_seed_other_result(tmp_path, shapes_cache):
+    a = train_and_evaluate(make_cfg(shapes_cache, "seed=3", "train.epochs=2"), tmp_path / "a")
+    b = train_and_evaluate(make_cfg(shapes_cache, "seed=3", "train.epochs=2"), tmp_path / "b")
+    c = train_and_evaluate(make_cfg(shapes_cache, "seed=4", "train.epochs=2"), tmp_path / "c")
+    assert a.status == b.status == "ok"
+    assert [p["loss"] for p in a.curve if "loss" in p] == [p["loss"] for p in b.curve if "loss" in p]
+    assert a.metrics == b.metrics
+    assert [p["loss"] for p in a.curve if "loss" in p] != [p["loss"] for p in c.curve if "loss" in p]
+
+
+def test_record_holds_what_the_report_needs(tmp_path, shapes_cache):
+    rec = train_and_evaluate(make_cfg(shapes_cache, "tricks=[warmup]"), tmp_path)
+    on_disk = read_record(tmp_path / "result.json")
+    assert on_disk == rec
+    assert rec.tricks == ["warmup"] and rec.variant == "warmup" and rec.seed == 0
+    assert set(rec.metrics) == set(COCO_METRICS)
+    assert set(rec.per_class_ap) == {"circle", "square", "triangle", "cross", "ring"}
+    assert rec.params > 0 and rec.flops > 0 and rec.inference_ms_per_image > 0
+    for key in ("wall_s", "train_s", "eval_s", "images_per_s", "data_wait_s", "data_wait_fraction",
+                "time_to_first_step_s"):
+        assert rec.timings[key] >= 0, key
+    assert rec.config["tricks"]["warmup"]["mode"] == "linear"
+    assert rec.versions["torch"] == torch.__version__
+    assert (tmp_path / CHECKPOINT).is_file()
+
+
+def test_a_run_killed_after_an_epoch_resumes_from_its_checkpoint_to_the_same_result(tmp_path, shapes_cache,
+                                                                                      monkeypatch):
+    overrides = ("train.epochs=3", "tricks=[mixup]")
+    whole = train_and_evaluate(make_cfg(shapes_cache, *overrides), tmp_path / "whole")
+
+    real_save = train_mod.save_checkpoint
+
+    def save_then_die(path, state):
+        real_save(path, state)
+        if state["epoch"] == 1:  # killed right after the second epoch's checkpoint
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train_and_evaluate(make_cfg(shapes_cache, *overrides), tmp_path / "killed")
+    assert not (tmp_path / "killed" / "result.json").exists()
+    monkeypatch.setattr(train_mod, "save_checkpoint", real_save)
+
+    resumed = train_and_evaluate(make_cfg(shapes_cache, *overrides), tmp_path / "killed")
+    assert resumed.metrics == whole.metrics
+    assert [p.get("loss") for p in resumed.curve] == [p.get("loss") for p in whole.curve]
+
+
+def test_checkpoint_of_another_config_is_not_resumed(tmp_path, shapes_cache):
+    train_and_evaluate(make_cfg(shapes_cache, "train.epochs=1"), tmp_path)
+    (tmp_path / "result.json").unlink()
+    rec = train_and_evaluate(make_cfg(shapes_cache, "train.epochs=2"), tmp_path)
+    assert [p["epoch"] for p in rec.curve if "epoch_loss" in p] == [1, 2]
+
+
+def test_non_finite_loss_ends_the_run_as_diverged_not_as_an_exception(tmp_path, shapes_cache):
+    cfg = make_cfg(shapes_cache, "train.epochs=3", "train.optimizer.lr=1e30", "train.clip_grad_norm=null")
+    rec = train_and_evaluate(cfg, tmp_path)
+    assert rec.status == "diverged"
+    assert "loss is" in rec.error and rec.metrics == {}
+    assert read_record(tmp_path / "result.json").status == "diverged"
+
+
+@pytest.mark.parametrize("model", ["retinanet", "faster_rcnn"])
+def test_other_baselines_train_and_evaluate(tmp_path, shapes_cache, model):
+    rec = train_and_evaluate(make_cfg(shapes_cache, f"model={model}", "tricks=[mixup,warmup]"), tmp_path)
+    assert rec.status == "ok" and set(rec.metrics) == set(COCO_METRICS)
+    assert rec.config["model"]["name"] == model
+
+
+def test_incompatible_tricks_stop_before_training(tmp_path, shapes_cache, monkeypatch):
+    from ablate.tricks import Trick, TrickConflictError
+
+    class TwoStageOnly(Trick):
+        fits = ("two_stage",)
+
+    monkeypatch.setattr("ablate.tricks.warmup.Warmup.fits", TwoStageOnly.fits)
+    with pytest.raises(TrickConflictError, match="'warmup' does not fit model=fcos"):
+        train_and_evaluate(make_cfg(shapes_cache, "tricks=[warmup]"), tmp_path)
+    assert not (tmp_path / CHECKPOINT).exists()
+
+
+def test_main_schedules():
+    cos = lr_schedule(make_cfg("/tmp").train.schedule, 100)
+    assert cos(0) == pytest.approx(1.0) and cos(100) == pytest.approx(0.05)
+    assert cos(50) == pytest.approx(0.05 + 0.95 * 0.5)
+    cfg = make_cfg("/tmp", "train.schedule.name=step").train.schedule
+    step = lr_schedule(cfg, 100)
+    assert [step(t) for t in (0, 66, 67, 88, 89, 99)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not BCCD.is_dir(), reason=f"real data set not found at {BCCD}")
+def test_bccd_trains_a_few_steps_and_evaluates(tmp_path):
+    cfg = make_cfg(tmp_path / "cache", "data=coco", f"data.root={BCCD}", "data.image_size=160",
+                   "data.max_train_images=16", "data.max_val_images=8")
+    rec = train_and_evaluate(cfg, tmp_path / "run")
+    assert rec.status == "ok"
+    assert set(rec.per_class_ap) == {"RBC", "WBC", "Platelets"}
+    assert all(0.0 <= rec.metrics[k] <= 1.0 for k in ("mAP", "AP50", "AP75"))
+    assert not math.isnan(rec.inference_ms_per_image)
