@@ -1,0 +1,137 @@
+"""The `ablate` command: train one variant, sweep a design, or rebuild a report.
+
+Imports torch only for the commands that train, so `ablate --help` and `ablate report` start fast.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+DESCRIPTION = """\
+ablate: a bag-of-tricks ablation harness for object detection.
+
+  ablate train [OVERRIDES...]          train and evaluate one variant
+  ablate sweep NAME|FILE [OVERRIDES...] run sweeps/NAME.yaml (or FILE) as a Hydra multirun, then report
+  ablate report RUNS_DIR... [--out DIR] rebuild a report from the result.json records on disk
+
+OVERRIDES use Hydra's grammar, for example:
+  tricks=[mixup,warmup] seed=1 model=faster_rcnn model/backbone=resnet18
+  data=coco data.root=DIR train.epochs=3 hydra/launcher=joblib profile=smoke
+  paths.runs=DIR paths.reports=DIR
+Hydra's own flags work too: `ablate train --cfg job` prints the composed config.
+"""
+
+TRAIN_HELP = """\
+usage: ablate train [OVERRIDES...]
+
+Train and evaluate one variant on the composed config (conf/config.yaml and its groups), and
+write its record to runs/train/<variant>/<time>/result.json. Examples:
+
+  ablate train                                   FCOS, tiny backbone, embedded shapes data
+  ablate train tricks=[mixup,warmup] seed=1
+  ablate train model=faster_rcnn model/backbone=resnet18
+  ablate train data=coco data.root=../shared/data/bccd
+  ablate train --cfg job                         print the composed config and exit
+
+Groups: data (shapes, coco), model (fcos, retinanet, faster_rcnn), model/backbone (tiny,
+resnet18, resnet50, mobilenet_v3), tricks (a list of conf/tricks/*.yaml), profile (smoke).
+"""
+
+SWEEP_HELP = """\
+usage: ablate sweep NAME|FILE [OVERRIDES...]
+
+Run the ablation in sweeps/NAME.yaml (or the sweep FILE) as a Hydra multirun: every variant of
+its design at every seed, each in runs/<sweep>/<variant>/seed<N>/. A run with a complete record
+there is not trained again; a run interrupted mid-training resumes from its checkpoint. Then
+write reports/<sweep>/report.md. Exits non-zero if a run failed or diverged (the others go on).
+
+  ablate sweep quick                        baseline and each trick, one seed
+  ablate sweep quick profile=smoke          the same, tiny (seconds)
+  ablate sweep quick hydra/launcher=joblib  jobs in parallel processes
+  ablate sweep quick data=coco data.root=DIR
+"""
+
+
+def _run_hydra(argv: list[str]) -> None:
+    import hydra
+
+    from . import config as ablate_config
+    from .train import main as task
+
+    conf = ablate_config.conf_dir()
+    sys.argv = ["ablate"] + argv
+    hydra.main(config_path=str(conf), config_name="config", version_base="1.3")(task)()
+
+
+def cmd_train(args: list[str]) -> int:
+    if args and args[0] in ("-h", "--help"):
+        print(TRAIN_HELP)
+        return 0
+    _run_hydra(args)
+    return 0
+
+
+def cmd_sweep(args: list[str]) -> int:
+    if not args or args[0] in ("-h", "--help"):
+        print(SWEEP_HELP)
+        return 0 if args else 2
+    from .sweep import SweepFileError, load_sweep, resolve_sweep_path
+
+    try:
+        path = resolve_sweep_path(args[0])
+        design = load_sweep(path)
+    except SweepFileError as e:
+        print(f"ablate sweep: {e}", file=sys.stderr)
+        return 2
+    _run_hydra(["-m", "hydra/sweeper=ablate", f"hydra.sweeper.file={path}", f"sweep_name={design.name}"] + args[1:])
+    return 0
+
+
+def cmd_report(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="ablate report",
+                                     description="Rebuild a bag-of-tricks report from the result.json "
+                                                 "records under one or more runs folders (merged).")
+    parser.add_argument("runs", nargs="+", type=Path, help="runs folder(s), e.g. runs/quick")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output folder (default: reports/<name of the first runs folder>)")
+    parser.add_argument("--title", default=None, help="report title (default: the runs folder's name)")
+    args = parser.parse_args(argv)
+    from .report import ReportError, build_report
+
+    missing = [str(p) for p in args.runs if not p.is_dir()]
+    if missing:
+        print(f"ablate report: no such folder: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    out = args.out or Path("reports") / args.runs[0].resolve().name
+    try:
+        path = build_report(args.runs, out, title=args.title)
+    except ReportError as e:
+        print(f"ablate report: {e}", file=sys.stderr)
+        return 2
+    print(f"report: {path}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "sweep": cmd_sweep, "report": cmd_report}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(DESCRIPTION)
+        return 0 if argv else 2
+    if argv[0] in ("-V", "--version"):
+        from . import __version__
+        print(f"ablate {__version__}")
+        return 0
+    command = COMMANDS.get(argv[0])
+    if command is None:
+        print(f"ablate: unknown command {argv[0]!r}; choose one of {', '.join(COMMANDS)} (ablate --help)",
+              file=sys.stderr)
+        return 2
+    return command(argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""``ablate report``: the ablation table, ΔmAP chart and report.md, from the run records alone.
+
+Nothing here imports torch or torchvision (directly or indirectly): the report starts fast on any
+laptop, with the result.json files copied off the training machine.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from ablate.report.markdown import render_markdown
+from ablate.report.plots import plot_delta_map
+from ablate.report.table import display_table, paired_differences, records_table, runs_table
+from ablate.results import RECORD_NAME, atomic_write_text, find_records
+
+__all__ = ["ReportError", "build_report", "records_table", "runs_table", "display_table", "paired_differences"]
+
+log = logging.getLogger("ablate.report")
+
+
+class ReportError(ValueError):
+    """Nothing to report: no readable result.json under the given folders."""
+
+
+def build_report(runs_dirs: list[Path], out_dir: Path, title: str | None = None) -> Path:
+    """Read every result.json under ``runs_dirs``; write report.md, table.csv, runs.csv and delta_map.png
+    into ``out_dir``; return the path of report.md.
+
+    Unreadable records are logged, listed in the report and never read as results. Raises ReportError
+    when no readable record is found.
+    """
+    if isinstance(runs_dirs, (str, Path)):
+        runs_dirs = [runs_dirs]
+    runs_dirs = [Path(d) for d in runs_dirs]
+    out_dir = Path(out_dir)
+    if not runs_dirs:
+        raise ReportError("no runs folder given")
+
+    found, errors = find_records(*runs_dirs)
+    for error in errors:
+        log.warning("unreadable record, left out of the report: %s", error)
+    if not found:
+        where = ", ".join(f"{d}" + ("" if d.is_dir() else " (does not exist)") for d in runs_dirs)
+        message = f"no readable {RECORD_NAME} under {where}"
+        if errors:
+            message += f"; {len(errors)} unreadable: " + "; ".join(str(e) for e in errors[:5])
+        raise ReportError(message)
+
+    paths = [p for p, _ in found]
+    records = [r for _, r in found]
+    table = records_table(records)
+    runs = runs_table(records, paths)
+    if title is None:
+        title = " + ".join(dict.fromkeys(d.resolve().name or str(d) for d in runs_dirs))
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plot_delta_map(table, out_dir / "delta_map.png", title)
+    atomic_write_text(out_dir / "table.csv", table.to_csv(index=False, float_format="%.10g"))
+    atomic_write_text(out_dir / "runs.csv", runs.to_csv(index=False, float_format="%.10g"))
+    report = out_dir / "report.md"
+    atomic_write_text(report, render_markdown(title, table, runs, errors, runs_dirs))
+    log.info("report of %d runs (%d variants) written to %s", len(records), len(table), report)
+    return report

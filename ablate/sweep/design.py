@@ -1,0 +1,115 @@
+"""Ablation designs: a sweep file says which tricks to ablate, how, and over which seeds; a
+design expands it into jobs (a variant at a seed, as Hydra overrides).
+
+A sweep file (sweeps/<name>.yaml, or any path):
+
+    design: one_at_a_time          # one_at_a_time | cumulative | leave_one_out | factorial
+    tricks: [warmup, mixup]        # names of conf/tricks/<name>.yaml
+    seeds: 3                       # a count (seeds 0..n-1) or a list of seeds
+    baseline: [model=fcos]         # optional overrides of every job
+
+No torch here: the sweeper runs in the launching process.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from ..config import sweeps_dir
+
+DESIGNS = ("one_at_a_time", "cumulative", "leave_one_out", "factorial")
+KEYS = {"design", "tricks", "seeds", "baseline", "name", "description"}
+
+
+class SweepFileError(ValueError):
+    """A sweep file that is missing or says something this harness cannot run."""
+
+
+@dataclass(frozen=True)
+class Job:
+    variant: str
+    tricks: tuple[str, ...]
+    seed: int
+
+    def overrides(self) -> list[str]:
+        return [f"tricks=[{','.join(self.tricks)}]", f"seed={self.seed}", f"variant={self.variant}"]
+
+
+@dataclass(frozen=True)
+class SweepDesign:
+    name: str
+    design: str
+    tricks: tuple[str, ...]
+    seeds: tuple[int, ...]
+    baseline: tuple[str, ...]
+    path: Path
+
+    def variants(self) -> list[tuple[str, ...]]:
+        """The trick combinations the design asks for, baseline (no trick) first."""
+        t = self.tricks
+        if self.design == "one_at_a_time":
+            combos = [()] + [(x,) for x in t]
+        elif self.design == "cumulative":
+            combos = [t[:k] for k in range(len(t) + 1)]
+        elif self.design == "leave_one_out":
+            combos = [(), t] + [tuple(x for x in t if x != left) for left in t]
+        else:  # factorial
+            combos = [c for k in range(len(t) + 1) for c in itertools.combinations(t, k)]
+        seen, unique = set(), []
+        for c in combos:
+            if frozenset(c) not in seen:
+                seen.add(frozenset(c))
+                unique.append(tuple(c))
+        return unique
+
+    def jobs(self) -> list[Job]:
+        return [Job("+".join(c) or "baseline", c, s) for c in self.variants() for s in self.seeds]
+
+
+def resolve_sweep_path(name_or_path: str) -> Path:
+    """A sweep name (sweeps/<name>.yaml) or a path to a sweep file."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        candidates = [path]
+    else:
+        candidates = [sweeps_dir() / f"{name_or_path}.yaml"]
+    for c in candidates:
+        if c.is_file():
+            return c.resolve()
+    known = sorted(p.stem for p in sweeps_dir().glob("*.yaml"))
+    raise SweepFileError(f"no sweep file {candidates[0]}; sweeps in {sweeps_dir()}: {', '.join(known) or 'none'}")
+
+
+def load_sweep(path: Path) -> SweepDesign:
+    path = Path(path)
+    try:
+        raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    except (OSError, OmegaConfBaseException, ValueError) as e:
+        raise SweepFileError(f"{path}: cannot read the sweep file ({e})") from None
+    if not isinstance(raw, dict):
+        raise SweepFileError(f"{path}: a sweep file is a mapping with keys {sorted(KEYS)}")
+    unknown = sorted(set(raw) - KEYS)
+    if unknown:
+        raise SweepFileError(f"{path}: unknown keys {unknown} (known: {sorted(KEYS)})")
+    design = raw.get("design", "one_at_a_time")
+    if design not in DESIGNS:
+        raise SweepFileError(f"{path}: design {design!r} is not one of {DESIGNS}")
+    tricks = raw.get("tricks") or []
+    if not isinstance(tricks, list) or not all(isinstance(t, str) for t in tricks):
+        raise SweepFileError(f"{path}: tricks must be a list of trick names, got {tricks!r}")
+    if len(set(tricks)) != len(tricks):
+        raise SweepFileError(f"{path}: tricks lists a name twice: {tricks}")
+    seeds = raw.get("seeds", 1)
+    if isinstance(seeds, int) and seeds >= 1:
+        seeds = list(range(seeds))
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
+        raise SweepFileError(f"{path}: seeds must be a count >= 1 or a list of integers, got {raw.get('seeds')!r}")
+    baseline = raw.get("baseline") or []
+    if not isinstance(baseline, list) or not all(isinstance(o, str) for o in baseline):
+        raise SweepFileError(f"{path}: baseline must be a list of overrides such as [model=faster_rcnn]")
+    return SweepDesign(name=str(raw.get("name") or path.stem), design=design, tricks=tuple(tricks),
+                       seeds=tuple(seeds), baseline=tuple(baseline), path=path)

@@ -1,0 +1,104 @@
+"""End to end through the `ablate` command, as a user runs it (subprocesses, smoke profile)."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ablate.results import read_record
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def ablate(*args, env=None, cwd=None):
+    full_env = dict(os.environ, **(env or {}))
+    return subprocess.run([sys.executable, "-m", "ablate.cli", *args], capture_output=True, text=True,
+                          env=full_env, cwd=cwd or REPO, timeout=600)
+
+
+@pytest.fixture
+def dirs(tmp_path, shapes_cache):
+    return {"runs": tmp_path / "runs", "reports": tmp_path / "reports", "env": {"ABLATE_CACHE": str(shapes_cache)}}
+
+
+def paths(d):
+    return [f"paths.runs={d['runs']}", f"paths.reports={d['reports']}"]
+
+
+def test_help_lists_commands_without_importing_torch():
+    out = subprocess.run([sys.executable, "-c", "import sys; from ablate.cli import main; main(['--help']);"
+                          "assert 'torch' not in sys.modules, 'torch imported'"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    for command in ("ablate train", "ablate sweep", "ablate report", "tricks=[mixup,warmup]"):
+        assert command in out.stdout
+    for sub in ("train", "sweep"):
+        res = ablate(sub, "--help")
+        assert res.returncode == 0 and f"usage: ablate {sub}" in res.stdout
+    res = ablate("report", "--help")
+    assert res.returncode == 0 and "--out" in res.stdout
+
+
+def test_unknown_group_option_fails_listing_the_choices(dirs):
+    res = ablate("train", "model=nope", *paths(dirs), env=dirs["env"])
+    assert res.returncode != 0
+    assert "Could not find 'model/nope'" in res.stderr
+    assert "fcos" in res.stderr and "faster_rcnn" in res.stderr and "retinanet" in res.stderr
+
+
+def test_unknown_command_and_sweep():
+    assert ablate("fly").returncode == 2
+    res = ablate("sweep", "no_such_sweep")
+    assert res.returncode == 2 and "quick" in res.stderr
+
+
+def test_smoke_sweep_writes_a_report_with_a_row_per_variant_and_a_second_launch_trains_nothing(dirs):
+    res = ablate("sweep", "quick", "profile=smoke", *paths(dirs), env=dirs["env"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    records = {p.parent.parent.name: read_record(p) for p in (dirs["runs"] / "quick").glob("*/seed0/result.json")}
+    assert set(records) == {"baseline", "warmup", "mixup"}
+    assert all(r.status == "ok" for r in records.values())
+    assert records["mixup"].tricks == ["mixup"] and records["baseline"].tricks == []
+    # every variant shares one baseline config
+    assert len({r.base_hash for r in records.values()}) == 1
+    report = (dirs["reports"] / "quick" / "report.md").read_text()
+    rows = [line for line in report.splitlines() if line.startswith("| ") and "Variant" not in line]
+    assert {row.split("|")[1].strip() for row in rows} >= {"baseline", "warmup", "mixup"}
+    png = dirs["reports"] / "quick" / "delta_map.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    mtimes = {p: p.stat().st_mtime_ns for p in (dirs["runs"] / "quick").glob("*/seed0/result.json")}
+    again = ablate("sweep", "quick", "profile=smoke", *paths(dirs), env=dirs["env"])
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "not training again" in again.stdout + again.stderr
+    assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
+
+
+def test_a_failing_variant_does_not_stop_the_others(dirs, tmp_path):
+    conf = tmp_path / "conf"
+    shutil.copytree(REPO / "conf", conf)
+    (conf / "tricks" / "broken.yaml").write_text("# @package tricks.broken\n_target_: ablate.tricks.no_such.Trick\n")
+    sweep = tmp_path / "mine.yaml"
+    sweep.write_text("design: one_at_a_time\ntricks: [broken, warmup]\nseeds: 1\n")
+    res = ablate("sweep", str(sweep), "profile=smoke", *paths(dirs), env=dict(dirs["env"], ABLATE_CONF=str(conf)))
+    assert res.returncode != 0
+    assert "1 of 3 runs did not finish: broken seed 0: failed" in res.stderr
+    broken = read_record(dirs["runs"] / "mine" / "broken" / "seed0" / "result.json")
+    assert broken.status == "failed" and "ablate.tricks.no_such" in broken.error
+    assert read_record(dirs["runs"] / "mine" / "warmup" / "seed0" / "result.json").status == "ok"
+    report = (dirs["reports"] / "mine" / "report.md").read_text()
+    assert "Runs that did not finish" in report and "broken" in report
+
+
+def test_report_command_rebuilds_from_disk(dirs, tmp_path):
+    res = ablate("sweep", "quick", "profile=smoke", *paths(dirs), env=dirs["env"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = tmp_path / "rebuilt"
+    res = subprocess.run([sys.executable, "-c", "import sys; from ablate.cli import main; "
+                          f"code = main(['report', '{dirs['runs'] / 'quick'}', '--out', '{out}']); "
+                          "assert 'torch' not in sys.modules; sys.exit(code)"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert (out / "report.md").read_text().count("| baseline") == 1
+    assert ablate("report", str(tmp_path / "nothing_here")).returncode == 2

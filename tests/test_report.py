@@ -1,0 +1,324 @@
+"""ablate.report: the table, the ΔmAP chart and report.md, built from result.json records alone."""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from ablate.report import ReportError, build_report, records_table
+from ablate.report.markdown import markdown_table
+from ablate.report.table import delta_against, fmt_delta, fmt_points, paired_differences
+from ablate.results import RunRecord, write_record
+
+REPO = Path(__file__).resolve().parents[1]
+MINUS = "\u2212"
+
+
+def make_record(variant: str = "baseline", tricks: list[str] | None = None, seed: int = 0, mAP: float = 0.4,
+                status: str = "ok", base: str = "base-a", created_at: str = "2025-03-01T10:00:00",
+                error: str | None = None, model: str = "fcos", **metrics: float) -> RunRecord:
+    tricks = list(tricks) if tricks is not None else ([] if variant == "baseline" else [variant])
+    values = {"mAP": mAP, "AP50": mAP + 0.2, "AP75": mAP - 0.05, "APs": mAP - 0.2, "APm": mAP, "APl": mAP + 0.1}
+    values.update(metrics)
+    ok = status == "ok"
+    return RunRecord(
+        status=status, variant=variant, sweep="sw", tricks=tricks, seed=seed,
+        config={"seed": seed, "model": {"name": model}, "tricks": {t: {} for t in tricks}},
+        config_hash=f"{base}-{variant}-{seed}", base_hash=base,
+        metrics=values if ok else {},
+        timings={"train_s": 120.0, "images_per_s": 50.0} if ok else {"train_s": 3.0},
+        inference_ms_per_image=8.0 if ok else None,
+        params=3_000_000, flops=2_500_000_000 if ok else None,
+        device="cpu", error=error, created_at=created_at,
+    )
+
+
+def write_all(root: Path, records: list[RunRecord]) -> None:
+    for r in records:
+        write_record(r, root / r.variant / f"{r.base_hash}-seed{r.seed}")
+
+
+def md_table(report: str) -> list[dict[str, str]]:
+    """The first markdown table of report.md as a list of {column: cell}."""
+    lines = report.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| "))
+    rows = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip().strip("|").split(" | ")])
+    header, body = rows[0], rows[2:]
+    return [dict(zip(header, r)) for r in body]
+
+
+def section(report: str, name: str) -> str:
+    """The text of a '## name' section of report.md ('' when absent)."""
+    head = f"## {name}\n"
+    if head not in report:
+        return ""
+    rest = report.split(head, 1)[1]
+    return rest.split("\n## ", 1)[0].split("\n---\n", 1)[0]
+
+
+@pytest.fixture
+def paired_sweep(tmp_path: Path) -> Path:
+    """Baseline and one trick over seeds 0 and 1 (hand-computable), plus a trick with a single seed."""
+    root = tmp_path / "runs" / "sw"
+    write_all(root, [
+        make_record("baseline", seed=0, mAP=0.400, created_at="2025-03-01T10:00:00"),
+        make_record("baseline", seed=1, mAP=0.420, created_at="2025-03-01T10:05:00"),
+        make_record("mixup", seed=0, mAP=0.415, created_at="2025-03-01T11:00:00"),
+        make_record("mixup", seed=1, mAP=0.445, created_at="2025-03-01T11:05:00"),
+        make_record("ls", seed=0, mAP=0.396, created_at="2025-03-01T12:00:00"),
+    ])
+    return root
+
+
+def test_one_row_per_variant_with_paired_delta(paired_sweep: Path, tmp_path: Path):
+    out = tmp_path / "reports" / "sw"
+    path = build_report([paired_sweep], out)
+    assert path == out / "report.md"
+    report = path.read_text()
+    assert report.startswith("# sw\n")  # title: the runs folder's name
+    rows = md_table(report)
+    assert [r["Variant"] for r in rows] == ["baseline", "mixup", "ls"]
+    by = {r["Variant"]: r for r in rows}
+    # Baseline 40.0, 42.0 -> 41.0 ± 1.4; mixup 41.5, 44.5 -> 43.0 ± 2.1.
+    assert by["baseline"]["mAP"] == "41.0 ± 1.4"
+    assert by["mixup"]["mAP"] == "43.0 ± 2.1"
+    # Paired by seed: differences +1.5 and +2.5 -> mean +2.0, std 0.71 (not the spread of either mAP).
+    assert by["mixup"]["ΔmAP"] == "+2.0 ± 0.7"
+    assert by["mixup"]["Seeds"] == "2"
+    # One seed against two: unpaired difference of means, 39.6 - 41.0, with a real minus sign and no ±.
+    assert by["ls"]["ΔmAP"] == f"{MINUS}1.4"
+    assert by["ls"]["Seeds"] == "1"
+    assert "Unpaired ΔmAP" in report and "`ls`" in section(report, "Notes")
+    # Other columns, in points and the units of their headers.
+    assert by["mixup"]["AP50"] == "63.0" and by["mixup"]["AP75"] == "38.0"
+    assert by["mixup"]["Train time (s)"] == "120" and by["mixup"]["Params (M)"] == "3.00"
+    assert by["mixup"]["FLOPs (G)"] == "2.50" and by["mixup"]["Inference (ms/img)"] == "8.00"
+    assert list(rows[0])[:6] == ["Variant", "Tricks", "Seeds", "mAP", "ΔmAP", "AP50"]
+    assert "Status" not in rows[0]  # every run finished
+    assert "![ΔmAP per variant](delta_map.png)" in report
+    assert f"`ablate report {paired_sweep}`" in report
+    assert "5 runs (5 ok) of 3 variants" in report
+
+
+def test_baseline_dash_and_variant_without_baseline_na(tmp_path: Path):
+    root = tmp_path / "runs"
+    write_all(root, [
+        make_record("baseline", seed=0, mAP=0.40, base="a"),
+        make_record("mixup", seed=0, mAP=0.42, base="a"),
+        make_record("mosaic", seed=0, mAP=0.40, base="b"),  # base b has no baseline run at all
+    ])
+    report = build_report([root], tmp_path / "out").read_text()
+    by = {r["Variant"]: r for r in md_table(report)}
+    assert by["baseline"]["ΔmAP"] == "—"
+    assert by["mixup"]["ΔmAP"] == "+2.0"
+    assert by["mosaic"]["ΔmAP"] == "n/a"  # never 0
+    assert by["mosaic"]["mAP"] == "40.0"
+    assert "`mosaic` (no baseline run in these folders)" in report
+    table = pd.read_csv(tmp_path / "out" / "table.csv")
+    assert math.isnan(table.set_index("variant").loc["mosaic", "delta_mAP"])
+    assert math.isnan(table.set_index("variant").loc["baseline", "delta_mAP"])
+
+
+def test_failed_and_diverged_runs_listed_and_not_counted(tmp_path: Path):
+    root = tmp_path / "runs"
+    write_all(root, [
+        make_record("baseline", seed=0, mAP=0.40),
+        make_record("baseline", seed=1, mAP=0.40),
+        make_record("mixup", seed=0, mAP=0.44),
+        # A failed seed of mixup: its (made-up) metrics must not count.
+        make_record("mixup", seed=1, status="failed", error="Traceback (most recent call last):\n  File x\n"
+                                                           "RuntimeError: CUDA out of memory\n"),
+        make_record("ema", seed=0, status="failed", error="ValueError: bad decay"),
+        make_record("cutout", seed=0, status="diverged", error="loss is nan at step 12"),
+    ])
+    report = build_report([root], tmp_path / "out").read_text()
+    by = {r["Variant"]: r for r in md_table(report)}
+    assert set(by) == {"baseline", "mixup", "ema", "cutout"}
+    assert by["mixup"]["Seeds"] == "1" and by["mixup"]["mAP"] == "44.0"
+    assert by["mixup"]["Status"] == "ok (1/2), failed (1/2)"
+    # ok seeds {0} differ from the baseline's {0, 1}: difference of means 44.0 - 40.0.
+    assert by["mixup"]["ΔmAP"] == "+4.0"
+    assert by["ema"]["Status"] == "failed (1/1)"
+    assert by["cutout"]["Status"] == "diverged (1/1)"
+    for name in ("ema", "cutout"):
+        assert by[name]["Seeds"] == "0"
+        assert all(by[name][c] == "n/a" for c in ("mAP", "ΔmAP", "AP50", "Train time (s)", "Images/s"))
+    unfinished = section(report, "Runs that did not finish")
+    assert "RuntimeError: CUDA out of memory" in unfinished
+    assert "Traceback" not in unfinished  # only the last line of the error
+    assert "ValueError: bad decay" in unfinished and "loss is nan at step 12" in unfinished
+    assert "mixup-seed1" not in section(report, "Notes")
+    assert str(root / "mixup" / "base-a-seed1") in unfinished or "mixup/base-a-seed1" in unfinished
+    assert "| diverged |" in unfinished
+    runs = pd.read_csv(tmp_path / "out" / "runs.csv")
+    assert len(runs) == 6
+    assert sorted(runs["status"]) == ["diverged", "failed", "failed", "ok", "ok", "ok"]
+
+
+def test_corrupt_record_is_reported_unreadable_not_counted(paired_sweep: Path, tmp_path: Path, caplog):
+    good = (paired_sweep / "mixup" / "base-a-seed1" / "result.json").read_text()
+    bad = paired_sweep / "mixup" / "crashed" / "result.json"
+    bad.parent.mkdir(parents=True)
+    bad.write_text(good[: len(good) // 2])  # truncated mid-write
+    with caplog.at_level(logging.WARNING, logger="ablate.report"):
+        report = build_report([paired_sweep], tmp_path / "out").read_text()
+    unreadable = section(report, "Unreadable records")
+    assert str(bad) in unreadable and "not valid JSON" in unreadable
+    assert any(str(bad) in r.getMessage() and r.name == "ablate.report" for r in caplog.records)
+    by = {r["Variant"]: r for r in md_table(report)}
+    assert by["mixup"]["Seeds"] == "2" and by["mixup"]["ΔmAP"] == "+2.0 ± 0.7"  # unchanged
+    assert "5 runs (5 ok)" in report and "1 record could not be read" in report
+
+
+def test_table_csv_parses_back_numeric(paired_sweep: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    build_report([paired_sweep], out)
+    table = pd.read_csv(out / "table.csv")
+    assert list(table["variant"]) == ["baseline", "mixup", "ls"]
+    for column in ("mAP", "mAP_std", "delta_mAP", "delta_mAP_std", "AP50", "AP75", "APs", "APm", "APl",
+                   "train_s", "images_per_s", "inference_ms", "params_M", "flops_G"):
+        assert pd.api.types.is_numeric_dtype(table[column]), column
+    assert pd.api.types.is_integer_dtype(table["seeds"])
+    t = table.set_index("variant")
+    assert t.loc["mixup", "mAP"] == pytest.approx(43.0)
+    assert t.loc["mixup", "delta_mAP"] == pytest.approx(2.0)
+    assert t.loc["mixup", "delta_mAP_std"] == pytest.approx(math.sqrt(0.5))
+    assert bool(t.loc["mixup", "delta_paired"]) and not bool(t.loc["ls", "delta_paired"])
+    assert t.loc["ls", "delta_mAP"] == pytest.approx(-1.4)
+    assert t.loc["baseline", "mAP_std"] == pytest.approx(math.sqrt(2))
+    assert t.loc["mixup", "params_M"] == pytest.approx(3.0) and t.loc["mixup", "flops_G"] == pytest.approx(2.5)
+    assert t.loc["mixup", "seeds"] == 2 and bool(t.loc["baseline", "baseline"])
+    runs = pd.read_csv(out / "runs.csv")
+    assert len(runs) == 5 and runs["mAP"].dtype.kind == "f"
+    assert sorted(runs.loc[runs["variant"] == "mixup", "mAP"]) == pytest.approx([41.5, 44.5])
+    # Files are replaced whole: no temp file is left behind.
+    assert sorted(p.name for p in out.iterdir()) == ["delta_map.png", "report.md", "runs.csv", "table.csv"]
+
+
+def test_delta_map_png_is_valid(paired_sweep: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    build_report([paired_sweep], out)
+    data = (out / "delta_map.png").read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert data[12:16] == b"IHDR"
+    width, height = struct.unpack(">II", data[16:24])
+    assert width >= 600 and height >= 250  # (7, 0.5 n + 2) inches at 120 dpi
+    assert len(data) > 5_000  # bars, labels and axes, not a blank canvas
+
+
+def test_delta_map_png_without_any_delta(tmp_path: Path):
+    root = tmp_path / "runs"
+    write_all(root, [make_record("baseline", seed=0, mAP=0.4)])
+    out = tmp_path / "out"
+    report = build_report([root], out).read_text()
+    assert (out / "delta_map.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [r["ΔmAP"] for r in md_table(report)] == ["—"]
+
+
+def test_two_runs_folders_merge(tmp_path: Path):
+    first, second = tmp_path / "runs" / "sw1", tmp_path / "runs" / "sw2"
+    write_all(first, [make_record("baseline", seed=0, mAP=0.40), make_record("mixup", seed=0, mAP=0.41)])
+    write_all(second, [make_record("baseline", seed=1, mAP=0.42), make_record("mixup", seed=1, mAP=0.44)])
+    report = build_report([first, second], tmp_path / "out").read_text()
+    by = {r["Variant"]: r for r in md_table(report)}
+    assert len(by) == 2
+    assert by["mixup"]["Seeds"] == "2" and by["mixup"]["ΔmAP"] == "+1.5 ± 0.7"
+    assert report.startswith("# sw1 + sw2\n")
+    assert f"`ablate report {first} {second}`" in report
+    titled = build_report([first, second], tmp_path / "out2", title="merged").read_text()
+    assert titled.startswith("# merged\n")
+
+
+def test_no_records_is_a_clear_error(tmp_path: Path):
+    empty, missing = tmp_path / "empty", tmp_path / "missing"
+    empty.mkdir()
+    with pytest.raises(ReportError) as info:
+        build_report([empty, missing], tmp_path / "out")
+    assert isinstance(info.value, ValueError)
+    assert str(empty) in str(info.value) and str(missing) in str(info.value)
+    assert "does not exist" in str(info.value)
+    assert not (tmp_path / "out" / "report.md").exists()
+
+
+def test_only_unreadable_records_is_an_error(tmp_path: Path):
+    bad = tmp_path / "runs" / "x" / "result.json"
+    bad.parent.mkdir(parents=True)
+    bad.write_text('{"status": "ok", "vari')
+    with pytest.raises(ReportError, match="1 unreadable"):
+        build_report([tmp_path / "runs"], tmp_path / "out")
+
+
+def test_row_order_baselines_first_blocks_per_base(tmp_path: Path):
+    root = tmp_path / "runs"
+    write_all(root, [
+        make_record("mosaic", seed=0, base="a", created_at="2025-03-01T09:00:00"),
+        make_record("baseline", seed=0, base="a", created_at="2025-03-01T12:00:00"),
+        make_record("cutout", seed=0, base="b", model="retinanet", created_at="2025-03-01T10:00:00"),
+        make_record("mixup", seed=0, base="a", created_at="2025-03-01T11:00:00"),
+        make_record("baseline", seed=0, base="b", model="retinanet", created_at="2025-03-01T13:00:00"),
+        make_record("ema", seed=0, base="a", created_at="2025-03-01T08:00:00"),
+    ])
+    report = build_report([root], tmp_path / "out").read_text()
+    rows = md_table(report)
+    assert [(r["Base"], r["Variant"]) for r in rows] == [
+        ("model=fcos", "baseline"), ("model=fcos", "ema"), ("model=fcos", "mosaic"), ("model=fcos", "mixup"),
+        ("model=retinanet", "baseline"), ("model=retinanet", "cutout"),
+    ]
+    table = records_table([make_record("mixup", seed=0, created_at="2"), make_record("baseline", created_at="3")])
+    assert list(table["variant"]) == ["baseline", "mixup"]
+
+
+def test_paired_differences_helper():
+    diffs = paired_differences({0: 41.5, 1: 44.5}, {1: 42.0, 0: 40.0})
+    assert list(diffs) == pytest.approx([1.5, 2.5])
+    assert paired_differences({0: 41.0}, {0: 40.0, 1: 42.0}) is None
+    assert paired_differences({}, {}) is None
+    delta = delta_against({0: 41.5, 1: 44.5}, {0: 40.0, 1: 42.0})
+    assert delta.paired and delta.n == 2
+    assert delta.mean == pytest.approx(2.0) and delta.std == pytest.approx(math.sqrt(0.5))
+    unpaired = delta_against({0: 41.0, 2: 43.0}, {0: 40.0, 1: 42.0})
+    assert not unpaired.paired and unpaired.mean == pytest.approx(1.0) and math.isnan(unpaired.std)
+    assert math.isnan(delta_against({0: 41.0}, {}).mean)
+
+
+def test_missing_and_negative_metrics_show_na(tmp_path: Path):
+    root = tmp_path / "runs"
+    rec = make_record("baseline", seed=0, mAP=0.4, APs=-1.0)  # COCOeval: no small objects
+    rec.inference_ms_per_image = None
+    rec.timings = {}
+    write_all(root, [rec])
+    row = md_table(build_report([root], tmp_path / "out").read_text())[0]
+    assert row["APs"] == "n/a" and row["Inference (ms/img)"] == "n/a" and row["Train time (s)"] == "n/a"
+    assert row["APm"] == "40.0"
+
+
+def test_formatting():
+    assert fmt_delta(1.23) == "+1.2"
+    assert fmt_delta(-0.44) == f"{MINUS}0.4"
+    assert fmt_delta(0.01) == "+0.0"
+    assert fmt_delta(float("nan")) == "n/a"
+    assert fmt_delta(1.0, 0.25) == "+1.0 ± 0.2"
+    assert fmt_points(52.34) == "52.3" and fmt_points(52.34, 0.46) == "52.3 ± 0.5"
+    frame = pd.DataFrame({"Variant": ["a|b"], "mAP": ["1.0"]})
+    assert markdown_table(frame).splitlines() == ["| Variant | mAP |", "| ------- | --: |", "| a\\|b    | 1.0 |"]
+
+
+def test_import_does_not_pull_torch():
+    code = ("import ablate.report, sys; "
+            "bad = [m for m in ('torch', 'torchvision') if m in sys.modules]; "
+            "assert not bad, bad")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr

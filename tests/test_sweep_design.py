@@ -1,0 +1,46 @@
+import pytest
+
+from ablate.config import sweeps_dir
+from ablate.sweep import SweepFileError, load_sweep, resolve_sweep_path
+
+
+def sweep_file(tmp_path, text):
+    path = tmp_path / "s.yaml"
+    path.write_text(text)
+    return load_sweep(path)
+
+
+def test_one_at_a_time(tmp_path):
+    s = sweep_file(tmp_path, "design: one_at_a_time\ntricks: [a, b]\nseeds: 2\n")
+    assert s.variants() == [(), ("a",), ("b",)]
+    jobs = s.jobs()
+    assert [(j.variant, j.seed) for j in jobs] == [("baseline", 0), ("baseline", 1), ("a", 0), ("a", 1),
+                                                   ("b", 0), ("b", 1)]
+    assert jobs[0].overrides() == ["tricks=[]", "seed=0", "variant=baseline"]
+    assert jobs[2].overrides() == ["tricks=[a]", "seed=0", "variant=a"]
+
+
+def test_cumulative_leave_one_out_factorial(tmp_path):
+    assert sweep_file(tmp_path, "design: cumulative\ntricks: [a, b, c]\n").variants() == [
+        (), ("a",), ("a", "b"), ("a", "b", "c")]
+    assert sweep_file(tmp_path, "design: leave_one_out\ntricks: [a, b, c]\n").variants() == [
+        (), ("a", "b", "c"), ("b", "c"), ("a", "c"), ("a", "b")]
+    fact = sweep_file(tmp_path, "design: factorial\ntricks: [a, b, c]\nseeds: [5]\n")
+    assert len(fact.variants()) == 8 and fact.seeds == (5,)
+
+
+def test_bad_sweep_files_name_the_file_and_key(tmp_path):
+    with pytest.raises(SweepFileError, match="s.yaml: design 'random'"):
+        sweep_file(tmp_path, "design: random\ntricks: [a]\n")
+    with pytest.raises(SweepFileError, match=r"s.yaml: unknown keys \['trick'\]"):
+        sweep_file(tmp_path, "trick: [a]\n")
+    with pytest.raises(SweepFileError, match="s.yaml: seeds must be"):
+        sweep_file(tmp_path, "tricks: [a]\nseeds: 0\n")
+    with pytest.raises(SweepFileError, match="no sweep file .*nope.yaml; sweeps in .*quick"):
+        resolve_sweep_path("nope")
+
+
+def test_shipped_sweeps_load():
+    for path in sweeps_dir().glob("*.yaml"):
+        assert load_sweep(path).jobs()
+    assert resolve_sweep_path("quick").name == "quick.yaml"
