@@ -10,12 +10,12 @@ from torch import nn
 from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
-from torchvision.models.detection.fcos import FCOSHead
-from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign
 
 from .backbones import build_backbone
+# torchvision's heads with settable losses (identical to torchvision's until a trick sets one)
+from .losses import FCOSLossHead, LossRoIHeads, RetinaNetLossHead
 
 
 class NoResizeTransform(GeneralizedRCNNTransform):
@@ -50,7 +50,7 @@ def _common(cfg, image_size: int) -> dict:
 def build_fcos(cfg, num_classes: int, image_size: int) -> FCOS:
     backbone = build_backbone(cfg.backbone, list(cfg.levels), cfg.extra_levels, cfg.fpn_channels, two_stage=False)
     anchors = _anchors(cfg, 1, [1.0])
-    head = FCOSHead(backbone.out_channels, 1, num_classes, num_convs=cfg.head_convs)
+    head = FCOSLossHead(backbone.out_channels, 1, num_classes, num_convs=cfg.head_convs)
     model = FCOS(backbone, num_classes, anchor_generator=anchors, head=head,
                  score_thresh=cfg.score_thresh, nms_thresh=cfg.nms_thresh,
                  detections_per_img=cfg.detections_per_img, topk_candidates=cfg.topk_candidates,
@@ -61,7 +61,7 @@ def build_fcos(cfg, num_classes: int, image_size: int) -> FCOS:
 def build_retinanet(cfg, num_classes: int, image_size: int) -> RetinaNet:
     backbone = build_backbone(cfg.backbone, list(cfg.levels), cfg.extra_levels, cfg.fpn_channels, two_stage=False)
     anchors = _anchors(cfg, 3, cfg.aspect_ratios)
-    head = RetinaNetHead(backbone.out_channels, anchors.num_anchors_per_location()[0], num_classes)
+    head = RetinaNetLossHead(backbone.out_channels, anchors.num_anchors_per_location()[0], num_classes)
     # torchvision's head always has 4 convs per branch; keep the first head_convs.
     for branch in (head.classification_head, head.regression_head):
         branch.conv = nn.Sequential(*list(branch.conv)[: cfg.head_convs])
@@ -87,4 +87,5 @@ def build_faster_rcnn(cfg, num_classes: int, image_size: int) -> FasterRCNN:
         box_detections_per_img=cfg.detections_per_img,
         box_batch_size_per_image=cfg.box_batch_size_per_image, box_positive_fraction=cfg.box_positive_fraction,
         **_common(cfg, image_size))
+    model.roi_heads = LossRoIHeads.from_roi_heads(model.roi_heads)
     return _no_resize(model, cfg)

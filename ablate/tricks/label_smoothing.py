@@ -1,0 +1,32 @@
+"""Label smoothing of the classification targets (Szegedy et al. 2016, "Rethinking the Inception
+Architecture", sec. 7; for detection heads: Zhang et al. 2019, "Bag of Freebies for Training Object
+Detection Neural Networks", sec. 3.3).
+
+Two-stage (softmax over C = K + 1 classes, background included): torch's cross-entropy label
+smoothing, q = (1 - eps) * one_hot(y) + eps / C.
+
+One-stage (K independent sigmoids, no background channel): each binary target of a foreground
+location is smoothed as a two-way softmax, y' = y * (1 - eps) + eps / 2 (so 1 - eps/2 for its class,
+eps/2 for the others; ultralytics YOLOv3/v5 `smooth_BCE`); background locations keep all-zero
+targets, as YOLO's objectness stays hard. The loss stays the baseline's focal loss, on these targets.
+"""
+from __future__ import annotations
+
+from torch import nn
+
+from ..models.losses import CrossEntropyLoss, FocalLoss, set_cls_loss
+from .base import Trick
+
+
+class LabelSmoothing(Trick):
+    claims = ("cls_loss",)
+
+    def __init__(self, epsilon: float):
+        if not 0 <= epsilon < 1:
+            raise ValueError(f"tricks.label_smoothing.epsilon={epsilon}: must be in [0, 1)")
+        self.epsilon = epsilon
+
+    def on_model(self, model: nn.Module) -> nn.Module:
+        set_cls_loss(model, one_stage=FocalLoss(label_smoothing=self.epsilon),
+                     two_stage=CrossEntropyLoss(label_smoothing=self.epsilon))
+        return model

@@ -1,0 +1,476 @@
+"""Tricks that change the model or its losses, against their papers' definitions on hand-computed
+cases, and a few training steps of each on every baseline it fits."""
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+from torch import nn
+from torchvision.models.detection._utils import BalancedPositiveNegativeSampler
+from torchvision.models.detection.fcos import FCOSHead
+from torchvision.models.detection.retinanet import RetinaNetHead
+from torchvision.models.detection.roi_heads import RoIHeads
+
+from ablate.config import conf_dir
+from ablate.models import build_model, label_offset
+from ablate.models.losses import CrossEntropyLoss, FocalLoss, smooth_binary_targets
+from ablate.tricks import BatchContext, TrickConflictError, build_tricks
+from ablate.tricks.dropblock import DropBlock, FittedDropBlock2d
+from ablate.tricks.ghm import GHMCLoss, GHMRLoss
+from ablate.tricks.iou_balanced import IoUBalancedSampler
+from ablate.tricks.mish import ACTIVATIONS, Mish, MishP6P7, MishTwoMLPHead
+from ablate.tricks.mixup import MixUp
+
+MODELS = ["fcos", "retinanet", "faster_rcnn"]
+FAMILY = {"fcos": "one_stage", "retinanet": "one_stage", "faster_rcnn": "two_stage"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These models are tiny: one intra-op thread is as fast, and far faster when another process
+    keeps the cores busy (two threads then wait on each other: 2 s instead of 0.03 s a forward)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def model_cfg(name):
+    cfg = OmegaConf.load(conf_dir() / "model" / f"{name}.yaml")
+    cfg.pop("defaults")
+    cfg.backbone = OmegaConf.merge(OmegaConf.load(conf_dir() / "model" / "backbone" / "tiny.yaml"), {"width": 8})
+    return cfg
+
+
+def trick_cfg(*names, **overrides):
+    cfg = OmegaConf.create({n: OmegaConf.load(conf_dir() / "tricks" / f"{n}.yaml") for n in names})
+    for key, value in overrides.items():
+        OmegaConf.update(cfg, key, value, merge=False)
+    return cfg
+
+
+def build(name, seed=0):
+    torch.manual_seed(seed)
+    return build_model(model_cfg(name), num_classes=2, image_size=96)
+
+
+def batch(name, weights=None):
+    """Two 96 px images (as tests/test_models.py): two boxes of dataset labels 1 and 2, and none."""
+    g = torch.Generator().manual_seed(0)
+    images = [torch.rand(3, 96, 96, generator=g), torch.rand(3, 80, 96, generator=g)]
+    offset = label_offset(FAMILY[name])
+    targets = [{"boxes": torch.tensor([[10.0, 12.0, 50.0, 60.0], [40.0, 40.0, 80.0, 70.0]]),
+                "labels": torch.tensor([1, 2]) - offset},
+               {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}]
+    if weights is not None:
+        targets[0]["weights"] = torch.tensor(weights, dtype=torch.float32)
+        targets[1]["weights"] = torch.zeros(0)
+    return images, targets
+
+
+def ctx(step, total):
+    return BatchContext(epoch=0, num_epochs=1, step=step, total_steps=total, rng=np.random.default_rng(0))
+
+
+def losses_of(model, images, targets, seed=0):
+    torch.manual_seed(seed)  # the RoI sampler draws at random
+    model.train()
+    return model(images, [dict(t) for t in targets])
+
+
+def sigmoid(x):
+    return 1 / (1 + math.exp(-x))
+
+
+# ---------------------------------------------------------------- the loss plumbing
+
+def torchvision_copy(model):
+    """The same detector with torchvision's own head classes (no plumbing)."""
+    plain = copy.deepcopy(model)
+    if hasattr(plain, "roi_heads"):
+        plain.roi_heads.__class__ = RoIHeads
+    else:
+        plain.head.__class__ = FCOSHead if type(plain.head).__name__ == "FCOSLossHead" else RetinaNetHead
+    return plain
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_default_losses_are_exactly_torchvisions_and_unit_box_weights_change_nothing(name):
+    model = build(name)
+    plain = torchvision_copy(model)
+    images, targets = batch(name)
+    ours, theirs = losses_of(model, images, targets), losses_of(plain, images, targets)
+    assert ours.keys() == theirs.keys()
+    for k in ours:
+        assert torch.equal(ours[k], theirs[k]), k
+    # target["weights"] of ones sends the classification loss through the plumbing: same values
+    images, targets = batch(name, weights=[1.0, 1.0])
+    weighted = losses_of(model, images, targets)
+    for k in ours:
+        assert weighted[k].item() == pytest.approx(theirs[k].item(), rel=1e-5, abs=1e-7), k
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_box_weight_scales_the_classification_loss_of_the_samples_matched_to_that_box(name):
+    """One box of weight w: L(w) = L_background + w * L_box, so L(1/2) is the mean of L(0) and L(1),
+    L(1) is torchvision's loss, and the box losses do not change."""
+    model = build(name)
+    cls_key = "loss_classifier" if name == "faster_rcnn" else "classification"
+    out = {}
+    for w in (0.0, 0.5, 1.0):
+        images, targets = batch(name, weights=[w, 1.0])
+        out[w] = losses_of(model, images, targets)
+    reference = losses_of(model, *batch(name))
+    assert out[1.0][cls_key].item() == pytest.approx(reference[cls_key].item(), rel=1e-5)
+    assert out[0.0][cls_key] < out[1.0][cls_key]
+    assert out[0.5][cls_key].item() == pytest.approx((out[0.0][cls_key] + out[1.0][cls_key]).item() / 2, rel=1e-5)
+    box_key = "loss_box_reg" if name == "faster_rcnn" else "bbox_regression"
+    assert torch.equal(out[0.0][box_key], reference[box_key])
+
+
+def test_mixup_loss_weights_option_keeps_or_drops_the_box_weights():
+    images = [torch.ones(3, 8, 8), torch.zeros(3, 8, 8)]
+    targets = [{"boxes": torch.tensor([[0.0, 0.0, 4.0, 4.0]]), "labels": torch.tensor([1])} for _ in range(2)]
+    kept = MixUp(alpha=1.5, prob=1.0, off_last_epochs=0, loss_weights=True).on_batch(images, targets, ctx(0, 1))[1]
+    dropped = MixUp(alpha=1.5, prob=1.0, off_last_epochs=0, loss_weights=False).on_batch(images, targets, ctx(0, 1))[1]
+    assert all("weights" in t and len(t["weights"]) == 2 for t in kept)
+    assert all("weights" not in t and len(t["boxes"]) == 2 for t in dropped)
+    assert OmegaConf.load(conf_dir() / "tricks" / "mixup.yaml").loss_weights is True
+
+
+# ---------------------------------------------------------------- label smoothing
+
+def test_sigmoid_label_smoothing_targets_and_focal_loss_by_hand():
+    eps = 0.1
+    targets = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+    smoothed = smooth_binary_targets(targets, eps)
+    # foreground row: y (1 - eps) + eps / 2; background row unchanged
+    assert smoothed.flatten().tolist() == pytest.approx([0.05, 0.95, 0.05, 0.0, 0.0, 0.0])
+    logits = [[0.5, -1.0, 2.0], [0.3, 0.0, -0.7]]
+    expected = 0.0
+    for row_x, row_t in zip(logits, smoothed.tolist()):
+        for x, t in zip(row_x, row_t):
+            p = sigmoid(x)
+            ce = -(t * math.log(p) + (1 - t) * math.log(1 - p))
+            p_t = p * t + (1 - p) * (1 - t)
+            alpha_t = 0.25 * t + 0.75 * (1 - t)
+            expected += alpha_t * ce * (1 - p_t) ** 2
+    normalizer = torch.tensor([2.0, 2.0])  # e.g. two foreground locations in the batch
+    value = FocalLoss(label_smoothing=eps)(torch.tensor(logits), targets, torch.ones(2), normalizer)
+    assert value.item() == pytest.approx(expected / 2, rel=1e-6)
+    # eps = 0 is the baseline's focal loss
+    plain = FocalLoss(0.0)(torch.tensor(logits), targets, torch.ones(2), normalizer)
+    from torchvision.ops import sigmoid_focal_loss
+    assert plain.item() == pytest.approx(sigmoid_focal_loss(torch.tensor(logits), targets, reduction="sum").item() / 2)
+
+
+def test_softmax_label_smoothing_cross_entropy_by_hand():
+    eps, logits, labels = 0.1, [[2.0, 0.5, -1.0], [0.0, 1.0, 0.2]], [1, 0]
+    per_roi = []
+    for x, y in zip(logits, labels):
+        log_z = math.log(sum(math.exp(v) for v in x))
+        q = [(1 - eps) * (k == y) + eps / 3 for k in range(3)]  # q = (1 - eps) one_hot + eps / C
+        per_roi.append(-sum(qk * (xk - log_z) for qk, xk in zip(q, x)))
+    weights = torch.tensor([1.0, 0.5])  # e.g. the second RoI matched to a MixUp box of weight 0.5
+    value = CrossEntropyLoss(label_smoothing=eps)(torch.tensor(logits), torch.tensor(labels), weights)
+    assert value.item() == pytest.approx((per_roi[0] + 0.5 * per_roi[1]) / 2, rel=1e-6)
+
+
+def test_label_smoothing_sets_each_detectors_classification_loss():
+    for name in MODELS:
+        model = build(name)
+        trick = build_tricks(trick_cfg("label_smoothing"), model_cfg(name))[0]
+        model = trick.on_model(model)
+        loss = model.roi_heads.cls_loss if name == "faster_rcnn" else model.head.cls_loss
+        assert isinstance(loss, CrossEntropyLoss if name == "faster_rcnn" else FocalLoss)
+        assert loss.label_smoothing == 0.1
+
+
+# ---------------------------------------------------------------- GHM-C and GHM-R
+
+def test_ghmc_weights_are_n_over_bin_count_times_valid_bins():
+    # one class, all negatives: g = |p - 0| = p. Bins of 0.1: three samples in bin 0, one in 5, one in 9.
+    g = [0.01, 0.02, 0.03, 0.55, 0.95]
+    logits = torch.tensor([[math.log(p / (1 - p))] for p in g])
+    targets = torch.zeros(5, 1)
+    loss = GHMCLoss(bins=10, momentum=0.0)
+    beta = loss.weights(logits, targets).flatten().tolist()
+    n_valid_bins = 3  # mmdetection's normalization (the paper's would be M = 10 bins)
+    expected = [5 / (3 * n_valid_bins)] * 3 + [5 / (1 * n_valid_bins)] * 2
+    assert beta == pytest.approx(expected, rel=1e-6)
+    value = loss(logits, targets, torch.ones(5), torch.ones(5))
+    bce = [-math.log(1 - p) for p in g]
+    assert value.item() == pytest.approx(sum(b * l for b, l in zip(expected, bce)) / 5, rel=1e-6)
+
+
+def test_ghmc_bin_counts_follow_the_momentum():
+    m = 0.75
+    loss = GHMCLoss(bins=2, momentum=m)
+    t = torch.zeros(4, 1)
+    first = torch.tensor([[-3.0], [-3.0], [-3.0], [3.0]])  # g: three below 0.5, one above
+    beta1 = loss.weights(first, t).flatten()
+    assert loss.density.acc_sum.tolist() == pytest.approx([(1 - m) * 3, (1 - m) * 1])
+    assert beta1.tolist() == pytest.approx([4 / ((1 - m) * 3 * 2)] * 3 + [4 / ((1 - m) * 1 * 2)])
+    second = torch.full((4, 1), -3.0)  # all four below 0.5: only bin 0 moves
+    beta2 = loss.weights(second, t).flatten()
+    s0 = m * (1 - m) * 3 + (1 - m) * 4
+    assert loss.density.acc_sum.tolist() == pytest.approx([s0, (1 - m) * 1])
+    assert beta2.tolist() == pytest.approx([4 / (s0 * 1)] * 4)
+    for _ in range(200):  # the average converges to the count: beta -> N / (R n) = 1
+        beta = loss.weights(second, t)
+    assert beta.flatten().tolist() == pytest.approx([1.0] * 4, rel=1e-6)
+
+
+def test_ghmc_with_one_bin_is_plain_binary_cross_entropy():
+    torch.manual_seed(0)
+    logits = torch.randn(50, 3)
+    targets = (torch.rand(50, 3) > 0.8).float()
+    value = GHMCLoss(bins=1, momentum=0.0)(logits, targets, torch.ones(50), torch.ones(50))
+    assert value.item() == pytest.approx(F.binary_cross_entropy_with_logits(logits, targets).item(), rel=1e-6)
+
+
+def test_ghmr_asl1_and_weights_by_hand():
+    mu, d = 0.02, [0.0, 0.01, 0.1, 1.0]
+    asl1 = [math.sqrt(x * x + mu * mu) - mu for x in d]
+    assert asl1[2] == pytest.approx(0.0819804, rel=1e-5)
+    g = [abs(x) / math.sqrt(x * x + mu * mu) for x in d]  # 0, 0.447, 0.981, 0.9998: bins 0, 4, 9, 9
+    assert [int(v * 10) for v in g] == [0, 4, 9, 9]
+    expected_beta = [4 / (1 * 3), 4 / (1 * 3), 4 / (2 * 3), 4 / (2 * 3)]
+    loss = GHMRLoss(mu=mu, bins=10, momentum=0.0, loss_weight=10.0)
+    pred, target = torch.tensor([d]), torch.zeros(1, 4)
+    assert loss.weights(pred, target).flatten().tolist() == pytest.approx(expected_beta, rel=1e-5)
+    assert loss(pred, target).item() == pytest.approx(10.0 * sum(b * a for b, a in zip(expected_beta, asl1)) / 4,
+                                                      rel=1e-5)
+
+
+def test_ghm_replaces_the_one_stage_losses():
+    model = build("retinanet")
+    for trick in build_tricks(trick_cfg("ghm", "ghm_r"), model_cfg("retinanet")):
+        model = trick.on_model(model)
+    assert isinstance(model.head.cls_loss, GHMCLoss) and model.head.cls_loss.density.bins == 30
+    assert model.head.cls_loss.density.momentum == 0.75
+    assert isinstance(model.head.box_loss, GHMRLoss) and model.head.box_loss.mu == 0.02
+    assert "head.cls_loss.density.acc_sum" in model.state_dict()  # the moving average is checkpointed
+
+
+# ---------------------------------------------------------------- IoU-balanced sampling
+
+def negative_pool(top_bin=100):
+    """10 positives, 20 ignored, and negatives of known IoU: 400 in [0, 0.15), 150 in [0.15, 0.30),
+    top_bin in [0.30, 0.45] (max IoU 0.45, so K = 3 bins are 0.15 wide)."""
+    ious = torch.cat([torch.linspace(0.0, 0.14, 400), torch.linspace(0.16, 0.29, 150),
+                      torch.linspace(0.31, 0.45, top_bin), torch.full((10,), 0.8), torch.full((20,), 0.45)])
+    labels = torch.cat([torch.zeros(550 + top_bin, dtype=torch.int64), torch.full((10,), 2), torch.full((20,), -1)])
+    return labels, ious
+
+
+def bin_counts(mask, ious):
+    chosen = ious[mask.bool()]
+    return [int(((chosen >= lo) & (chosen < hi)).sum()) for lo, hi in ((0, 0.15), (0.15, 0.30), (0.30, 0.46))]
+
+
+def test_iou_balanced_sampling_spreads_negatives_evenly_over_k_bins_and_keeps_positives():
+    labels, ious = negative_pool()
+    sampler = IoUBalancedSampler(256, 0.25, num_bins=3, floor_thr=-1, floor_fraction=0)
+    torch.manual_seed(0)
+    (pos,), (neg,) = sampler([labels], [ious])
+    assert bin_counts(neg, ious) == [82, 82, 82]  # 256 - 10 positives = 246 negatives, 246 / 3 each
+    assert (labels[neg.bool()] == 0).all()
+    torch.manual_seed(0)
+    (tv_pos,), (tv_neg,) = BalancedPositiveNegativeSampler(256, 0.25)([labels])
+    assert torch.equal(pos, tv_pos) and int(pos.sum()) == 10
+    # random sampling, for contrast, takes negatives in proportion to the pool: mostly easy ones
+    assert bin_counts(tv_neg, ious)[0] > 82 * 1.5
+
+
+def test_iou_balanced_sampling_short_bin_gives_all_it_has_and_the_rest_is_drawn_at_random():
+    labels, ious = negative_pool(top_bin=30)
+    sampler = IoUBalancedSampler(256, 0.25, num_bins=3, floor_thr=-1, floor_fraction=0)
+    torch.manual_seed(0)
+    (pos,), (neg,) = sampler([labels], [ious])
+    low, mid, top = bin_counts(neg, ious)
+    assert top == 30 and low >= 82 and mid >= 82 and low + mid + top == 246
+    # few negatives: all of them
+    few = torch.tensor([0, 0, 1, 0, -1])
+    (_,), (neg,) = sampler([few], [torch.tensor([0.1, 0.2, 0.9, 0.3, 0.45])])
+    assert neg.tolist() == [1, 1, 0, 1, 0]
+
+
+def test_iou_balanced_sampling_floor_set_takes_its_fraction():
+    labels, ious = negative_pool()
+    sampler = IoUBalancedSampler(256, 0.25, num_bins=3, floor_thr=0.15, floor_fraction=0.5)
+    torch.manual_seed(0)
+    (_,), (neg,) = sampler([labels], [ious])
+    low, mid, top = bin_counts(neg, ious)
+    assert low == 246 - 123  # below floor_thr: the floor's share
+    assert mid + top == 123 and top >= 41  # bins over [0.15, 0.45]: 0.10 wide, 41 each
+
+
+def test_iou_balanced_trick_installs_the_sampler_in_the_roi_head():
+    model = build("faster_rcnn")
+    trick = build_tricks(trick_cfg("iou_balanced"), model_cfg("faster_rcnn"))[0]
+    sampler = trick.on_model(model).roi_heads.fg_bg_sampler
+    assert isinstance(sampler, IoUBalancedSampler) and sampler.num_bins == 3
+    assert (sampler.batch_size_per_image, sampler.positive_fraction) == (256, 0.25)  # from conf/model
+
+
+# ---------------------------------------------------------------- DropBlock
+
+def test_dropblock_drops_the_scheduled_fraction_in_training_and_nothing_in_eval():
+    block = FittedDropBlock2d(0.1, 7)
+    x = torch.ones(8, 16, 64, 64)
+    torch.manual_seed(0)
+    out = block.train()(x)
+    dropped = (out == 0).float().mean().item()
+    # gamma (paper eq. 1) makes the expected dropped share 1 - keep_prob, less block overlaps
+    assert dropped == pytest.approx(0.1, abs=0.015)
+    assert out.mean().item() == pytest.approx(1.0, abs=1e-4)  # kept units rescaled by count / kept
+    assert torch.equal(block.eval()(x), x)
+    # a block larger than the map is cut to the largest odd size that fits (torchvision refuses 6)
+    assert FittedDropBlock2d(0.1, 7).train()(torch.ones(2, 4, 6, 6)).shape == (2, 4, 6, 6)
+
+
+def test_dropblock_keep_prob_falls_linearly_from_one_to_its_target():
+    trick = DropBlock(keep_prob=0.9, block_size=7, levels=[4, 5])
+    model = trick.on_model(build("fcos"))
+    # tiny backbone: layer3 (stride 16) and layer4 (stride 32) have two BatchNorms each
+    assert len(trick.blocks) == 4
+    assert all(isinstance(m[1], FittedDropBlock2d) for m in model.backbone.body["layer4"].modules()
+               if isinstance(m, nn.Sequential) and len(m) == 2 and isinstance(m[0], nn.BatchNorm2d))
+    assert not any(isinstance(m, FittedDropBlock2d) for m in model.backbone.body["layer2"].modules())
+    for step, keep in ((0, 1.0), (25, 0.975), (50, 0.95), (100, 0.9)):
+        trick.on_batch([], [], ctx(step, 101))
+        assert trick.keep_prob_at(step, 101) == pytest.approx(keep)
+        assert all(b.p == pytest.approx(1 - keep) for b in trick.blocks)
+
+
+def test_dropblock_is_off_in_eval_and_leaves_the_network_as_it_was():
+    model = build("fcos")
+    before = copy.deepcopy(model)
+    trick = build_tricks(trick_cfg("dropblock"), model_cfg("fcos"))[0]
+    model = trick.on_model(model)
+    trick.on_batch([], [], ctx(99, 100))  # the target drop rate
+    x = torch.rand(2, 3, 96, 96)
+    model.eval(), before.eval()
+    with torch.no_grad():
+        feats, ref = model.backbone(x), before.backbone(x)
+        assert all(torch.equal(feats[k], ref[k]) for k in ref)
+        model.train(), before.train()
+        # in training, level 5 (pyramid output "2") is dropped
+        assert not torch.equal(model.backbone(x)["2"], before.backbone(x)["2"])
+
+
+# ---------------------------------------------------------------- Mish
+
+def activations(module):
+    return [m for m in module.modules() if isinstance(m, ACTIVATIONS)]
+
+
+def test_mish_backbone_only_leaves_neck_and_head_and_changes_outputs():
+    model = build("retinanet")
+    before = copy.deepcopy(model)
+    trick = build_tricks(trick_cfg("mish"), model_cfg("retinanet"))[0]
+    assert trick.parts == ["backbone"]
+    model = trick.on_model(model)
+    assert activations(model.backbone.body) == []
+    assert sum(isinstance(m, nn.Mish) for m in model.backbone.body.modules()) == 9  # stem + 4 stages x 2
+    assert len(activations(model.head)) > 0
+    assert not isinstance(model.backbone.fpn.extra_blocks, MishP6P7)
+    model.load_state_dict(before.state_dict())  # no parameter added or renamed
+    x = torch.rand(1, 3, 96, 96)
+    model.eval(), before.eval()
+    with torch.no_grad():
+        assert not torch.allclose(model.backbone(x)["0"], before.backbone(x)["0"])
+
+
+@pytest.mark.parametrize("name", ["fcos", "faster_rcnn"])
+def test_mish_everywhere_leaves_no_other_activation(name):
+    model = build(name)
+    before = copy.deepcopy(model)
+    trick = build_tricks(trick_cfg("mish", **{"mish.parts": ["backbone", "neck", "head"]}), model_cfg(name))[0]
+    model = trick.on_model(model)
+    assert activations(model) == []
+    if name == "faster_rcnn":
+        assert isinstance(model.roi_heads.box_head, MishTwoMLPHead)
+    else:
+        assert isinstance(model.backbone.fpn.extra_blocks, MishP6P7)
+    model.load_state_dict(before.state_dict())
+    images, _ = batch(name)
+    model.eval(), before.eval()
+    with torch.no_grad():
+        feats = model.backbone(torch.stack([images[0]]))
+        ref = before.backbone(torch.stack([images[0]]))
+    assert not torch.allclose(feats[list(feats)[-1]], ref[list(ref)[-1]])
+
+
+def test_mish_rejects_unknown_parts():
+    with pytest.raises(ValueError, match=r"tricks.mish.parts=\['body'\]: choose among"):
+        Mish(parts=["body"])
+
+
+# ---------------------------------------------------------------- fits and slots
+
+def test_label_smoothing_and_ghm_both_claim_the_classification_loss():
+    with pytest.raises(TrickConflictError, match="'label_smoothing' and 'ghm' both claim the 'cls_loss' slot"):
+        build_tricks(trick_cfg("label_smoothing", "ghm"), model_cfg("fcos"))
+
+
+@pytest.mark.parametrize("trick,name,needs", [("ghm", "faster_rcnn", "one_stage.*model=fcos or model=retinanet"),
+                                              ("ghm_r", "faster_rcnn", "one_stage.*model=fcos or model=retinanet"),
+                                              ("iou_balanced", "fcos", "two_stage.*model=faster_rcnn"),
+                                              ("iou_balanced", "retinanet", "two_stage.*model=faster_rcnn")])
+def test_trick_on_a_detector_it_does_not_fit_stops_before_training(trick, name, needs):
+    with pytest.raises(TrickConflictError, match=f"'{trick}' does not fit model={name}: it needs a {needs}"):
+        build_tricks(trick_cfg(trick), model_cfg(name))
+
+
+def test_ghm_r_on_fcos_says_why():
+    trick = build_tricks(trick_cfg("ghm_r"), model_cfg("fcos"))[0]  # FCOS is one-stage: fits passes
+    with pytest.raises(TrickConflictError, match="'ghm_r' does not fit FCOS.*model=retinanet.*GIoU"):
+        trick.on_model(build("fcos"))
+
+
+# ---------------------------------------------------------------- a few training steps
+
+FITS = [(t, m) for t in ("label_smoothing", "dropblock", "mish") for m in MODELS] + [
+    ("ghm", "fcos"), ("ghm", "retinanet"), ("ghm_r", "retinanet"), ("iou_balanced", "faster_rcnn")]
+COMBOS = [("retinanet", ["mixup", "ghm", "ghm_r", "dropblock"]),
+          ("faster_rcnn", ["mixup", "label_smoothing", "iou_balanced", "mish"])]
+
+
+def train_steps(name, trick_names, steps=3):
+    tricks = build_tricks(trick_cfg(*trick_names), model_cfg(name))
+    model = build(name)
+    for trick in tricks:
+        model = trick.on_model(model)
+    params = [p.detach().clone() for p in model.parameters()]
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    model.train()
+    images, targets = batch(name)
+    history = []
+    for step in range(steps):
+        imgs, tgts = list(images), [dict(t) for t in targets]
+        for trick in tricks:
+            imgs, tgts = trick.on_batch(imgs, tgts, ctx(step, steps))
+        losses = model(imgs, tgts)
+        loss = sum(losses.values())
+        assert torch.isfinite(loss), (step, losses)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        history.append(loss.item())
+    assert any(not torch.equal(a, b) for a, b in zip(params, model.parameters()))
+    return history
+
+
+@pytest.mark.parametrize("trick,name", FITS)
+def test_trick_trains_on_each_baseline_it_fits(trick, name):
+    train_steps(name, [trick])
+
+
+@pytest.mark.parametrize("name,trick_names", COMBOS)
+def test_compatible_tricks_train_together(name, trick_names):
+    train_steps(name, trick_names)
