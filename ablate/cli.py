@@ -14,6 +14,8 @@ ablate: a bag-of-tricks ablation harness for object detection.
   ablate train [OVERRIDES...]          train and evaluate one variant
   ablate sweep NAME|FILE [OVERRIDES...] run sweeps/NAME.yaml (or FILE) as a Hydra multirun, then report
   ablate report RUNS_DIR... [--out DIR] rebuild a report from the result.json records on disk
+  ablate show-batch [OVERRIDES...] --out FILE.png
+                                        draw a training batch after the tricks' data hooks
 
 OVERRIDES use Hydra's grammar, for example:
   tricks=[mixup,warmup] seed=1 model=faster_rcnn model/backbone=resnet18
@@ -113,7 +115,28 @@ def cmd_report(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "sweep": cmd_sweep, "report": cmd_report}
+def cmd_show_batch(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="ablate show-batch",
+        description="Draw the first training batch of a run after its tricks' data hooks (MixUp, CutMix, ...), "
+                    "with boxes and labels, to see what a data trick does. Example: "
+                    "ablate show-batch tricks=[cutmix] --out cutmix.png")
+    parser.add_argument("--out", type=Path, required=True, help="PNG file to write")
+    parser.add_argument("--num", type=int, default=8, help="images to draw (at most one batch; default 8)")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for ablate train")
+    args = parser.parse_args(argv)
+    from hydra import compose, initialize_config_dir
+
+    from . import config as ablate_config
+    from .show_batch import show_batch
+
+    with initialize_config_dir(str(ablate_config.conf_dir()), version_base="1.3"):
+        cfg = compose("config", overrides=args.overrides)
+    print(f"batch: {show_batch(cfg, args.out, args.num)}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "sweep": cmd_sweep, "report": cmd_report, "show-batch": cmd_show_batch}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -102,3 +102,24 @@ def test_report_command_rebuilds_from_disk(dirs, tmp_path):
     assert res.returncode == 0, res.stderr
     assert (out / "report.md").read_text().count("| baseline") == 1
     assert ablate("report", str(tmp_path / "nothing_here")).returncode == 2
+
+
+def test_show_batch_draws_the_batch_after_the_data_tricks(dirs, tmp_path):
+    out = tmp_path / "batch.png"
+    res = ablate("show-batch", "tricks=[cutmix]", "profile=smoke", f"paths.cache={dirs['env']['ABLATE_CACHE']}",
+                 "--out", str(out), "--num", "4")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert ablate("show-batch", "tricks=[nope]", "--out", str(out)).returncode != 0
+
+
+@pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
+def test_other_hydra_launchers_run_the_sweep(dirs, launcher):
+    pytest.importorskip({"joblib": "hydra_plugins.hydra_joblib_launcher",
+                         "submitit_local": "hydra_plugins.hydra_submitit_launcher"}[launcher])
+    res = ablate("sweep", "quick", "profile=smoke", f"hydra/launcher={launcher}", *paths(dirs), env=dirs["env"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    statuses = {p.parent.parent.name: read_record(p).status
+                for p in (dirs["runs"] / "quick").glob("*/seed0/result.json")}
+    assert statuses == {"baseline": "ok", "warmup": "ok", "mixup": "ok"}
+    assert (dirs["reports"] / "quick" / "report.md").is_file()

@@ -81,7 +81,7 @@ def test_mix_pair_blends_pixels_on_the_larger_canvas_and_keeps_all_boxes():
 
 
 def test_mixup_lambda_follows_beta_alpha_alpha():
-    mixup = MixUp(alpha=1.5, prob=1.0)
+    mixup = MixUp(alpha=1.5, prob=1.0, off_last_epochs=0, loss_weights=True)
     ctx = BatchContext(epoch=0, num_epochs=1, step=0, total_steps=1, rng=np.random.default_rng(0))
     lams = []
     for _ in range(400):
@@ -98,13 +98,13 @@ def test_mixup_pairs_every_image_with_another_and_prob_zero_changes_nothing():
     ctx = BatchContext(epoch=0, num_epochs=1, step=0, total_steps=1, rng=np.random.default_rng(3))
     images = [torch.full((1, 2, 2), float(i)) for i in range(4)]
     targets = [{"boxes": torch.tensor([[0.0, 0.0, 1.0, 1.0]]), "labels": torch.tensor([i + 1])} for i in range(4)]
-    out, tg = MixUp(alpha=1.5, prob=1.0).on_batch(images, targets, ctx)
+    out, tg = MixUp(alpha=1.5, prob=1.0, off_last_epochs=0, loss_weights=True).on_batch(images, targets, ctx)
     for i, t in enumerate(tg):
         assert len(t["labels"]) == 2 and t["labels"][0] == i + 1 and t["labels"][1] != i + 1
         j = t["labels"][1].item() - 1
         lam = t["weights"][0].item()
         assert out[i][0, 0, 0].item() == pytest.approx(lam * i + (1 - lam) * j)
-    same, tg = MixUp(alpha=1.5, prob=0.0).on_batch(images, targets, ctx)
+    same, tg = MixUp(alpha=1.5, prob=0.0, off_last_epochs=0, loss_weights=True).on_batch(images, targets, ctx)
     assert same == images and tg == targets
 
 

@@ -33,6 +33,28 @@ class BatchContext:
     rng: np.random.Generator
 
 
+def mix_with_partners(images: Images, targets: Targets, ctx: BatchContext, prob: float,
+                      mix: Callable[[int, int], tuple[torch.Tensor, dict]]) -> tuple[Images, Targets]:
+    """For batch-mixing tricks (MixUp, CutMix): each image, with probability `prob`, is mixed by
+    `mix(i, j)` with a partner j of its batch. Partners come from a random permutation shifted by
+    one, which has no fixed point, so no image is mixed with itself."""
+    n = len(images)
+    if n < 2:
+        return images, targets
+    order = ctx.rng.permutation(n)
+    partner = {int(order[k]): int(order[(k + 1) % n]) for k in range(n)}
+    out_images, out_targets = [], []
+    for i in range(n):
+        if ctx.rng.random() >= prob:
+            out_images.append(images[i])
+            out_targets.append(targets[i])
+            continue
+        img, tgt = mix(i, partner[i])
+        out_images.append(img)
+        out_targets.append(tgt)
+    return out_images, out_targets
+
+
 class Trick:
     #: Slots this trick changes, e.g. "lr_warmup", "batch_mix", "cls_loss".
     claims: ClassVar[tuple[str, ...]] = ()

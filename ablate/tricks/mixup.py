@@ -3,13 +3,14 @@ Networks", sec. 3.1): two images are blended with a ratio lambda ~ Beta(alpha, a
 canvas large enough for both, placed at the top-left corner so no box moves (geometry
 preserving), and the boxes of both images are kept. Each box carries the weight of its image
 (lambda or 1 - lambda) in target["weights"], for losses that can weight boxes.
+``loss_weights`` = false drops target["weights"] from mixed images (every box then weighs 1).
 ``off_last_epochs`` = N turns MixUp off for the last N epochs (ctx.epoch >= ctx.num_epochs - N).
 """
 from __future__ import annotations
 
 import torch
 
-from .base import BatchContext, Images, Targets, Trick
+from .base import BatchContext, Images, Targets, Trick, mix_with_partners
 
 
 def mix_pair(img_a: torch.Tensor, tgt_a: dict, img_b: torch.Tensor, tgt_b: dict, lam: float):
@@ -31,7 +32,7 @@ def mix_pair(img_a: torch.Tensor, tgt_a: dict, img_b: torch.Tensor, tgt_b: dict,
 class MixUp(Trick):
     claims = ("batch_mix",)
 
-    def __init__(self, alpha: float, prob: float, off_last_epochs: int = 0):
+    def __init__(self, alpha: float, prob: float, off_last_epochs: int, loss_weights: bool):
         if alpha <= 0:
             raise ValueError(f"tricks.mixup.alpha={alpha}: must be > 0")
         if not 0 <= prob <= 1:
@@ -40,23 +41,17 @@ class MixUp(Trick):
             raise ValueError(f"tricks.mixup.off_last_epochs={off_last_epochs}: must be an integer >= 0")
         self.off_last_epochs = int(off_last_epochs)
         self.alpha, self.prob = alpha, prob
+        self.loss_weights = bool(loss_weights)
 
     def on_batch(self, images: Images, targets: Targets, ctx: BatchContext) -> tuple[Images, Targets]:
-        n = len(images)
-        if n < 2 or ctx.epoch >= ctx.num_epochs - self.off_last_epochs:
+        if ctx.epoch >= ctx.num_epochs - self.off_last_epochs:
             return images, targets
-        # Each image is mixed with another of the batch: a random permutation shifted by one has no fixed point.
-        order = ctx.rng.permutation(n)
-        partner = {int(order[k]): int(order[(k + 1) % n]) for k in range(n)}
-        out_images, out_targets = [], []
-        for i in range(n):
-            if ctx.rng.random() >= self.prob:
-                out_images.append(images[i])
-                out_targets.append(targets[i])
-                continue
+
+        def mix(i: int, j: int):
             lam = float(ctx.rng.beta(self.alpha, self.alpha))
-            j = partner[i]
             img, tgt = mix_pair(images[i], targets[i], images[j], targets[j], lam)
-            out_images.append(img)
-            out_targets.append(tgt)
-        return out_images, out_targets
+            if not self.loss_weights:
+                del tgt["weights"]
+            return img, tgt
+
+        return mix_with_partners(images, targets, ctx, self.prob, mix)

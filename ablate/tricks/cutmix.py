@@ -1,0 +1,173 @@
+"""Detection CutMix (Yun et al. 2019, "CutMix: Regularization Strategy to Train Strong
+Classifiers with Localizable Features", arXiv:1905.04899; the detection variant as used in
+YOLOv4 and mmdetection-style pipelines): a rectangle of image B is pasted into image A, and
+the boxes follow the pixels.
+
+The rules, exactly:
+
+Pairing and draws. Each image A of the batch is paired with B = the next image of a random
+permutation of the batch (a permutation shifted by one has no fixed point), as MixUp does. Per
+image, in this order from ``ctx.rng``: ``random() < prob`` decides whether A is cut at all; then
+lambda ~ Beta(alpha, alpha); then the region's centre x, then its centre y.
+
+The region. The paper's: cut ratio r = sqrt(1 - lambda), region size (round(r * W), round(r * H)),
+centre uniform over the pixels (``integers(0, W)``, ``integers(0, H)``), then clipped to the
+image, so that before clipping its area is (1 - lambda) * W * H (up to rounding) and after
+clipping it is smaller. Edges are integers (pixel boundaries, which box coordinates share), the
+region is the half-open pixel range [x0, x1) x [y0, y1), and is empty when x0 == x1 or y0 == y1.
+Images of a batch may differ in size: W and H are those of the area both images cover when
+their top-left corners coincide (min of the widths, min of the heights), so the region lies
+inside both and its pixels keep their coordinates (no resampling, no shift; MixUp aligns its
+images the same way). The result has A's size. Lambda is not adjusted to the clipped area (the
+paper does so for its soft labels; boxes here carry no lambda).
+
+Pixels. Inside the region the result is B's pixels, everywhere else A's.
+
+A's boxes. Let v = (area of the box outside the region) / (area of the box). A box is dropped
+when v < min_visible or when nothing of it stays visible (v == 0). A kept box becomes the tight
+box of its visible part. That visible part is the box minus a rectangle, so its tight box differs
+from the box only when the region covers a whole side strip of it (spans the box from edge to
+edge in one direction and reaches past one of its other edges): the box is then cut back to the
+part that remains. A region that bites a corner, punches a hole or splits the box in two leaves
+the box unchanged (the tight box of an L, a frame or two strips is the whole box). Boxes of zero
+area (which the detectors reject anyway) are kept unchanged unless they lie inside the region.
+
+B's boxes. Each is clipped to the region (intersection of the box and the region) and added
+after A's boxes when its clipped box has positive width and height and its area is at least
+min_visible times the original area.
+
+Weights. target["weights"] is written only when A's or B's target had it (CutMix itself weights
+nothing: a box is either there or not, as in YOLOv4): every kept box keeps its own input weight,
+1 for a target without weights. Other keys of the target (image_id, scale, ...) are A's.
+
+``off_last_epochs`` = N turns CutMix off for the last N epochs (ctx.epoch >= ctx.num_epochs - N),
+drawing nothing from ctx.rng then; 0 keeps it on throughout.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .base import BatchContext, Images, Targets, Trick, mix_with_partners
+
+Region = tuple[int, int, int, int]  # x0, y0, x1, y1: the pixels [x0, x1) x [y0, y1)
+
+
+def cut_region(height: int, width: int, lam: float, cx: int, cy: int) -> Region:
+    """The paper's cut rectangle for this lambda, centred on pixel (cx, cy) and clipped to the
+    image: size (round(sqrt(1 - lam) * width), round(sqrt(1 - lam) * height)) before clipping."""
+    ratio = math.sqrt(max(0.0, 1.0 - lam))
+    cut_w, cut_h = int(round(width * ratio)), int(round(height * ratio))
+    x0, y0 = cx - cut_w // 2, cy - cut_h // 2
+    x1, y1 = x0 + cut_w, y0 + cut_h
+    return (min(max(x0, 0), width), min(max(y0, 0), height), min(max(x1, 0), width), min(max(y1, 0), height))
+
+
+def _areas(boxes: torch.Tensor) -> torch.Tensor:
+    return (boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]).clamp(min=0)
+
+
+def _clip_to(boxes: torch.Tensor, region: Region) -> torch.Tensor:
+    x0, y0, x1, y1 = region
+    return torch.stack([boxes[:, 0].clamp(min=x0), boxes[:, 1].clamp(min=y0),
+                        boxes[:, 2].clamp(max=x1), boxes[:, 3].clamp(max=y1)], dim=1)
+
+
+def boxes_around(boxes: torch.Tensor, region: Region, min_visible: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """A's boxes once the region is pasted over them: (kept boxes, each cut back to the tight box
+    of its visible part; the boolean mask of kept input boxes)."""
+    boxes = boxes.reshape(-1, 4)
+    x0, y0, x1, y1 = region
+    if x0 >= x1 or y0 >= y1 or len(boxes) == 0:
+        return boxes, torch.ones(len(boxes), dtype=torch.bool, device=boxes.device)
+    area = _areas(boxes)
+    covered = _areas(_clip_to(boxes, region))  # the intersection (0 when they do not meet)
+    visible = area - covered
+    positive = area > 0
+    fraction = torch.where(positive, visible / area.clamp(min=torch.finfo(area.dtype).tiny), torch.ones_like(area))
+    inside = ((boxes[:, 0] >= x0) & (boxes[:, 2] <= x1) & (boxes[:, 1] >= y0) & (boxes[:, 3] <= y1))
+    keep = torch.where(positive, (visible > 0) & (fraction >= min_visible), ~inside)
+
+    out = boxes.clone()
+    # The region spans the box horizontally: what stays is above and/or below it.
+    spans_x = (x0 <= boxes[:, 0]) & (x1 >= boxes[:, 2]) & positive
+    # ... and vertically: what stays is left and/or right of it.
+    spans_y = (y0 <= boxes[:, 1]) & (y1 >= boxes[:, 3]) & positive
+    top_gone, bottom_gone = (y0 <= boxes[:, 1]) & (y1 > boxes[:, 1]), (y1 >= boxes[:, 3]) & (y0 < boxes[:, 3])
+    left_gone, right_gone = (x0 <= boxes[:, 0]) & (x1 > boxes[:, 0]), (x1 >= boxes[:, 2]) & (x0 < boxes[:, 2])
+    # A strip is removed only when the region spans one direction and reaches past one edge in
+    # the other (spanning both with a remaining part is impossible: that box is fully covered).
+    out[:, 1] = torch.where(spans_x & top_gone & ~bottom_gone, torch.full_like(out[:, 1], float(y1)), out[:, 1])
+    out[:, 3] = torch.where(spans_x & bottom_gone & ~top_gone, torch.full_like(out[:, 3], float(y0)), out[:, 3])
+    out[:, 0] = torch.where(spans_y & left_gone & ~right_gone, torch.full_like(out[:, 0], float(x1)), out[:, 0])
+    out[:, 2] = torch.where(spans_y & right_gone & ~left_gone, torch.full_like(out[:, 2], float(x0)), out[:, 2])
+    return out[keep], keep
+
+
+def boxes_within(boxes: torch.Tensor, region: Region, min_visible: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """B's boxes seen through the region: (kept boxes clipped to it, the boolean mask of kept input boxes)."""
+    boxes = boxes.reshape(-1, 4)
+    clipped = _clip_to(boxes, region)
+    w, h = clipped[:, 2] - clipped[:, 0], clipped[:, 3] - clipped[:, 1]
+    keep = (w > 0) & (h > 0) & (w * h >= min_visible * _areas(boxes))
+    return clipped[keep], keep
+
+
+def _weights(tgt: dict) -> torch.Tensor:
+    """The target's box weights, 1 for each box when it has none."""
+    if "weights" in tgt:
+        return tgt["weights"]
+    return torch.ones(len(tgt["boxes"]), device=tgt["boxes"].device)
+
+
+def cut_pair(img_a: torch.Tensor, tgt_a: dict, img_b: torch.Tensor, tgt_b: dict, region: Region,
+             min_visible: float):
+    """A with B's pixels pasted in ``region`` (same coordinates in both), and the boxes of both
+    as the module docstring says."""
+    x0, y0, x1, y1 = region
+    h, w = min(img_a.shape[1], img_b.shape[1]), min(img_a.shape[2], img_b.shape[2])
+    if not (0 <= x0 <= x1 <= w and 0 <= y0 <= y1 <= h):
+        raise ValueError(f"cut region {region} does not lie inside both images (common area {w}x{h})")
+    mixed = img_a.clone()
+    mixed[:, y0:y1, x0:x1] = img_b[:, y0:y1, x0:x1]
+    boxes_a, keep_a = boxes_around(tgt_a["boxes"], region, min_visible)
+    boxes_b, keep_b = boxes_within(tgt_b["boxes"], region, min_visible)
+    target = dict(tgt_a)
+    target["boxes"] = torch.cat([boxes_a, boxes_b.to(boxes_a.device, boxes_a.dtype)])
+    target["labels"] = torch.cat([tgt_a["labels"][keep_a], tgt_b["labels"][keep_b].to(tgt_a["labels"].device)])
+    if "weights" in tgt_a or "weights" in tgt_b:
+        weights_a = _weights(tgt_a)[keep_a]
+        weights_b = _weights(tgt_b)[keep_b].to(weights_a.device, weights_a.dtype)
+        target["weights"] = torch.cat([weights_a, weights_b])
+    return mixed, target
+
+
+class CutMix(Trick):
+    claims = ("batch_mix",)
+
+    def __init__(self, alpha: float, prob: float, min_visible: float, off_last_epochs: int):
+        if alpha <= 0:
+            raise ValueError(f"tricks.cutmix.alpha={alpha}: must be > 0")
+        if not 0 <= prob <= 1:
+            raise ValueError(f"tricks.cutmix.prob={prob}: must be in [0, 1]")
+        if not 0 <= min_visible <= 1:
+            raise ValueError(f"tricks.cutmix.min_visible={min_visible}: must be in [0, 1]")
+        if int(off_last_epochs) != off_last_epochs or off_last_epochs < 0:
+            raise ValueError(f"tricks.cutmix.off_last_epochs={off_last_epochs}: must be an integer >= 0")
+        self.alpha, self.prob, self.min_visible = alpha, prob, min_visible
+        self.off_last_epochs = int(off_last_epochs)
+
+    def on_batch(self, images: Images, targets: Targets, ctx: BatchContext) -> tuple[Images, Targets]:
+        if ctx.epoch >= ctx.num_epochs - self.off_last_epochs:
+            return images, targets
+
+        def mix(i: int, j: int):
+            lam = float(ctx.rng.beta(self.alpha, self.alpha))
+            h = min(images[i].shape[1], images[j].shape[1])
+            w = min(images[i].shape[2], images[j].shape[2])
+            cx, cy = int(ctx.rng.integers(0, w)), int(ctx.rng.integers(0, h))
+            return cut_pair(images[i], targets[i], images[j], targets[j], cut_region(h, w, lam, cx, cy),
+                            self.min_visible)
+
+        return mix_with_partners(images, targets, ctx, self.prob, mix)
