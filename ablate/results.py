@@ -15,7 +15,9 @@ from typing import Any
 
 SCHEMA_VERSION = 1
 RECORD_NAME = "result.json"
-STATUSES = ("ok", "failed", "diverged")
+# not_applicable: the run's tricks do not fit its detector or each other (a design may ask for
+# such a combination); it trains nothing and the report shows "n/a", never a zero change.
+STATUSES = ("ok", "failed", "diverged", "not_applicable")
 
 # COCOeval's 12 stats, in its order, under the names COCO gives them.
 COCO_METRICS = ("mAP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -63,8 +65,8 @@ class RunRecord:
 
     @property
     def complete(self) -> bool:
-        """A record is complete when the run ended for good: ok or diverged (failures are retried)."""
-        return self.status in ("ok", "diverged")
+        """A record is complete when the run ended for good (failures are retried)."""
+        return self.status != "failed"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

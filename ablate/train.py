@@ -31,7 +31,7 @@ from .data import build_data, make_loader
 from .evaluate import coco_metrics, count_flops, measure_latency, predict
 from .models import build_model, count_parameters, label_offset
 from .results import RECORD_NAME, RecordError, RunRecord, base_hash, config_hash, read_record, write_record
-from .tricks import BatchContext, Trick, build_tricks
+from .tricks import BatchContext, Trick, TrickConflictError, build_tricks
 
 log = logging.getLogger("ablate.train")
 CHECKPOINT = "last.pt"
@@ -350,8 +350,8 @@ def existing_record(run_dir: Path, chash: str) -> RunRecord | None:
 def main(cfg: DictConfig) -> str:
     """Hydra task: train and evaluate one run in Hydra's output folder; returns its status.
 
-    In a multirun a failure is recorded (status failed, with the error's last lines) and the
-    sweep goes on; a single run raises it."""
+    In a multirun a failure is recorded (status failed, with the error's last lines), tricks that
+    do not fit are recorded as not_applicable, and the sweep goes on; a single run raises both."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -365,6 +365,14 @@ def main(cfg: DictConfig) -> str:
         return done.status
     try:
         return train_and_evaluate(cfg, run_dir).status
+    except TrickConflictError as e:
+        if not multirun:
+            raise
+        record = new_record(cfg, "not_applicable")
+        record.error = str(e)
+        write_record(record, run_dir)
+        log.warning("not applicable: %s", e)
+        return record.status
     except Exception as e:
         tail = "".join(traceback.format_exception(e)).strip().splitlines()[-15:]
         record = new_record(cfg, "failed")

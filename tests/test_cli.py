@@ -123,3 +123,18 @@ def test_other_hydra_launchers_run_the_sweep(dirs, launcher):
                 for p in (dirs["runs"] / "quick").glob("*/seed0/result.json")}
     assert statuses == {"baseline": "ok", "warmup": "ok", "mixup": "ok"}
     assert (dirs["reports"] / "quick" / "report.md").is_file()
+
+
+def test_a_trick_that_does_not_fit_a_baseline_is_na_not_a_failure(dirs, tmp_path):
+    sweep = tmp_path / "fit.yaml"
+    sweep.write_text("tricks: [iou_balanced]\nseeds: 1\nbaselines:\n  fcos: [model=fcos]\n"
+                     "  faster_rcnn: [model=faster_rcnn]\n")
+    res = ablate("sweep", str(sweep), "profile=smoke", *paths(dirs), env=dirs["env"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    na = read_record(dirs["runs"] / "fit" / "fcos" / "iou_balanced" / "seed0" / "result.json")
+    assert na.status == "not_applicable" and "does not fit model=fcos" in na.error
+    assert read_record(dirs["runs"] / "fit" / "faster_rcnn" / "iou_balanced" / "seed0" / "result.json").status == "ok"
+    report = (dirs["reports"] / "fit" / "report.md").read_text()
+    row = next(line for line in report.splitlines() if "| fcos/iou_balanced " in line)
+    assert "n/a" in row and "+0.0" not in row
+    assert "## Variants that do not apply" in report

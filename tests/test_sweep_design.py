@@ -44,3 +44,16 @@ def test_shipped_sweeps_load():
     for path in sweeps_dir().glob("*.yaml"):
         assert load_sweep(path).jobs()
     assert resolve_sweep_path("quick").name == "quick.yaml"
+
+
+def test_several_named_baselines_each_get_every_variant(tmp_path):
+    s = sweep_file(tmp_path, "tricks: [a]\nseeds: 1\nbaselines:\n  fcos: [model=fcos]\n"
+                             "  frcnn: [model=faster_rcnn, train.epochs=2]\n")
+    jobs = s.jobs()
+    assert [j.variant for j in jobs] == ["fcos/baseline", "fcos/a", "frcnn/baseline", "frcnn/a"]
+    assert jobs[3].base == ("model=faster_rcnn", "train.epochs=2")
+    assert jobs[3].overrides() == ["tricks=[a]", "seed=0", "variant=frcnn/a"]
+    with pytest.raises(SweepFileError, match="either baseline .* or baselines"):
+        sweep_file(tmp_path, "tricks: [a]\nbaseline: []\nbaselines: {x: []}\n")
+    with pytest.raises(SweepFileError, match="baselines.x must be a list"):
+        sweep_file(tmp_path, "tricks: [a]\nbaselines: {x: model=fcos}\n")

@@ -419,7 +419,8 @@ def test_label_smoothing_and_ghm_both_claim_the_classification_loss():
 
 
 @pytest.mark.parametrize("trick,name,needs", [("ghm", "faster_rcnn", "one_stage.*model=fcos or model=retinanet"),
-                                              ("ghm_r", "faster_rcnn", "one_stage.*model=fcos or model=retinanet"),
+                                              ("ghm_r", "faster_rcnn", "retinanet detector \\(model=retinanet\\)"),
+                                              ("ghm_r", "fcos", "retinanet detector \\(model=retinanet\\)"),
                                               ("iou_balanced", "fcos", "two_stage.*model=faster_rcnn"),
                                               ("iou_balanced", "retinanet", "two_stage.*model=faster_rcnn")])
 def test_trick_on_a_detector_it_does_not_fit_stops_before_training(trick, name, needs):
@@ -427,8 +428,9 @@ def test_trick_on_a_detector_it_does_not_fit_stops_before_training(trick, name, 
         build_tricks(trick_cfg(trick), model_cfg(name))
 
 
-def test_ghm_r_on_fcos_says_why():
-    trick = build_tricks(trick_cfg("ghm_r"), model_cfg("fcos"))[0]  # FCOS is one-stage: fits passes
+def test_ghm_r_on_a_model_without_delta_regression_says_why():
+    trick = build_tricks(trick_cfg("ghm_r"), model_cfg("retinanet"))[0]
+    trick.name = "ghm_r"
     with pytest.raises(TrickConflictError, match="'ghm_r' does not fit FCOS.*model=retinanet.*GIoU"):
         trick.on_model(build("fcos"))
 

@@ -13,6 +13,7 @@ from typing import Iterable, Sequence
 import pandas as pd
 
 from ablate.report.table import DASH, NA, display_table, fmt_delta
+from ablate.results import STATUSES
 
 RIGHT_ALIGNED = {"Seeds", "mAP", "ΔmAP", "AP50", "AP75", "APs", "APm", "APl", "Train time (s)", "Images/s",
                  "Inference (ms/img)", "Params (M)", "FLOPs (G)", "Seed"}
@@ -74,7 +75,7 @@ def _date_range(created: Iterable[str]) -> str:
 
 def header_paragraph(table: pd.DataFrame, runs: pd.DataFrame, n_unreadable: int) -> str:
     counts = runs["status"].value_counts()
-    status_bits = ", ".join(f"{int(counts[s])} {s}" for s in ("ok", "failed", "diverged") if s in counts)
+    status_bits = ", ".join(f"{int(counts[s])} {s.replace('_', ' ')}" for s in STATUSES if s in counts)
     ok = runs[runs["status"] == "ok"]
     seeds = sorted(set(int(s) for s in ok["seed"])) if len(ok) else []
     seed_text = ("seeds " + ", ".join(str(s) for s in seeds)) if len(seeds) > 1 else \
@@ -144,8 +145,19 @@ def notes(table: pd.DataFrame) -> list[str]:
     return lines
 
 
+def not_applicable_section(runs: pd.DataFrame) -> list[str]:
+    """Variants whose tricks do not fit their detector (or each other): n/a, not a zero change."""
+    na = runs[runs["status"] == "not_applicable"].drop_duplicates("variant")
+    if not len(na):
+        return []
+    lines = ["## Variants that do not apply", "",
+             "Their tricks do not fit the detector (or each other): nothing was trained, and the table shows n/a.", ""]
+    lines += [f"- `{v}`: {e}" for v, e in zip(na["variant"], na["error"])]
+    return lines + [""]
+
+
 def unfinished_section(runs: pd.DataFrame) -> list[str]:
-    bad = runs[runs["status"] != "ok"]
+    bad = runs[~runs["status"].isin(["ok", "not_applicable"])]
     if not len(bad):
         return []
     frame = pd.DataFrame({
@@ -182,6 +194,7 @@ def render_markdown(title: str, table: pd.DataFrame, runs: pd.DataFrame, errors:
     parts += [markdown_table(display_table(table)), "",
               f"![ΔmAP per variant]({image})", "",
               "## Notes", "", *notes(table), ""]
+    parts += not_applicable_section(runs)
     parts += unfinished_section(runs)
     parts += unreadable_section(errors)
     parts += ["---", "",

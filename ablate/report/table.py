@@ -197,7 +197,8 @@ def base_labels(configs: Mapping[str, dict[str, Any]]) -> dict[str, str]:
     flat = {h: {k: v for k, v in _flatten(c).items() if k.split(".")[0] not in skip}
             for h, c in configs.items()}
     keys = sorted(set().union(*flat.values()))
-    differing = [k for k in keys if len({repr(f.get(k)) for f in flat.values()}) > 1]
+    # A builder's _target_ changes with the name beside it and says nothing more.
+    differing = [k for k in keys if len({repr(f.get(k)) for f in flat.values()}) > 1 and not k.endswith("._target_")]
     # Names first (model.name says more than model.fpn_channels), then model, data, train keys.
     order = {"model": 0, "data": 1, "train": 2, "eval": 3}
     differing.sort(key=lambda k: (not k.endswith(".name"), order.get(k.split(".")[0], 9), k))

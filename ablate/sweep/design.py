@@ -7,6 +7,11 @@ A sweep file (sweeps/<name>.yaml, or any path):
     tricks: [warmup, mixup]        # names of conf/tricks/<name>.yaml
     seeds: 3                       # a count (seeds 0..n-1) or a list of seeds
     baseline: [model=fcos]         # optional overrides of every job
+    baselines:                     # or several named baselines, each ablated in turn:
+      fcos: [model=fcos]           #   variants are named <baseline>/<tricks>
+      faster_rcnn: [model=faster_rcnn]
+
+A trick that does not fit a baseline's detector is recorded as not_applicable (n/a in the report).
 
 No torch here: the sweeper runs in the launching process.
 """
@@ -22,7 +27,7 @@ from omegaconf.errors import OmegaConfBaseException
 from ..config import sweeps_dir
 
 DESIGNS = ("one_at_a_time", "cumulative", "leave_one_out", "factorial")
-KEYS = {"design", "tricks", "seeds", "baseline", "name", "description"}
+KEYS = {"design", "tricks", "seeds", "baseline", "baselines", "name", "description"}
 
 
 class SweepFileError(ValueError):
@@ -34,8 +39,11 @@ class Job:
     variant: str
     tricks: tuple[str, ...]
     seed: int
+    # The overrides of this job's baseline (model=..., data=...).
+    base: tuple[str, ...] = ()
 
     def overrides(self) -> list[str]:
+        """What makes this job this variant at this seed (after the base and command-line overrides)."""
         return [f"tricks=[{','.join(self.tricks)}]", f"seed={self.seed}", f"variant={self.variant}"]
 
 
@@ -45,7 +53,8 @@ class SweepDesign:
     design: str
     tricks: tuple[str, ...]
     seeds: tuple[int, ...]
-    baseline: tuple[str, ...]
+    # Baseline label -> its overrides; one unnamed ("") baseline unless the file names several.
+    baselines: dict[str, tuple[str, ...]]
     path: Path
 
     def variants(self) -> list[tuple[str, ...]]:
@@ -67,7 +76,12 @@ class SweepDesign:
         return unique
 
     def jobs(self) -> list[Job]:
-        return [Job("+".join(c) or "baseline", c, s) for c in self.variants() for s in self.seeds]
+        jobs = []
+        for label, base in self.baselines.items():
+            for combo in self.variants():
+                name = "+".join(combo) or "baseline"
+                jobs += [Job(f"{label}/{name}" if label else name, combo, seed, base) for seed in self.seeds]
+        return jobs
 
 
 def resolve_sweep_path(name_or_path: str) -> Path:
@@ -108,8 +122,16 @@ def load_sweep(path: Path) -> SweepDesign:
         seeds = list(range(seeds))
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
         raise SweepFileError(f"{path}: seeds must be a count >= 1 or a list of integers, got {raw.get('seeds')!r}")
-    baseline = raw.get("baseline") or []
-    if not isinstance(baseline, list) or not all(isinstance(o, str) for o in baseline):
-        raise SweepFileError(f"{path}: baseline must be a list of overrides such as [model=faster_rcnn]")
+    if "baseline" in raw and "baselines" in raw:
+        raise SweepFileError(f"{path}: give either baseline (one) or baselines (several, named), not both")
+    named = raw.get("baselines") if "baselines" in raw else {"": raw.get("baseline") or []}
+    if not isinstance(named, dict) or not named:
+        raise SweepFileError(f"{path}: baselines must map names to override lists, e.g. fcos: [model=fcos]")
+    for label, overrides in named.items():
+        if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+            where = f"baselines.{label}" if label else "baseline"
+            raise SweepFileError(f"{path}: {where} must be a list of overrides such as [model=faster_rcnn]")
+        if "/" in label or "=" in label:
+            raise SweepFileError(f"{path}: baseline name {label!r} may not contain '/' or '='")
     return SweepDesign(name=str(raw.get("name") or path.stem), design=design, tricks=tuple(tricks),
-                       seeds=tuple(seeds), baseline=tuple(baseline), path=path)
+                       seeds=tuple(seeds), baselines={k: tuple(v) for k, v in named.items()}, path=path)

@@ -50,14 +50,15 @@ class AblationSweeper(Sweeper):
             if "," in arg.split("=", 1)[-1] and "[" not in arg:
                 raise ValueError(f"override {arg!r}: a sweep over values belongs in a sweep file, not on the command line")
         jobs = design.jobs()
-        batch = [list(design.baseline) + list(arguments) + job.overrides() for job in jobs]
+        batch = [list(job.base) + list(arguments) + job.overrides() for job in jobs]
         self.validate_batch_is_legal(batch)
 
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-        log.info("sweep %s (%s design): %d variants x %d seeds = %d runs in %s", design.name, design.design,
-                 len(design.variants()), len(design.seeds), len(jobs), sweep_dir)
+        log.info("sweep %s (%s design): %d baseline(s) x %d variants x %d seeds = %d runs in %s", design.name,
+                 design.design, len(design.baselines), len(design.variants()), len(design.seeds), len(jobs),
+                 sweep_dir)
 
         returns = self.launcher.launch(batch, initial_job_idx=0)
         not_ok = []
@@ -66,7 +67,7 @@ class AblationSweeper(Sweeper):
                 status = ret.return_value
             else:
                 status = f"failed ({ret._return_value!r})"
-            if status != "ok":
+            if status not in ("ok", "not_applicable"):
                 not_ok.append(f"{job.variant} seed {job.seed}: {status}")
 
         if self.report:

@@ -29,9 +29,9 @@ def build_tricks(cfg_tricks, cfg_model) -> list[Trick]:
 
 def check_compatible(tricks: list[Trick], family: str, model_name: str) -> None:
     for trick in tricks:
-        if family not in trick.fits:
+        if family not in trick.fits and model_name not in trick.fits:
             needed = " or ".join(trick.fits)
-            examples = " or ".join(FAMILY_EXAMPLES.get(f, f) for f in trick.fits)
+            examples = " or ".join(FAMILY_EXAMPLES.get(f, f"model={f}") for f in trick.fits)
             raise TrickConflictError(
                 f"trick '{trick.name}' does not fit model={model_name}: it needs a {needed} detector "
                 f"({examples}), and {model_name} is {family}")

@@ -58,7 +58,7 @@ def mix_with_partners(images: Images, targets: Targets, ctx: BatchContext, prob:
 class Trick:
     #: Slots this trick changes, e.g. "lr_warmup", "batch_mix", "cls_loss".
     claims: ClassVar[tuple[str, ...]] = ()
-    #: Detector families (cfg.model.family) this trick applies to.
+    #: Detector families (cfg.model.family) or models (cfg.model.name) this trick applies to.
     fits: ClassVar[tuple[str, ...]] = FAMILIES
     #: The config name (conf/tricks/<name>.yaml), set when the trick is built.
     name: str = ""

@@ -124,7 +124,7 @@ class GHMR(Trick):
     """GHM-R in place of RetinaNet's L1 loss on the anchor deltas. FCOS regresses boxes with a
     GIoU loss, not a smooth-L1-type loss on deltas, so GHM-R has nothing to replace there."""
     claims = ("box_loss",)
-    fits = ("one_stage",)
+    fits = ("retinanet",)
 
     def __init__(self, mu: float, bins: int, momentum: float, loss_weight: float):
         GHMRLoss(mu, bins, momentum, loss_weight)  # validates
