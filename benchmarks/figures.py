@@ -1,0 +1,95 @@
+"""The headline figures of the README, measured on this machine by running `ablate` as a user does.
+
+    python benchmarks/figures.py                 # smoke, quick and bccd, one after the other
+    python benchmarks/figures.py smoke           # only `ablate sweep quick profile=smoke`
+    python benchmarks/figures.py quick --keep reports/quick   # and keep the report it writes
+
+Each figure runs in fresh temporary runs/, reports/ and cache folders (the shapes set is
+generated inside the timed command, as on a new machine). Run one benchmark at a time: two at
+once share the cores and both figures are wrong.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BCCD = REPO.parent / "shared" / "data" / "bccd"
+# The README's BCCD command (tiny backbone, 320 px).
+BCCD_OVERRIDES = ["data=coco", f"data.root={BCCD}", "train.epochs=30"]
+
+
+def run(args: list[str], workdir: Path) -> tuple[float, subprocess.CompletedProcess]:
+    env = dict(os.environ, ABLATE_CACHE=str(workdir / "cache"))
+    cmd = [sys.executable, "-m", "ablate.cli", *args, f"paths.runs={workdir / 'runs'}",
+           f"paths.reports={workdir / 'reports'}", "runtime.progress=false"]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr[-4000:])
+        raise SystemExit(f"failed: {' '.join(args)}")
+    return elapsed, proc
+
+
+def records(runs: Path) -> dict[str, dict]:
+    return {p.parent.relative_to(runs).as_posix(): json.loads(p.read_text()) for p in runs.rglob("result.json")}
+
+
+def sweep_figure(name: str, extra: list[str], keep: Path | None) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        elapsed, _ = run(["sweep", "quick", *extra], work)
+        recs = records(work / "runs")
+        print(f"`ablate sweep quick {' '.join(extra)}`: {elapsed:.1f} s wall for {len(recs)} runs")
+        for key, rec in sorted(recs.items()):
+            t = rec["timings"]
+            print(f"  {key}: status {rec['status']}, mAP {rec['metrics'].get('mAP', float('nan')):.4f}, "
+                  f"train {t.get('train_s', 0):.1f} s at {t.get('images_per_s', 0):.1f} images/s, "
+                  f"data wait {100 * t.get('data_wait_fraction', 0):.1f}% of training, "
+                  f"inference {rec['inference_ms_per_image'] or float('nan'):.2f} ms/image")
+        if keep:
+            shutil.rmtree(keep, ignore_errors=True)
+            shutil.copytree(work / "reports" / "quick", keep)
+            print(f"  report kept in {keep}")
+
+
+def bccd_figure() -> None:
+    if not BCCD.is_dir():
+        print(f"bccd: skipped, {BCCD} not found")
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        elapsed, _ = run(["train", *BCCD_OVERRIDES], work)
+        (rec,) = records(work / "runs").values()
+        t = rec["timings"]
+        print(f"`ablate train {' '.join(o.replace(str(BCCD), '../shared/data/bccd') for o in BCCD_OVERRIDES)}`: "
+              f"{elapsed:.1f} s wall, {t['train_s']:.1f} s training at {t['images_per_s']:.1f} images/s, "
+              f"val mAP {rec['metrics']['mAP']:.4f} (AP50 {rec['metrics']['AP50']:.4f}), "
+              f"per class {', '.join(f'{k} {v:.3f}' for k, v in rec['per_class_ap'].items())}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("figures", nargs="*", choices=["smoke", "quick", "bccd"], default=["smoke", "quick", "bccd"])
+    parser.add_argument("--keep", type=Path, default=None, help="copy the quick sweep's report here")
+    args = parser.parse_args()
+    print(f"machine: {os.cpu_count()} CPU cores; python {sys.version.split()[0]}")
+    for fig in args.figures:
+        if fig == "smoke":
+            sweep_figure("smoke", ["profile=smoke"], None)
+        elif fig == "quick":
+            sweep_figure("quick", [], args.keep)
+        else:
+            bccd_figure()
+
+
+if __name__ == "__main__":
+    main()
