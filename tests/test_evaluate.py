@@ -1,0 +1,80 @@
+"""COCO metrics: the 12 stats under COCO's names, AP per class, and the two backends agreeing."""
+import numpy as np
+import pytest
+
+from ablate.evaluate import coco_metrics
+from ablate.results import COCO_METRICS
+
+
+def toy_set(seed=0, images=12):
+    """Ground truth over three classes and sizes from small to large, and detections that jitter
+    it, miss some boxes, confuse some classes and add false positives, with scores."""
+    rng = np.random.default_rng(seed)
+    gt = {"images": [], "annotations": [], "categories": [{"id": c, "name": n} for c, n in
+                                                          [(1, "a"), (3, "b"), (7, "c")]]}
+    dets = []
+    for i in range(1, images + 1):
+        gt["images"].append({"id": i, "file_name": f"{i}.png", "width": 320, "height": 320})
+        for _ in range(rng.integers(1, 6)):
+            w, h = rng.uniform(8, 150, size=2)
+            x, y = rng.uniform(0, 320 - w), rng.uniform(0, 320 - h)
+            cat = int(rng.choice([1, 3, 7]))
+            gt["annotations"].append({"id": len(gt["annotations"]) + 1, "image_id": i, "category_id": cat,
+                                      "bbox": [x, y, w, h], "area": w * h, "iscrowd": 0})
+            if rng.random() < 0.85:
+                jitter = rng.normal(0, 0.08, 4) * [w, h, w, h]
+                det_cat = cat if rng.random() < 0.9 else int(rng.choice([1, 3, 7]))
+                dets.append({"image_id": i, "category_id": det_cat, "score": float(rng.uniform(0.3, 1)),
+                             "bbox": [float(x + jitter[0]), float(y + jitter[1]), float(max(1, w + jitter[2])),
+                                      float(max(1, h + jitter[3]))]})
+        for _ in range(rng.integers(0, 4)):
+            dets.append({"image_id": i, "category_id": int(rng.choice([1, 3, 7])), "score": float(rng.uniform(0, 0.6)),
+                         "bbox": [float(v) for v in rng.uniform(0, 200, 2)] + [float(v) for v in rng.uniform(5, 100, 2)]})
+    return gt, dets
+
+
+NAMES = {1: "a", 3: "b", 7: "c"}
+
+
+def test_metrics_are_the_twelve_coco_stats_and_per_class_ap():
+    gt, dets = toy_set()
+    metrics, per_class = coco_metrics(gt, dets, [im["id"] for im in gt["images"]], "pycocotools", NAMES)
+    assert list(metrics) == list(COCO_METRICS)
+    assert 0 < metrics["mAP"] < metrics["AP50"] <= 1
+    assert set(per_class) == {"a", "b", "c"}
+    # AP over classes averages to mAP (area all, 100 detections), as COCOeval defines it
+    assert np.mean(list(per_class.values())) == pytest.approx(metrics["mAP"], abs=1e-9)
+
+
+def test_ground_truth_as_detections_scores_one():
+    gt, _ = toy_set(seed=1)
+    dets = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
+            for a in gt["annotations"]]
+    metrics, per_class = coco_metrics(gt, dets, [im["id"] for im in gt["images"]], "pycocotools", NAMES)
+    assert metrics["mAP"] == pytest.approx(1.0) and metrics["AP50"] == pytest.approx(1.0)
+    assert all(v == pytest.approx(1.0) for v in per_class.values())
+
+
+def test_no_detection_gives_zeros():
+    gt, _ = toy_set()
+    metrics, per_class = coco_metrics(gt, [], [1, 2], "pycocotools", NAMES)
+    assert set(metrics.values()) == {0.0} and set(per_class.values()) == {0.0}
+
+
+def test_faster_coco_eval_gives_the_same_stats_as_pycocotools():
+    pytest.importorskip("faster_coco_eval")
+    for seed in range(3):
+        gt, dets = toy_set(seed=seed, images=20)
+        ids = [im["id"] for im in gt["images"]]
+        ref, ref_cls = coco_metrics(gt, dets, ids, "pycocotools", NAMES)
+        fast, fast_cls = coco_metrics(gt, dets, ids, "faster_coco_eval", NAMES)
+        for k in COCO_METRICS:
+            assert fast[k] == pytest.approx(ref[k], abs=1e-6), (seed, k)
+        for k in ref_cls:
+            assert fast_cls[k] == pytest.approx(ref_cls[k], abs=1e-6), (seed, k)
+
+
+def test_unknown_backend_is_named():
+    gt, dets = toy_set()
+    with pytest.raises(ValueError, match="eval.backend='cocoapi'"):
+        coco_metrics(gt, dets, [1], "cocoapi", NAMES)
