@@ -57,6 +57,8 @@ class RunRecord:
     versions: dict[str, str] = field(default_factory=dict)
     git_commit: str | None = None
     created_at: str = ""
+    # The run folder this record was copied from, when an identical config had already run.
+    reused_from: str | None = None
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -138,6 +140,27 @@ def read_record(path: Path) -> RunRecord:
     except json.JSONDecodeError as e:
         raise RecordError(f"{path}: not valid JSON ({e.msg}, line {e.lineno}); truncated or corrupt") from None
     return RunRecord.from_dict(data, source=str(path))
+
+
+INDEX_DIR = ".index"
+
+
+def index_record(runs_root: Path, record: RunRecord, run_dir: Path) -> None:
+    """Note where the complete run of a config lives: runs_root/.index/<config_hash> holds its folder."""
+    atomic_write_text(Path(runs_root) / INDEX_DIR / record.config_hash, str(Path(run_dir).resolve()) + "\n")
+
+
+def find_indexed(runs_root: Path, chash: str) -> tuple[Path, RunRecord] | None:
+    """The folder and complete record of a run of this very config under runs_root, if any ran."""
+    entry = Path(runs_root) / INDEX_DIR / chash
+    try:
+        run_dir = Path(entry.read_text().strip())
+        record = read_record(run_dir / RECORD_NAME)
+    except (OSError, RecordError):
+        return None
+    if record.config_hash != chash or not record.complete or record.reused_from:
+        return None
+    return run_dir, record
 
 
 def find_records(*roots: Path) -> tuple[list[tuple[Path, RunRecord]], list[RecordError]]:

@@ -6,6 +6,7 @@ returns the run's record, which it also writes to run_dir/result.json.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 import math
@@ -30,7 +31,8 @@ from . import config as ablate_config
 from .data import build_data, make_loader
 from .evaluate import coco_metrics, count_flops, measure_latency, predict
 from .models import build_model, count_parameters, label_offset
-from .results import RECORD_NAME, RecordError, RunRecord, base_hash, config_hash, read_record, write_record
+from .results import (RECORD_NAME, RecordError, RunRecord, base_hash, config_hash, find_indexed, index_record,
+                      read_record, write_record)
 from .tricks import BatchContext, Trick, TrickConflictError, build_tricks
 
 log = logging.getLogger("ablate.train")
@@ -358,13 +360,29 @@ def main(cfg: DictConfig) -> str:
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
-    config = ablate_config.to_container(cfg)
-    done = existing_record(run_dir, config_hash(config))
+    chash = config_hash(ablate_config.to_container(cfg))
+    done = existing_record(run_dir, chash)
     if done is not None:
         log.info("%s: complete record found (%s), not training again", run_dir, done.status)
         return done.status
+    runs_root = Path(cfg.paths.runs)
+    if multirun and cfg.runtime.device == "auto" and torch.cuda.device_count() > 1:
+        # Parallel jobs (joblib) on a machine with several GPUs: spread them round-robin.
+        cfg.runtime.device = f"cuda:{hc.job.num % torch.cuda.device_count()}"
+    if multirun:
+        # The same variant in another design or sweep (the baseline above all) is trained once.
+        found = find_indexed(runs_root, chash)
+        if found is not None and found[0].resolve() != run_dir.resolve():
+            reused = dataclasses.replace(found[1], variant=str(cfg.variant), sweep=str(cfg.sweep_name),
+                                         config=ablate_config.to_container(cfg), reused_from=str(found[0]))
+            write_record(reused, run_dir)
+            log.info("%s: the same config ran in %s; its record is reused, not trained again", run_dir, found[0])
+            return reused.status
     try:
-        return train_and_evaluate(cfg, run_dir).status
+        record = train_and_evaluate(cfg, run_dir)
+        if record.complete:
+            index_record(runs_root, record, run_dir)
+        return record.status
     except TrickConflictError as e:
         if not multirun:
             raise

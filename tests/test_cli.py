@@ -138,3 +138,54 @@ def test_a_trick_that_does_not_fit_a_baseline_is_na_not_a_failure(dirs, tmp_path
     row = next(line for line in report.splitlines() if "| fcos/iou_balanced " in line)
     assert "n/a" in row and "+0.0" not in row
     assert "## Variants that do not apply" in report
+
+
+def test_a_variant_that_already_ran_in_another_sweep_is_reused_not_retrained(dirs, tmp_path):
+    assert ablate("sweep", "quick", "profile=smoke", *paths(dirs), env=dirs["env"]).returncode == 0
+    other = tmp_path / "other.yaml"
+    other.write_text("design: cumulative\ntricks: [warmup, mixup]\nseeds: 1\n")
+    res = ablate("sweep", str(other), "profile=smoke", *paths(dirs), env=dirs["env"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    runs = dirs["runs"]
+    baseline = read_record(runs / "other" / "baseline" / "seed0" / "result.json")
+    warmup = read_record(runs / "other" / "warmup" / "seed0" / "result.json")
+    stacked = read_record(runs / "other" / "warmup+mixup" / "seed0" / "result.json")
+    assert baseline.reused_from == str((runs / "quick" / "baseline" / "seed0").resolve())
+    assert baseline.metrics == read_record(runs / "quick" / "baseline" / "seed0" / "result.json").metrics
+    assert baseline.sweep == "other" and warmup.reused_from and warmup.variant == "warmup"
+    assert stacked.reused_from is None and stacked.status == "ok"  # new: trained
+    assert not (runs / "other" / "baseline" / "seed0" / "last.pt").exists()  # nothing trained there
+
+
+def test_a_sweep_killed_mid_run_resumes_and_keeps_finished_records(dirs, tmp_path):
+    """SIGKILL the whole sweep while its second run trains; launch it again."""
+    import signal
+    import time
+
+    args = [sys.executable, "-m", "ablate.cli", "sweep", "quick", "profile=smoke", "train.epochs=40", *paths(dirs)]
+    proc = subprocess.Popen(args, cwd=REPO, env=dict(os.environ, **dirs["env"]), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    quick = dirs["runs"] / "quick"
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline:
+            done = list(quick.glob("*/seed0/result.json"))
+            training = [p for p in quick.glob("*/seed0/last.pt") if not (p.parent / "result.json").exists()]
+            if done and training:
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the sweep never reached its second run")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finished = {p: p.read_bytes() for p in quick.glob("*/seed0/result.json")}
+    killed = training[0].parent
+    assert killed / "result.json" not in finished
+
+    res = ablate("sweep", "quick", "profile=smoke", "train.epochs=40", *paths(dirs), env=dirs["env"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert all(p.read_bytes() == data for p, data in finished.items())  # intact and untouched
+    assert "resuming from" in (killed / "train.log").read_text()
+    statuses = {p.parent.parent.name: read_record(p).status for p in quick.glob("*/seed0/result.json")}
+    assert statuses == {"baseline": "ok", "warmup": "ok", "mixup": "ok"}
