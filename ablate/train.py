@@ -15,6 +15,7 @@ import platform
 import random
 import resource
 import subprocess
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -225,7 +226,7 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path) -> RunRecord:
             model.train()
             epoch_loss, epoch_parts, n_batches = 0.0, {}, 0
             bar = tqdm(total=len(loader), desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False,
-                       disable=not cfg.runtime.progress)
+                       disable=not (cfg.runtime.progress and sys.stderr.isatty()))
             t_epoch = time.perf_counter()
             it = iter(loader)
             while True:
