@@ -14,7 +14,7 @@ import pytest
 
 from ablate.report import ReportError, build_report, records_table
 from ablate.report.markdown import markdown_table
-from ablate.report.table import delta_against, fmt_delta, fmt_points, paired_differences
+from ablate.report.table import DELTA_HEADER, delta_against, fmt_delta, fmt_points, paired_differences
 from ablate.results import RunRecord, write_record
 
 REPO = Path(__file__).resolve().parents[1]
@@ -93,20 +93,24 @@ def test_one_row_per_variant_with_paired_delta(paired_sweep: Path, tmp_path: Pat
     # Baseline 40.0, 42.0 -> 41.0 ± 1.4; mixup 41.5, 44.5 -> 43.0 ± 2.1.
     assert by["baseline"]["mAP"] == "41.0 ± 1.4"
     assert by["mixup"]["mAP"] == "43.0 ± 2.1"
-    # Paired by seed: differences +1.5 and +2.5 -> mean +2.0, std 0.71 (not the spread of either mAP).
-    assert by["mixup"]["ΔmAP"] == "+2.0 ± 0.7"
+    # Paired by seed: differences +1.5 and +2.5 -> mean +2.0, s 0.71 (not the spread of either mAP);
+    # 95% CI half-width t_{0.975,1} · 0.7071/√2 = 12.706 · 0.5 = 6.35: spans zero, so no bold.
+    assert by["mixup"][DELTA_HEADER] == "+2.0 ± 6.4"
     assert by["mixup"]["Seeds"] == "2"
-    # One seed against two: unpaired difference of means, 39.6 - 41.0, with a real minus sign and no ±.
-    assert by["ls"]["ΔmAP"] == f"{MINUS}1.4"
+    # One seed against two: unpaired difference of means, 39.6 - 41.0, with a real minus sign and no CI.
+    assert by["ls"][DELTA_HEADER] == f"{MINUS}1.4 (1 seed, no CI)"
     assert by["ls"]["Seeds"] == "1"
     assert "Unpaired ΔmAP" in report and "`ls`" in section(report, "Notes")
-    # Other columns, in points and the units of their headers.
+    # Other columns in points; costs absolute (with units) for the baseline, changes for the others.
     assert by["mixup"]["AP50"] == "63.0" and by["mixup"]["AP75"] == "38.0"
-    assert by["mixup"]["Train time (s)"] == "120" and by["mixup"]["Params (M)"] == "3.00"
-    assert by["mixup"]["FLOPs (G)"] == "2.50" and by["mixup"]["Inference (ms/img)"] == "8.00"
-    assert list(rows[0])[:6] == ["Variant", "Tricks", "Seeds", "mAP", "ΔmAP", "AP50"]
+    assert by["mixup"]["APs/APm/APl"] == "23.0 / 43.0 / 53.0"
+    assert by["baseline"]["Train time"] == "120 s" and by["baseline"]["Params"] == "3.00 M"
+    assert by["baseline"]["FLOPs"] == "2.50 G" and by["baseline"]["ms/img"] == "8.00 ms"
+    assert by["mixup"]["Train time"] == "0%" and by["mixup"]["Params"] == "0%" and by["mixup"]["ms/img"] == "0 ms"
+    assert by["mixup"]["Kind"] == "freebie" and by["baseline"]["Kind"] == "—"
+    assert list(rows[0])[:6] == ["Variant", "Kind", "Seeds", DELTA_HEADER, "mAP", "AP50"]
     assert "Status" not in rows[0]  # every run finished
-    assert "![ΔmAP per variant](delta_map.png)" in report
+    assert "![ΔmAP per variant with its 95% CI](delta_map.png)" in report
     assert f"`ablate report {paired_sweep}`" in report
     assert "5 runs (5 ok) of 3 variants" in report
 
@@ -120,9 +124,9 @@ def test_baseline_dash_and_variant_without_baseline_na(tmp_path: Path):
     ])
     report = build_report([root], tmp_path / "out").read_text()
     by = {r["Variant"]: r for r in md_table(report)}
-    assert by["baseline"]["ΔmAP"] == "—"
-    assert by["mixup"]["ΔmAP"] == "+2.0"
-    assert by["mosaic"]["ΔmAP"] == "n/a"  # never 0
+    assert by["baseline"][DELTA_HEADER] == "—"
+    assert by["mixup"][DELTA_HEADER] == "+2.0 (1 seed, no CI)"
+    assert by["mosaic"][DELTA_HEADER] == "n/a"  # never 0
     assert by["mosaic"]["mAP"] == "40.0"
     assert "`mosaic` (no baseline run in these folders)" in report
     table = pd.read_csv(tmp_path / "out" / "table.csv")
@@ -147,13 +151,13 @@ def test_failed_and_diverged_runs_listed_and_not_counted(tmp_path: Path):
     assert set(by) == {"baseline", "mixup", "ema", "cutout"}
     assert by["mixup"]["Seeds"] == "1" and by["mixup"]["mAP"] == "44.0"
     assert by["mixup"]["Status"] == "ok (1/2), failed (1/2)"
-    # ok seeds {0} differ from the baseline's {0, 1}: difference of means 44.0 - 40.0.
-    assert by["mixup"]["ΔmAP"] == "+4.0"
+    # ok seeds {0} differ from the baseline's {0, 1}: difference of means 44.0 - 40.0, no CI with one seed.
+    assert by["mixup"][DELTA_HEADER] == "+4.0 (1 seed, no CI)"
     assert by["ema"]["Status"] == "failed (1/1)"
     assert by["cutout"]["Status"] == "diverged (1/1)"
     for name in ("ema", "cutout"):
         assert by[name]["Seeds"] == "0"
-        assert all(by[name][c] == "n/a" for c in ("mAP", "ΔmAP", "AP50", "Train time (s)", "Images/s"))
+        assert all(by[name][c] == "n/a" for c in ("mAP", DELTA_HEADER, "AP50", "Train time", "Images/s", "Kind"))
     unfinished = section(report, "Runs that did not finish")
     assert "RuntimeError: CUDA out of memory" in unfinished
     assert "Traceback" not in unfinished  # only the last line of the error
@@ -177,7 +181,7 @@ def test_corrupt_record_is_reported_unreadable_not_counted(paired_sweep: Path, t
     assert str(bad) in unreadable and "not valid JSON" in unreadable
     assert any(str(bad) in r.getMessage() and r.name == "ablate.report" for r in caplog.records)
     by = {r["Variant"]: r for r in md_table(report)}
-    assert by["mixup"]["Seeds"] == "2" and by["mixup"]["ΔmAP"] == "+2.0 ± 0.7"  # unchanged
+    assert by["mixup"]["Seeds"] == "2" and by["mixup"][DELTA_HEADER] == "+2.0 ± 6.4"  # unchanged
     assert "5 runs (5 ok)" in report and "1 record could not be read" in report
 
 
@@ -186,14 +190,19 @@ def test_table_csv_parses_back_numeric(paired_sweep: Path, tmp_path: Path):
     build_report([paired_sweep], out)
     table = pd.read_csv(out / "table.csv")
     assert list(table["variant"]) == ["baseline", "mixup", "ls"]
-    for column in ("mAP", "mAP_std", "delta_mAP", "delta_mAP_std", "AP50", "AP75", "APs", "APm", "APl",
-                   "train_s", "images_per_s", "inference_ms", "params_M", "flops_G"):
+    for column in ("mAP", "mAP_std", "delta_mAP", "delta_mAP_std", "delta_ci_low", "delta_ci_high", "delta_ci_half",
+                   "AP50", "AP75", "APs", "APm", "APl", "train_s", "images_per_s", "inference_ms", "params_M",
+                   "flops_G"):
         assert pd.api.types.is_numeric_dtype(table[column]), column
     assert pd.api.types.is_integer_dtype(table["seeds"])
     t = table.set_index("variant")
     assert t.loc["mixup", "mAP"] == pytest.approx(43.0)
     assert t.loc["mixup", "delta_mAP"] == pytest.approx(2.0)
     assert t.loc["mixup", "delta_mAP_std"] == pytest.approx(math.sqrt(0.5))
+    # 95% CI of the paired differences 1.5, 2.5: 2.0 ± 12.706 · 0.7071/√2 = 2.0 ± 6.353.
+    assert t.loc["mixup", "delta_ci_half"] == pytest.approx(12.7062 * 0.5, abs=1e-3)
+    assert t.loc["mixup", "delta_ci_low"] == pytest.approx(2.0 - 6.3531, abs=1e-3)
+    assert t.loc["mixup", "delta_ci_method"] == "paired" and t.loc["mixup", "delta_sign"] == 0
     assert bool(t.loc["mixup", "delta_paired"]) and not bool(t.loc["ls", "delta_paired"])
     assert t.loc["ls", "delta_mAP"] == pytest.approx(-1.4)
     assert t.loc["baseline", "mAP_std"] == pytest.approx(math.sqrt(2))
@@ -203,7 +212,8 @@ def test_table_csv_parses_back_numeric(paired_sweep: Path, tmp_path: Path):
     assert len(runs) == 5 and runs["mAP"].dtype.kind == "f"
     assert sorted(runs.loc[runs["variant"] == "mixup", "mAP"]) == pytest.approx([41.5, 44.5])
     # Files are replaced whole: no temp file is left behind.
-    assert sorted(p.name for p in out.iterdir()) == ["delta_map.png", "report.md", "runs.csv", "table.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["curves.png", "delta_map.png", "pareto.png", "per_class.png",
+                                                     "report.md", "runs.csv", "table.csv"]
 
 
 def test_delta_map_png_is_valid(paired_sweep: Path, tmp_path: Path):
@@ -223,7 +233,7 @@ def test_delta_map_png_without_any_delta(tmp_path: Path):
     out = tmp_path / "out"
     report = build_report([root], out).read_text()
     assert (out / "delta_map.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert [r["ΔmAP"] for r in md_table(report)] == ["—"]
+    assert [r[DELTA_HEADER] for r in md_table(report)] == ["—"]
 
 
 def test_two_runs_folders_merge(tmp_path: Path):
@@ -233,7 +243,8 @@ def test_two_runs_folders_merge(tmp_path: Path):
     report = build_report([first, second], tmp_path / "out").read_text()
     by = {r["Variant"]: r for r in md_table(report)}
     assert len(by) == 2
-    assert by["mixup"]["Seeds"] == "2" and by["mixup"]["ΔmAP"] == "+1.5 ± 0.7"
+    # Paired differences 1.0 and 2.0: +1.5 ± 12.706 · 0.7071/√2 = ± 6.4.
+    assert by["mixup"]["Seeds"] == "2" and by["mixup"][DELTA_HEADER] == "+1.5 ± 6.4"
     assert report.startswith("# sw1 + sw2\n")
     assert f"`ablate report {first} {second}`" in report
     titled = build_report([first, second], tmp_path / "out2", title="merged").read_text()
@@ -299,8 +310,8 @@ def test_missing_and_negative_metrics_show_na(tmp_path: Path):
     rec.timings = {}
     write_all(root, [rec])
     row = md_table(build_report([root], tmp_path / "out").read_text())[0]
-    assert row["APs"] == "n/a" and row["Inference (ms/img)"] == "n/a" and row["Train time (s)"] == "n/a"
-    assert row["APm"] == "40.0"
+    assert row["APs/APm/APl"] == "n/a / 40.0 / 50.0"
+    assert row["ms/img"] == "n/a" and row["Train time"] == "n/a"
 
 
 def test_formatting():

@@ -1,4 +1,4 @@
-"""``ablate report``: the ablation table, ΔmAP chart and report.md, from the run records alone.
+"""``ablate report``: the ablation table with 95% CIs, the plots and report.md, from the run records alone.
 
 Nothing here imports torch or torchvision (directly or indirectly): the report starts fast on any
 laptop, with the result.json files copied off the training machine.
@@ -8,9 +8,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from ablate.report.markdown import render_markdown
-from ablate.report.plots import plot_delta_map
-from ablate.report.table import display_table, paired_differences, records_table, runs_table
+from ablate.report.markdown import PLOTS, render_markdown
+from ablate.report.plots import plot_curves, plot_delta_map, plot_pareto, plot_per_class
+from ablate.report.table import (display_table, epoch_curves, paired_differences, per_class_deltas, records_table,
+                                 runs_table)
 from ablate.results import RECORD_NAME, atomic_write_text, find_records
 
 __all__ = ["ReportError", "build_report", "records_table", "runs_table", "display_table", "paired_differences"]
@@ -23,8 +24,8 @@ class ReportError(ValueError):
 
 
 def build_report(runs_dirs: list[Path], out_dir: Path, title: str | None = None) -> Path:
-    """Read every result.json under ``runs_dirs``; write report.md, table.csv, runs.csv and delta_map.png
-    into ``out_dir``; return the path of report.md.
+    """Read every result.json under ``runs_dirs``; write report.md, table.csv, runs.csv and the plots
+    (delta_map.png, curves.png, pareto.png, per_class.png) into ``out_dir``; return the path of report.md.
 
     Unreadable records are logged, listed in the report and never read as results. Raises ReportError
     when no readable record is found.
@@ -55,9 +56,12 @@ def build_report(runs_dirs: list[Path], out_dir: Path, title: str | None = None)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     plot_delta_map(table, out_dir / "delta_map.png", title)
+    plot_curves(epoch_curves(records, table), out_dir / "curves.png", title)
+    plot_pareto(table, out_dir / "pareto.png", title)
+    plot_per_class(per_class_deltas(records, table), out_dir / "per_class.png", title)
     atomic_write_text(out_dir / "table.csv", table.to_csv(index=False, float_format="%.10g"))
     atomic_write_text(out_dir / "runs.csv", runs.to_csv(index=False, float_format="%.10g"))
     report = out_dir / "report.md"
-    atomic_write_text(report, render_markdown(title, table, runs, errors, runs_dirs))
+    atomic_write_text(report, render_markdown(title, table, runs, errors, runs_dirs, plots=tuple(PLOTS)))
     log.info("report of %d runs (%d variants) written to %s", len(records), len(table), report)
     return report

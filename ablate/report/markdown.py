@@ -1,4 +1,5 @@
-"""The report.md text: header, the per-variant table, the ΔmAP chart, notes, unfinished and unreadable runs.
+"""The report.md text: header, summary, the per-variant table, the ΔmAP chart, seed noise and power, the
+cumulative or factorial analysis, metrics over seeds, plots, notes, unfinished and unreadable runs.
 
 Markdown tables are written here with plain string operations (no ``tabulate`` dependency).
 """
@@ -8,15 +9,19 @@ import math
 import os
 from datetime import datetime
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 
-from ablate.report.table import DASH, NA, display_table, fmt_delta
+from ablate.report.stats import (ALPHA, CUMULATIVE, POWER, TARGET_DELTA, compare, cumulative_steps, detect_design,
+                                 detectable_change, factorial_effects, pooled_std, seeds_needed, seeds_needed_z)
+from ablate.report.table import (COST_HEADERS, DASH, DELTA_HEADER, NA, TABLE_METRICS, display_table, fmt_bounds,
+                                 fmt_delta, fmt_interval, fmt_points, metrics_table, seed_values, variant_label)
 from ablate.results import STATUSES
 
-RIGHT_ALIGNED = {"Seeds", "mAP", "ΔmAP", "AP50", "AP75", "APs", "APm", "APl", "Train time (s)", "Images/s",
-                 "Inference (ms/img)", "Params (M)", "FLOPs (G)", "Seed"}
+RIGHT_ALIGNED = {"Seeds", "mAP", DELTA_HEADER, "AP50", "AP75", "APs", "APm", "APl", "APs/APm/APl", *COST_HEADERS,
+                 "Seed"}
 
 
 def escape_cell(value: object) -> str:
@@ -100,35 +105,236 @@ def header_paragraph(table: pd.DataFrame, runs: pd.DataFrame, n_unreadable: int)
         text += f" The runs come from {len(commits)} git commits ({', '.join(commits)}): check they are comparable."
     if n_unreadable:
         text += f" {_plural(n_unreadable, 'record')} could not be read (listed below)."
-    best = table[~table["baseline"] & table["delta_mAP"].notna()]
-    if len(best):
-        top = best.loc[best["delta_mAP"].idxmax()]
-        seeds_note = f", {int(top['delta_seeds'])} paired seeds" if top["delta_paired"] else ", unpaired"
-        text += (f" Largest ΔmAP: **{top['variant']}** {fmt_delta(top['delta_mAP'], top['delta_mAP_std'])}"
-                 f" points{seeds_note}.")
     return text
 
 
+def _name(rec: Mapping, several_bases: bool) -> str:
+    return f"`{variant_label(rec, several_bases)}`"
+
+
+def summary_lines(table: pd.DataFrame, runs: pd.DataFrame) -> list[str]:
+    """Which tricks helped beyond noise, which hurt, which are undecided, and the best variant."""
+    several = table["base_hash"].nunique() > 1
+    lines = []
+    rows = table[~table["baseline"] & table["delta_mAP"].notna()].to_dict("records")
+    helped = [r for r in rows if r["delta_sign"] > 0]
+    hurt = [r for r in rows if r["delta_sign"] < 0]
+    undecided = [r for r in rows if r["delta_sign"] == 0]
+
+    def with_ci(r: Mapping) -> str:
+        return f"{_name(r, several)} {fmt_delta(r['delta_mAP'])} {fmt_bounds(r['delta_ci_low'], r['delta_ci_high'])}"
+
+    def open_(r: Mapping) -> str:
+        if math.isnan(r["delta_ci_half"]):
+            return f"{_name(r, several)} {fmt_delta(r['delta_mAP'])} (1 seed, no CI)"
+        return with_ci(r)
+
+    if rows:
+        lines.append("- **Helped** beyond noise (95% CI of ΔmAP above zero): "
+                     + (", ".join(with_ci(r) for r in helped) if helped else "none") + ".")
+        lines.append("- **Hurt** beyond noise (95% CI below zero): "
+                     + (", ".join(with_ci(r) for r in hurt) if hurt else "none") + ".")
+        lines.append("- **Undecided** (CI spans zero, or a single seed so no CI): "
+                     + (", ".join(open_(r) for r in undecided) if undecided else "none") + ".")
+    else:
+        lines.append("- No ΔmAP could be computed (no variant with an ok run beside an ok baseline run).")
+
+    ranked = table[table["mAP"].notna()].sort_values("mAP", ascending=False, kind="stable").to_dict("records")
+    if ranked:
+        best = ranked[0]
+        text = f"- **Best variant**: {_name(best, several)}, {fmt_points(best['mAP'])} mAP"
+        if len(ranked) == 1:
+            text += " (the only variant with an ok run)."
+        else:
+            second = ranked[1]
+            margin = compare(seed_values(runs, best["base_hash"], best["tricks"]),
+                             seed_values(runs, second["base_hash"], second["tricks"]))
+            text += (f"; its margin over the runner-up {_name(second, several)} ({fmt_points(second['mAP'])}) is "
+                     f"{fmt_interval(margin, mark=False)}")
+            if not margin.has_ci:
+                text += ": with a single seed it cannot be told from noise."
+            elif margin.excludes_zero:
+                text += ", beyond noise (95% CI excludes zero)."
+            else:
+                text += ", within noise (the 95% CI spans zero)."
+        lines.append(text)
+    return lines
+
+
+def noise_lines(table: pd.DataFrame, runs: pd.DataFrame) -> list[str]:
+    """Per base: the baseline's seed-to-seed spread, the std of a paired difference, the seeds needed to
+    detect a TARGET_DELTA-point change, and what this sweep's seeds can detect."""
+    several = table["base_hash"].nunique() > 1
+    lines = []
+    delta, power, alpha = TARGET_DELTA, POWER, ALPHA
+    z_a, z_b = f"z{_sub('0.975')}", f"z{_sub(f'{power:g}')}"
+    for base in table.loc[table["baseline"], "base_hash"].drop_duplicates():
+        block = table[table["base_hash"] == base]
+        base_row = block[block["baseline"]].iloc[0]
+        prefix = f"**{base_row['base']}**: " if several else ""
+        baseline = seed_values(runs, base, "")
+        n_b = len(baseline)
+        sigma = float(np.std(list(baseline.values()), ddof=1)) if n_b >= 2 else math.nan
+        groups = []
+        for rec in block[~block["baseline"] & block["delta_paired"] & (block["delta_seeds"] >= 2)].to_dict("records"):
+            variant = seed_values(runs, base, rec["tricks"])
+            groups.append([variant[s] - baseline[s] for s in sorted(variant)])
+        sigma_d, dof = pooled_std(groups)
+        if n_b >= 2:
+            spread = (f"the baseline's seed-to-seed spread is σ = {sigma:.2f} points "
+                      f"(std of its mAP over {n_b} seeds)")
+        elif n_b == 1:
+            spread = ("the seed-to-seed spread cannot be estimated from this sweep: the baseline ran a single seed")
+        else:
+            spread = "the baseline has no ok run, so its seed-to-seed spread is unknown"
+        if dof:
+            source = (f"σ_d = {sigma_d:.2f} points, the pooled std of the observed paired per-seed differences of "
+                      f"{_plural(len(groups), 'variant')} ({dof} degrees of freedom)")
+        elif not math.isnan(sigma):
+            sigma_d = math.sqrt(2) * sigma
+            source = (f"σ_d ≈ √2·σ = {sigma_d:.2f} points, from the baseline's spread (no variant has two paired "
+                      f"seeds; this assumes a variant's seed noise is independent of its baseline's, which "
+                      f"overstates σ_d when pairing by seed helps)")
+        else:
+            sigma_d = math.nan
+            source = ""
+        text = f"- {prefix}{spread[0].upper()}{spread[1:]}."
+        if math.isnan(sigma_d):
+            text += (" Without it neither a confidence interval nor the number of seeds needed can be given; "
+                     "run at least 2 seeds (3 or more for intervals of usable width).")
+            lines.append(text)
+            continue
+        n_t = seeds_needed(sigma_d, delta, alpha, power)
+        n_z = seeds_needed_z(sigma_d, delta, alpha, power)
+        text += (f" The std of a paired difference is {source}. To detect a {delta:g}-point ΔmAP with "
+                 f"{power:.0%} power at α = {alpha:g} (paired, two-sided) needs **{_plural(n_t, 'seed')}** "
+                 f"(n = (({z_a} + {z_b})·σ_d/δ)² gives {n_z}; with t quantiles, iterated, {n_t}).")
+        # σ_d is known, so the baseline ran two seeds or more.
+        mde = detectable_change(sigma_d, n_b, alpha, power)
+        verdict = "enough to resolve" if n_b >= n_t else "too few to resolve"
+        text += (f" This sweep ran the baseline over {_plural(n_b, 'seed')}: the smallest ΔmAP a paired comparison "
+                 f"over them detects with {power:.0%} power is {mde:.2f} points, {verdict} a {delta:g}-point change.")
+        lines.append(text)
+    if not lines:
+        lines.append("- No baseline has an ok run: the seed-to-seed spread cannot be estimated.")
+    return lines
+
+
+def _sub(text: str) -> str:
+    """Subscript digits and dot: 0.975 -> ₀.₉₇₅."""
+    return text.translate(str.maketrans("0123456789", "₀₁₂₃₄₅₆₇₈₉"))
+
+
+def design_sections(table: pd.DataFrame, runs: pd.DataFrame) -> list[str]:
+    """For bases whose trick sets make a cumulative or a full factorial design: the running total of a
+    cumulative design, the main effects and two-way interactions of a factorial one."""
+    several = table["base_hash"].nunique() > 1
+    out: list[str] = []
+    for base in table["base_hash"].drop_duplicates():
+        block = table[table["base_hash"] == base]
+        sets = {frozenset(t.split("+")) if t else frozenset(): t for t in block["tricks"]}
+        design, order = detect_design(sets)
+        if not design:
+            continue
+        label = f" ({block['base'].iloc[0]})" if several else ""
+        values = {s: seed_values(runs, base, t) for s, t in sets.items()}
+        names = {frozenset(t.split("+")) if t else frozenset(): v for t, v in zip(block["tricks"], block["variant"])}
+        if design == CUMULATIVE:
+            base_mean = float(np.mean(list(values[frozenset()].values()))) if values[frozenset()] else math.nan
+            frame = pd.DataFrame([{
+                "Step": str(i),
+                "Adds": step.added,
+                "Variant": f"`{names[frozenset(step.tricks)]}`",
+                "mAP": fmt_points(step.mean),
+                "Δ vs previous row": fmt_interval(step.step),
+                "Running total Δ": fmt_interval(step.total),
+            } for i, step in enumerate(cumulative_steps(order, values), start=1)])
+            out += [f"## Cumulative design{label}", "",
+                    f"The variants are nested (detected from their trick sets): each adds one trick to the row above, "
+                    f"starting from the baseline ({fmt_points(base_mean)} mAP). “Δ vs previous row” is what the "
+                    f"added trick brought on top of the ones before it (paired by seed, 95% CI; bold: CI excludes "
+                    f"zero); “Running total Δ” is the change against the baseline so far.", "",
+                    markdown_table(frame, right={"Step", "mAP", "Δ vs previous row", "Running total Δ"}), ""]
+        else:
+            effects = factorial_effects(order, values)
+            k = len(order)
+            frame = pd.DataFrame([{
+                "Effect": ("main: " if len(e.tricks) == 1 else "interaction: ") + e.name,
+                "Estimate ± 95% CI": fmt_interval(e.interval) if not math.isnan(e.interval.mean)
+                else f"{NA} (a combination has no ok run)",
+            } for e in effects])
+            common = "every combination ran the same seeds" if all(e.interval.method == "paired" for e in effects) \
+                else "the combinations ran different seeds, so effects come from their means, without CI"
+            out += [f"## Factorial design{label}", "",
+                    f"All 2^{k} = {2 ** k} combinations of {k} tricks ({', '.join(order)}) ran (detected from "
+                    f"their trick sets). Main effect of a trick: mean mAP of the {2 ** (k - 1)} combinations with "
+                    f"it minus the mean of the {2 ** (k - 1)} without. Interaction a × b: mean mAP of the "
+                    f"combinations with both or neither minus that of those with exactly one, i.e. ½[(effect of "
+                    f"a with b) − (effect of a without b)]; positive when the two tricks help more together. "
+                    f"The 95% CI is the t-interval of the effect computed seed by seed ({common}); bold: CI "
+                    f"excludes zero.", "",
+                    markdown_table(frame, right={"Estimate ± 95% CI"}), ""]
+    return out
+
+
+def metrics_section(table: pd.DataFrame) -> list[str]:
+    if not (table["seeds"] >= 2).any():
+        return []
+    return ["## Metrics over seeds", "",
+            "Mean ± sample std over each variant's ok seeds (points); table.csv holds all 12 COCO metrics.", "",
+            markdown_table(metrics_table(table), right={"Seeds", *TABLE_METRICS}), ""]
+
+
+PLOTS = {
+    "curves.png": "Training curves: loss per epoch, and val mAP per epoch where recorded, of every variant "
+                  "(mean over seeds).",
+    "pareto.png": "mAP against inference latency (ms per image); filled points and the line: the Pareto front "
+                  "(no variant is both faster and better).",
+    "per_class.png": "Per-class AP change of each variant against its baseline (points, mean over seeds).",
+}
+
+
+def plots_section(images: Sequence[str]) -> list[str]:
+    lines = ["## Plots", ""]
+    for image in images:
+        caption = PLOTS.get(image, image)
+        lines += [caption, "", f"![{image.removesuffix('.png')}]({image})", ""]
+    return lines if len(lines) > 2 else []
+
+
 def notes(table: pd.DataFrame) -> list[str]:
-    """How to read the table, plus the cases that need a warning (unpaired ΔmAP, missing baselines)."""
+    """How to read the table, plus the cases that need a warning (no CI, unpaired ΔmAP, missing baselines)."""
     lines = [
         "- Metrics are COCO box metrics (pycocotools) in points (×100): mAP is AP@[.5:.95], AP50 and AP75 at one "
         "IoU threshold, APs/APm/APl by object area. A metric COCO reports as −1 (no ground truth in that area "
         "range) shows as n/a.",
-        "- Each number is the mean over the variant's ok runs; “± std” is the sample standard deviation over "
-        "seeds, shown from two seeds on. Seeds counts the ok runs; failed and diverged runs add no number.",
-        f"- ΔmAP is the variant's mAP minus its baseline's (same model, data and schedule, no tricks). When both "
-        f"ran the same seeds it is the mean of the per-seed differences and its ± is their std (the error bars of "
-        f"the chart); a gain within about one std of zero is not distinguishable from seed noise. {DASH} marks the "
-        f"baseline itself; n/a a ΔmAP that cannot be computed (no ok run of the variant or of its baseline).",
-        "- Train time is the training wall time of one run (without evaluation); Images/s the training throughput; "
-        "Inference the batch-1 latency per image; Params and FLOPs those of the model as built.",
+        "- Each number is the mean over the variant's ok runs; the mAP's “± std” is the sample standard deviation "
+        "over seeds, shown from two seeds on (the other metrics' are under “Metrics over seeds” and in table.csv). "
+        "Seeds counts the ok runs; failed and diverged runs add no number.",
+        f"- {DELTA_HEADER}: the variant's mAP minus its baseline's (same model, data and schedule, no tricks). "
+        f"When both ran the same n seeds it is the mean of the per-seed differences d_i and the ± is the half-width "
+        f"of their 95% t-interval, t₀.₉₇₅,ₙ₋₁·s_d/√n (the error bars of the chart); when the seed sets differ it "
+        f"is the difference of the means with Welch's 95% interval, marked (Welch). **Bold**: the interval "
+        f"excludes zero, a change beyond seed noise. With a single seed no interval can be given (1 seed, no CI). "
+        f"{DASH} marks the baseline itself; n/a a ΔmAP that cannot be computed (no ok run of the variant or of "
+        f"its baseline), never a zero change.",
+        "- Costs: the baseline row gives them absolute, the other rows as changes against their baseline. Train time "
+        "is the training wall time of one run (without evaluation), Images/s the training throughput, Peak mem the "
+        "peak accelerator memory of training; ms/img the batch-1 inference latency per image, Params and FLOPs "
+        "those of the model as built (M = 10⁶, G = 10⁹).",
+        "- Kind, as in YOLOv4: a “freebie” costs nothing at inference (params and FLOPs those of its baseline "
+        "within 0.5%), a “special” does (bag of specials); latency is measured, not used, as it is noisy.",
     ]
+    no_ci = table[~table["baseline"] & table["delta_mAP"].notna() & table["delta_ci_half"].isna()]
+    if len(no_ci):
+        names = ", ".join(f"`{v}`" for v in no_ci["variant"])
+        lines.append(f"- No confidence interval can be given for {names}: the variant or its baseline ran a "
+                     f"single seed, so this sweep cannot tell their ΔmAP from seed noise.")
     unpaired = table[~table["baseline"] & table["delta_mAP"].notna() & ~table["delta_paired"]]
     if len(unpaired):
         names = ", ".join(f"`{v}`" for v in unpaired["variant"])
         lines.append(f"- Unpaired ΔmAP (the variant's ok seeds differ from its baseline's, so ΔmAP is a difference "
-                     f"of means, without ±): {names}.")
+                     f"of means, with Welch's interval where both sides have two seeds or more): {names}.")
     missing = table[~table["baseline"] & table["delta_mAP"].isna()]
     if len(missing):
         bits = []
@@ -184,16 +390,21 @@ def unreadable_section(errors: Sequence[BaseException]) -> list[str]:
 
 def render_markdown(title: str, table: pd.DataFrame, runs: pd.DataFrame, errors: Sequence[BaseException],
                     runs_dirs: Sequence[Path | str], image: str = "delta_map.png",
-                    now: datetime | None = None) -> str:
+                    plots: Sequence[str] = tuple(PLOTS), now: datetime | None = None) -> str:
     now = now or datetime.now().astimezone()
     dirs = " ".join(str(d) for d in runs_dirs)
     sweeps = sorted({s for s in runs["sweep"] if s})
     parts = [f"# {title}", "", header_paragraph(table, runs, len(errors)), ""]
     if len(sweeps) > 1 or (sweeps and sweeps[0] != title):
         parts += [f"Sweep{'s' if len(sweeps) > 1 else ''} in the records: {', '.join(sweeps)}.", ""]
+    parts += ["## Summary", "", *summary_lines(table, runs), ""]
     parts += [markdown_table(display_table(table)), "",
-              f"![ΔmAP per variant]({image})", "",
-              "## Notes", "", *notes(table), ""]
+              f"![ΔmAP per variant with its 95% CI]({image})", ""]
+    parts += ["## Seed noise and power", "", *noise_lines(table, runs), ""]
+    parts += design_sections(table, runs)
+    parts += metrics_section(table)
+    parts += plots_section(plots)
+    parts += ["## Notes", "", *notes(table), ""]
     parts += not_applicable_section(runs)
     parts += unfinished_section(runs)
     parts += unreadable_section(errors)

@@ -17,9 +17,10 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from ablate.results import STATUSES, RunRecord
+from ablate.report.stats import Interval, compare, relative_change, trick_kind
+from ablate.results import COCO_METRICS, STATUSES, RunRecord
 
-# COCO metrics shown in the table, in the table's order.
+# COCO metrics shown in the table, in the table's order; table.csv holds all 12 (COCO_METRICS).
 TABLE_METRICS = ("mAP", "AP50", "AP75", "APs", "APm", "APl")
 
 NA = "n/a"
@@ -27,16 +28,29 @@ DASH = "\u2014"  # em dash: the baseline's own ΔmAP
 MINUS = "\u2212"  # minus sign, as in printed tables
 
 # Numeric per-variant columns of `records_table` (besides the metric means and stds).
-TIMING_COLUMNS = ("train_s", "images_per_s", "inference_ms", "params_M", "flops_G")
+TIMING_COLUMNS = ("train_s", "images_per_s", "peak_memory_mb", "inference_ms", "params_M", "flops_G")
 
-# Display column -> (numeric column, digits).
-_NUMBER_COLUMNS = {
-    "Train time (s)": ("train_s", None),
-    "Images/s": ("images_per_s", 1),
-    "Inference (ms/img)": ("inference_ms", None),
-    "Params (M)": ("params_M", None),
-    "FLOPs (G)": ("flops_G", None),
+# Cost column -> (its change column against the baseline, "pct" or "abs").
+CHANGE_COLUMNS = {
+    "train_s": ("train_s_change_pct", "pct"),
+    "images_per_s": ("images_per_s_change_pct", "pct"),
+    "peak_memory_mb": ("peak_memory_change_pct", "pct"),
+    "inference_ms": ("inference_ms_change", "abs"),
+    "params_M": ("params_change_pct", "pct"),
+    "flops_G": ("flops_change_pct", "pct"),
 }
+
+# Display column -> (numeric column, unit of the absolute value, digits).
+_COST_COLUMNS = {
+    "Train time": ("train_s", "s", None),
+    "Images/s": ("images_per_s", "", 1),
+    "Peak mem": ("peak_memory_mb", "MB", 0),
+    "ms/img": ("inference_ms", "ms", None),
+    "Params": ("params_M", "M", None),
+    "FLOPs": ("flops_G", "G", None),
+}
+COST_HEADERS = tuple(_COST_COLUMNS)
+DELTA_HEADER = "ΔmAP ± 95% CI"
 
 GroupKey = tuple[str, tuple[str, ...]]
 
@@ -221,10 +235,19 @@ def _status_text(counts: Mapping[str, int]) -> str:
 def records_table(records: list[RunRecord]) -> pd.DataFrame:
     """One row per variant, numeric, in report order; metrics and ΔmAP in points.
 
-    Columns: variant, tricks, base, base_hash, baseline (bool), status, runs, seeds (ok runs),
-    seed_list, mAP, mAP_std, delta_mAP, delta_mAP_std, delta_paired, delta_seeds, AP50, AP50_std,
-    ... APl, APl_std, train_s, images_per_s, inference_ms, params_M, flops_G (means over ok runs).
-    ``delta_mAP`` is NaN for a baseline and for a variant whose baseline has no ok run.
+    Columns: variant, tricks, base, base_hash, baseline (bool), status, runs, seeds (ok runs), seed_list,
+    mAP, mAP_std, delta_mAP, delta_mAP_std, delta_paired, delta_seeds, delta_ci_low, delta_ci_high,
+    delta_ci_half, delta_ci_method, delta_ci_df, delta_sign, AP50, AP50_std, ... ARl, ARl_std (the 12 COCO
+    metrics, mean and std over ok runs), train_s, images_per_s, peak_memory_mb, inference_ms, params_M,
+    flops_G (means over ok runs), their changes against the baseline (train_s_change_pct, ...,
+    inference_ms_change in ms), kind, first_created_at.
+
+    ``delta_mAP`` is NaN for a baseline and for a variant whose baseline has no ok run. Its 95% CI is the
+    t-interval of the per-seed differences when the variant ran its baseline's seeds (delta_ci_method
+    "paired"), Welch's interval of the two groups when the seeds differ ("welch"); NaN under two seeds
+    (method "paired" with one seed, "unpaired" with one seed on a side). delta_sign is +1 / −1 when the
+    CI lies above / below zero, 0 otherwise. ``kind`` is "freebie" (params and FLOPs those of the baseline
+    within 0.5%), "special", or "" (baseline, or nothing to compare).
     """
     records = list(records)
     groups: dict[GroupKey, list[RunRecord]] = {}
@@ -269,33 +292,149 @@ def records_table(records: list[RunRecord]) -> pd.DataFrame:
                 "seeds": len(ok),
                 "seed_list": " ".join(str(s) for s in sorted({r.seed for r in ok})),
             }
-            for name in TABLE_METRICS:
+            for name in COCO_METRICS:
                 values = [_metric_points(r, name) for r in ok]
                 row[name] = _mean(values)
                 row[f"{name}_std"] = _std(values)
                 if name == "mAP":
-                    delta = Delta()
+                    delta, interval = Delta(), Interval()
                     if not is_baseline and (b, ()) in groups:
                         delta = delta_against(seed_maps[key], seed_maps[(b, ())])
+                        interval = compare(seed_maps[key], seed_maps[(b, ())])
                     row["delta_mAP"] = delta.mean
                     row["delta_mAP_std"] = delta.std
                     row["delta_paired"] = delta.paired
                     row["delta_seeds"] = delta.n
+                    row["delta_ci_low"] = interval.low
+                    row["delta_ci_high"] = interval.high
+                    row["delta_ci_half"] = interval.half
+                    row["delta_ci_method"] = interval.method
+                    row["delta_ci_df"] = interval.df
+                    row["delta_sign"] = interval.sign
             row["train_s"] = _mean(_num((r.timings or {}).get("train_s")) for r in ok)
             row["images_per_s"] = _mean(_num((r.timings or {}).get("images_per_s")) for r in ok)
+            row["peak_memory_mb"] = _mean(_num(r.peak_memory_mb) for r in ok)
             row["inference_ms"] = _mean(_num(r.inference_ms_per_image) for r in ok)
             row["params_M"] = _mean(_num(r.params) / 1e6 for r in ok)
             row["flops_G"] = _mean(_num(r.flops) / 1e9 for r in ok)
             row["first_created_at"] = first_created(recs).replace("\uffff", "")
             rows.append(row)
 
+    # Costs against the baseline of the same base (NaN for baselines and where either side is missing).
+    baseline_rows = {row["base_hash"]: row for row in rows if row["baseline"]}
+    for row in rows:
+        base_row = None if row["baseline"] else baseline_rows.get(row["base_hash"])
+        for column, (change, how) in CHANGE_COLUMNS.items():
+            if base_row is None:
+                row[change] = math.nan
+            elif how == "pct":
+                row[change] = 100.0 * relative_change(row[column], base_row[column])
+            else:
+                row[change] = row[column] - base_row[column]
+        row["kind"] = "" if base_row is None or not row["seeds"] else \
+            trick_kind(row["params_M"], row["flops_G"], base_row["params_M"], base_row["flops_G"])
+
     columns = ["variant", "tricks", "base", "base_hash", "baseline", "status", "runs", "seeds", "seed_list", "mAP",
-               "mAP_std", "delta_mAP", "delta_mAP_std", "delta_paired", "delta_seeds"]
-    for name in TABLE_METRICS[1:]:
+               "mAP_std", "delta_mAP", "delta_mAP_std", "delta_paired", "delta_seeds", "delta_ci_low",
+               "delta_ci_high", "delta_ci_half", "delta_ci_method", "delta_ci_df", "delta_sign"]
+    for name in COCO_METRICS[1:]:
         columns += [name, f"{name}_std"]
-    columns += [*TIMING_COLUMNS, "first_created_at"]
+    columns += [*TIMING_COLUMNS, *(c for c, _ in CHANGE_COLUMNS.values()), "kind", "first_created_at"]
     table = pd.DataFrame(rows, columns=columns)
-    return table.astype({"baseline": bool, "delta_paired": bool, "runs": int, "seeds": int, "delta_seeds": int})
+    return table.astype({"baseline": bool, "delta_paired": bool, "runs": int, "seeds": int, "delta_seeds": int,
+                         "delta_sign": int})
+
+
+def seed_values(runs: pd.DataFrame, base_hash: str, tricks: str, metric: str = "mAP") -> dict[int, float]:
+    """seed -> metric (points) of the ok runs of one variant, from ``runs_table`` (repeats of a seed averaged)."""
+    mask = (runs["base_hash"] == base_hash) & (runs["tricks"].fillna("") == tricks) & (runs["status"] == "ok")
+    sel = runs[mask]
+    return per_seed((int(s), float(v)) for s, v in zip(sel["seed"], sel[metric]))
+
+
+def variant_label(row: Mapping[str, Any], several_bases: bool) -> str:
+    """A variant's name for plots: with the base's label when the table holds several bases."""
+    variant = str(row["variant"])
+    return f"{variant} ({row['base']})" if several_bases and row["base"] else variant
+
+
+def per_class_deltas(records: Sequence[RunRecord], table: pd.DataFrame) -> pd.DataFrame:
+    """Per-class AP change (points) of each non-baseline variant against its baseline: one row per variant
+    (plot label, table order), one column per class (sorted). Paired by seed where the seeds match, else a
+    difference of means; NaN where a class's AP is missing on either side. Empty when no record has per-class AP.
+    """
+    # (base_hash, tricks) -> class -> [(seed, AP points)]
+    per_group: dict[tuple[str, str], dict[str, list[tuple[int, float]]]] = {}
+    for r in records:
+        if r.status != "ok" or not isinstance(r.per_class_ap, dict) or not r.per_class_ap:
+            continue
+        classes_of = per_group.setdefault((r.base_hash, "+".join(r.tricks)), {})
+        for cls, value in r.per_class_ap.items():
+            x = _num(value)
+            classes_of.setdefault(str(cls), []).append((r.seed, x * 100.0 if x >= 0 else math.nan))
+    classes = sorted({c for g in per_group.values() for c in g})
+    several = table["base_hash"].nunique() > 1
+    rows, index = [], []
+    for rec in table.to_dict("records"):
+        key, base_key = (rec["base_hash"], rec["tricks"]), (rec["base_hash"], "")
+        if rec["baseline"] or key not in per_group or base_key not in per_group:
+            continue
+        row = {}
+        for cls in classes:
+            v = per_seed(per_group[key].get(cls, []))
+            b = per_seed(per_group[base_key].get(cls, []))
+            row[cls] = compare(v, b).mean if v and b else math.nan
+        rows.append(row)
+        index.append(variant_label(rec, several))
+    return pd.DataFrame(rows, index=index, columns=classes, dtype=float)
+
+
+def epoch_curves(records: Sequence[RunRecord], table: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Training curves per variant (plot label, table order), mean over its ok runs: a frame indexed by epoch
+    with columns loss (the epoch's mean training loss) and val_mAP (points, NaN where not evaluated).
+
+    The loss is the epoch entry's ``epoch_loss``; a run without epoch entries falls back to the mean of its
+    logged step losses per epoch.
+    """
+    per_group: dict[tuple[str, str], list[pd.DataFrame]] = {}
+    for r in records:
+        if r.status != "ok" or not isinstance(r.curve, list):
+            continue
+        loss: dict[int, float] = {}
+        val: dict[int, float] = {}
+        steps: dict[int, list[float]] = {}
+        for point in r.curve:
+            if not isinstance(point, dict):
+                continue
+            epoch = _num(point.get("epoch"))
+            if math.isnan(epoch):
+                continue
+            epoch = int(epoch)
+            if "epoch_loss" in point:
+                loss[epoch] = _num(point.get("epoch_loss"))
+                if "val_mAP" in point:
+                    v = _num(point.get("val_mAP"))
+                    val[epoch] = v * 100.0 if v >= 0 else math.nan
+            elif "loss" in point:
+                steps.setdefault(epoch, []).append(_num(point.get("loss")))
+        if not loss:
+            loss = {e: _mean(v) for e, v in steps.items()}
+        if not loss and not val:
+            continue
+        epochs = sorted(set(loss) | set(val))
+        frame = pd.DataFrame({"loss": [loss.get(e, math.nan) for e in epochs],
+                              "val_mAP": [val.get(e, math.nan) for e in epochs]}, index=epochs, dtype=float)
+        per_group.setdefault((r.base_hash, "+".join(r.tricks)), []).append(frame)
+    several = table["base_hash"].nunique() > 1
+    curves = {}
+    for rec in table.to_dict("records"):
+        key = (rec["base_hash"], rec["tricks"])
+        if key in per_group:
+            frames = pd.concat(per_group[key])
+            mean = frames.groupby(level=0).mean()
+            mean.index.name = "epoch"
+            curves[variant_label(rec, several)] = mean
+    return curves
 
 
 def has_baseline(table: pd.DataFrame, base_hash: str) -> bool:
@@ -338,11 +477,63 @@ def fmt_number(value: float, digits: int | None = None) -> str:
     return f"{value:,.{digits}f}"
 
 
+def fmt_ci(mean: float, half: float, method: str = "paired", n: int = 0, mark: bool = True) -> str:
+    """A change with its 95% CI: "+2.0 ± 1.1", bold when the CI excludes zero; "(Welch)" when the seeds
+    were not paired; "+2.6 (1 seed, no CI)" when no interval can be given; n/a when there is no change."""
+    if mean is None or math.isnan(mean):
+        return NA
+    if half is None or math.isnan(half):
+        return f"{fmt_delta(mean)} (1 seed, no CI)" if n <= 1 else f"{fmt_delta(mean)} (no CI)"
+    text = f"{fmt_delta(mean)} \u00b1 {abs(half):.1f}"
+    if mark and (mean - half > 0 or mean + half < 0):
+        text = f"**{text}**"
+    return text + (" (Welch)" if method == "welch" else "")
+
+
+def fmt_interval(interval: Interval, mark: bool = True) -> str:
+    return fmt_ci(interval.mean, interval.half, interval.method, interval.n, mark)
+
+
+def fmt_bounds(low: float, high: float) -> str:
+    """[+0.5, +3.5]: a CI's ends."""
+    return f"[{fmt_delta(low)}, {fmt_delta(high)}]"
+
+
+def fmt_change(value: float, how: str) -> str:
+    """A cost change: "+3%", "−0.8%", "0%" (how="pct"), or "+0.2 ms" (how="abs"); n/a when missing."""
+    if value is None or math.isnan(value):
+        return NA
+    if how == "abs":
+        a = abs(value)
+        digits = 1 if a >= 1 else 2 if a >= 0.01 else 3
+        rounded = round(value, digits)
+        if rounded == 0:
+            return "0 ms"
+        return f"{'+' if rounded > 0 else MINUS}{abs(rounded):.{digits}f} ms"
+    digits = 0 if round(abs(value), 1) >= 10 else 1
+    rounded = round(value, digits)
+    if rounded == 0:
+        return "0%"
+    return f"{'+' if rounded > 0 else MINUS}{abs(rounded):.{digits}f}%"
+
+
+def fmt_cost(value: float, unit: str, digits: int | None = None) -> str:
+    """An absolute cost with its unit (the baseline row): "241 s", "1.54 M"; n/a when missing."""
+    text = fmt_number(value, digits)
+    return text if text == NA or not unit else f"{text} {unit}"
+
+
+def fmt_three(values: Sequence[float]) -> str:
+    """APs/APm/APl in one cell: "42.8 / 69.1 / 63.4"."""
+    return " / ".join(fmt_points(v) for v in values)
+
+
 def display_table(table: pd.DataFrame) -> pd.DataFrame:
     """The report's table: strings, one row per variant, in the order of ``table``.
 
     A ``Base`` column comes first when the table holds several bases; a ``Status`` column comes
-    last when any run of any variant did not finish.
+    last when any run of any variant did not finish. Costs are absolute for a baseline (and for a variant
+    without one), changes against the baseline otherwise.
     """
     several_bases = table["base_hash"].nunique() > 1
     show_status = bool((table["status"] != "ok").any())
@@ -352,22 +543,47 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
         if several_bases:
             row["Base"] = rec["base"]
         row["Variant"] = rec["variant"]
-        row["Tricks"] = rec["tricks"].replace("+", ", ") if rec["tricks"] else "(none)"
+        row["Kind"] = DASH if rec["baseline"] else (rec["kind"] or NA)
         row["Seeds"] = str(rec["seeds"])
-        row["mAP"] = fmt_points(rec["mAP"], rec["mAP_std"])
         if rec["baseline"]:
-            row["ΔmAP"] = DASH
+            row[DELTA_HEADER] = DASH
         else:
-            row["ΔmAP"] = fmt_delta(rec["delta_mAP"], rec["delta_mAP_std"])
-        for name in TABLE_METRICS[1:]:
-            row[name] = fmt_points(rec[name])
-        for title, (column, digits) in _NUMBER_COLUMNS.items():
-            row[title] = fmt_number(rec[column], digits)
+            # Without a CI one side has a single seed (paired: one pair; unpaired: one seed on a side).
+            n = int(rec["delta_seeds"]) if rec["delta_paired"] else 1
+            row[DELTA_HEADER] = fmt_ci(rec["delta_mAP"], rec["delta_ci_half"], rec["delta_ci_method"], n)
+        row["mAP"] = fmt_points(rec["mAP"], rec["mAP_std"])
+        row["AP50"] = fmt_points(rec["AP50"])
+        row["AP75"] = fmt_points(rec["AP75"])
+        row["APs/APm/APl"] = fmt_three([rec["APs"], rec["APm"], rec["APl"]])
+        relative = not rec["baseline"] and has_baseline(table, rec["base_hash"])
+        for title, (column, unit, digits) in _COST_COLUMNS.items():
+            if relative:
+                change, how = CHANGE_COLUMNS[column]
+                row[title] = fmt_change(rec[change], how) if rec["seeds"] else NA
+            else:
+                row[title] = fmt_cost(rec[column], unit, digits)
         if show_status:
             row["Status"] = rec["status"]
         rows.append(row)
-    columns = (["Base"] if several_bases else []) + ["Variant", "Tricks", "Seeds", "mAP", "ΔmAP",
-                                                      *TABLE_METRICS[1:], *_NUMBER_COLUMNS]
+    columns = (["Base"] if several_bases else []) + ["Variant", "Kind", "Seeds", DELTA_HEADER, "mAP", "AP50", "AP75",
+                                                      "APs/APm/APl", *COST_HEADERS]
     if show_status:
         columns.append("Status")
+    return pd.DataFrame(rows, columns=columns, dtype=object)
+
+
+def metrics_table(table: pd.DataFrame, metrics: Sequence[str] = TABLE_METRICS) -> pd.DataFrame:
+    """Mean ± std over seeds of each metric, one row per variant with an ok run (variant names as code)."""
+    several_bases = table["base_hash"].nunique() > 1
+    rows = []
+    for rec in table.to_dict("records"):
+        if not rec["seeds"]:
+            continue
+        row = {"Base": rec["base"]} if several_bases else {}
+        row["Variant"] = f"`{rec['variant']}`"
+        row["Seeds"] = str(rec["seeds"])
+        for name in metrics:
+            row[name] = fmt_points(rec[name], rec[f"{name}_std"])
+        rows.append(row)
+    columns = (["Base"] if several_bases else []) + ["Variant", "Seeds", *metrics]
     return pd.DataFrame(rows, columns=columns, dtype=object)
