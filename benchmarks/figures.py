@@ -2,7 +2,7 @@
 
     python benchmarks/figures.py                 # smoke, quick and bccd, one after the other
     python benchmarks/figures.py smoke           # only `ablate sweep quick profile=smoke`
-    python benchmarks/figures.py quick --keep reports/quick   # and keep the report it writes
+    python benchmarks/figures.py quick --keep reports/quick   # keep its records, rebuild its report there
 
 Each figure runs in fresh temporary runs/, reports/ and cache folders (the shapes set is
 generated inside the timed command, as on a new machine). Run one benchmark at a time: two at
@@ -56,9 +56,17 @@ def sweep_figure(name: str, extra: list[str], keep: Path | None) -> None:
                   f"data wait {100 * t.get('data_wait_fraction', 0):.1f}% of training, "
                   f"inference {rec['inference_ms_per_image'] or float('nan'):.2f} ms/image")
         if keep:
+            # Keep the records (not the checkpoints) and rebuild the report from them, so the
+            # example can be rebuilt with `ablate report <keep>/runs` from the repository.
             shutil.rmtree(keep, ignore_errors=True)
-            shutil.copytree(work / "reports" / "quick", keep)
-            print(f"  report kept in {keep}")
+            for path in (work / "runs" / "quick").rglob("result.json"):
+                target = keep / "runs" / path.parent.relative_to(work / "runs" / "quick") / "result.json"
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, target)
+            rel = keep.resolve().relative_to(REPO) if keep.resolve().is_relative_to(REPO) else keep.resolve()
+            subprocess.run([sys.executable, "-m", "ablate.cli", "report", str(rel / "runs"), "--out", str(rel),
+                            "--title", "quick"], cwd=REPO, check=True, capture_output=True)
+            print(f"  records and report kept in {keep}")
 
 
 def bccd_figure() -> None:
