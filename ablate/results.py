@@ -11,7 +11,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Callable
 
 SCHEMA_VERSION = 1
 RECORD_NAME = "result.json"
@@ -107,20 +107,26 @@ def base_hash(config: dict[str, Any]) -> str:
     return config_hash(config, tuple(s for s in HASHED_SECTIONS if s not in ("tricks", "seed")))
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a file so that readers see the old content or the new, never half of it."""
+def atomic_write(path: Path, write: Callable[[IO], Any], binary: bool = False) -> Path:
+    """Write a file so that readers see the old content or the new, never half of it: `write`
+    fills a temporary file in the same folder, which is synced to disk and renamed over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb" if binary else "w") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return path
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text))
 
 
 def write_record(record: RunRecord, run_dir: Path) -> Path:

@@ -11,7 +11,6 @@ used through its object API (no pyplot), so nothing leaks into the caller.
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,7 @@ from matplotlib.patches import Rectangle
 from omegaconf import DictConfig
 
 from .config import trick_names
+from .results import atomic_write
 from .data import build_data, make_loader
 from .train import epoch_seed, to_device
 from .tricks import BatchContext, build_tricks
@@ -113,11 +113,5 @@ def show_batch(cfg: DictConfig, out: Path, num_images: int) -> Path:
     title = (f"tricks: {', '.join(names)}" if names else "baseline (no trick)") + \
         f"  |  {cfg.data.name}, seed {int(cfg.seed)}, epoch 1, first batch"
     fig = _draw(images, targets, classes, title)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        fig.savefig(tmp, format="png", dpi=DPI, metadata={"Software": None})
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out
+    return atomic_write(out, lambda f: fig.savefig(f, format="png", dpi=DPI, metadata={"Software": None}),
+                        binary=True)

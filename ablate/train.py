@@ -10,7 +10,6 @@ import dataclasses
 import datetime as dt
 import logging
 import math
-import os
 import platform
 import random
 import resource
@@ -32,7 +31,7 @@ from . import config as ablate_config
 from .data import build_data, make_loader
 from .evaluate import coco_metrics, count_flops, measure_latency, predict
 from .models import build_model, count_parameters, label_offset
-from .results import (RECORD_NAME, RecordError, RunRecord, base_hash, config_hash, find_indexed, index_record,
+from .results import (RECORD_NAME, atomic_write, RecordError, RunRecord, base_hash, config_hash, find_indexed, index_record,
                       read_record, write_record)
 from .tricks import BatchContext, Trick, TrickConflictError, build_tricks
 
@@ -131,9 +130,7 @@ def new_record(cfg: DictConfig, status: str) -> RunRecord:
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Atomic: a run killed while saving keeps its previous checkpoint."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: torch.save(state, f), binary=True)
 
 
 def load_checkpoint(path: Path, expected_hash: str) -> dict[str, Any] | None:

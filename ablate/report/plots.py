@@ -4,8 +4,6 @@ inference latency) and per_class.png (per-class AP change)."""
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Mapping
 
@@ -16,6 +14,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ablate.report.stats import pareto_front
+from ablate.results import atomic_write
 from ablate.report.table import NA, fmt_delta, variant_label
 
 GAIN = "#2ca02c"
@@ -25,21 +24,9 @@ DPI = 120
 
 
 def save_png(fig: Figure, path: Path) -> Path:
-    """Save a figure atomically: to a temp file in the same folder, then os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            FigureCanvasAgg(fig)
-            fig.savefig(f, format="png", dpi=DPI)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Save a figure atomically (results.atomic_write)."""
+    FigureCanvasAgg(fig)
+    return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=DPI), binary=True)
 
 
 def delta_map_figure(table: pd.DataFrame, title: str) -> Figure:
