@@ -47,15 +47,20 @@ def _common(cfg, image_size: int) -> dict:
                 image_mean=list(cfg.image_mean), image_std=list(cfg.image_std))
 
 
+def _one_stage(detector, cfg, backbone, anchors, head, num_classes: int, image_size: int) -> nn.Module:
+    """FCOS and RetinaNet take the same post-processing settings from the config."""
+    model = detector(backbone, num_classes, anchor_generator=anchors, head=head,
+                     score_thresh=cfg.score_thresh, nms_thresh=cfg.nms_thresh,
+                     detections_per_img=cfg.detections_per_img, topk_candidates=cfg.topk_candidates,
+                     **_common(cfg, image_size))
+    return _no_resize(model, cfg)
+
+
 def build_fcos(cfg, num_classes: int, image_size: int) -> FCOS:
     backbone = build_backbone(cfg.backbone, list(cfg.levels), cfg.extra_levels, cfg.fpn_channels, two_stage=False)
     anchors = _anchors(cfg, 1, [1.0])
     head = FCOSLossHead(backbone.out_channels, 1, num_classes, num_convs=cfg.head_convs)
-    model = FCOS(backbone, num_classes, anchor_generator=anchors, head=head,
-                 score_thresh=cfg.score_thresh, nms_thresh=cfg.nms_thresh,
-                 detections_per_img=cfg.detections_per_img, topk_candidates=cfg.topk_candidates,
-                 **_common(cfg, image_size))
-    return _no_resize(model, cfg)
+    return _one_stage(FCOS, cfg, backbone, anchors, head, num_classes, image_size)
 
 
 def build_retinanet(cfg, num_classes: int, image_size: int) -> RetinaNet:
@@ -65,11 +70,7 @@ def build_retinanet(cfg, num_classes: int, image_size: int) -> RetinaNet:
     # torchvision's head always has 4 convs per branch; keep the first head_convs.
     for branch in (head.classification_head, head.regression_head):
         branch.conv = nn.Sequential(*list(branch.conv)[: cfg.head_convs])
-    model = RetinaNet(backbone, num_classes, anchor_generator=anchors, head=head,
-                      score_thresh=cfg.score_thresh, nms_thresh=cfg.nms_thresh,
-                      detections_per_img=cfg.detections_per_img, topk_candidates=cfg.topk_candidates,
-                      **_common(cfg, image_size))
-    return _no_resize(model, cfg)
+    return _one_stage(RetinaNet, cfg, backbone, anchors, head, num_classes, image_size)
 
 
 def build_faster_rcnn(cfg, num_classes: int, image_size: int) -> FasterRCNN:
