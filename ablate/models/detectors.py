@@ -11,11 +11,11 @@ from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
-from torchvision.ops import MultiScaleRoIAlign
 
 from .backbones import build_backbone
 # torchvision's heads with settable losses (identical to torchvision's until a trick sets one)
 from .losses import FCOSLossHead, LossRoIHeads, RetinaNetLossHead
+from .roi_align import GridMultiScaleRoIAlign
 
 
 class NoResizeTransform(GeneralizedRCNNTransform):
@@ -76,7 +76,8 @@ def build_retinanet(cfg, num_classes: int, image_size: int) -> RetinaNet:
 def build_faster_rcnn(cfg, num_classes: int, image_size: int) -> FasterRCNN:
     backbone = build_backbone(cfg.backbone, list(cfg.levels), cfg.extra_levels, cfg.fpn_channels, two_stage=True)
     anchors = _anchors(cfg, 1, cfg.aspect_ratios)
-    roi_pool = MultiScaleRoIAlign([str(i) for i in range(len(cfg.levels))], output_size=7, sampling_ratio=2)
+    # torchvision's pooler; on CPU it pools through grid_sample (same values, faster backward).
+    roi_pool = GridMultiScaleRoIAlign([str(i) for i in range(len(cfg.levels))], output_size=7, sampling_ratio=2)
     box_head = TwoMLPHead(backbone.out_channels * 7 * 7, cfg.representation_size)
     model = FasterRCNN(
         backbone, num_classes=None, rpn_anchor_generator=anchors,
