@@ -57,3 +57,14 @@ def test_several_named_baselines_each_get_every_variant(tmp_path):
         sweep_file(tmp_path, "tricks: [a]\nbaseline: []\nbaselines: {x: []}\n")
     with pytest.raises(SweepFileError, match="baselines.x must be a list"):
         sweep_file(tmp_path, "tricks: [a]\nbaselines: {x: model=fcos}\n")
+
+
+def test_a_baseline_may_ablate_only_some_tricks(tmp_path):
+    s = sweep_file(tmp_path, "tricks: [a, b]\nseeds: 1\nbaselines:\n  fcos: [model=fcos]\n"
+                             "  frcnn:\n    overrides: [model=faster_rcnn]\n    tricks: [b]\n")
+    assert [j.variant for j in s.jobs()] == ["fcos/baseline", "fcos/a", "fcos/b", "frcnn/baseline", "frcnn/b"]
+    assert s.jobs()[-1].base == ("model=faster_rcnn",)
+    with pytest.raises(SweepFileError, match=r"baselines.frcnn.tricks must list some of the sweep's tricks"):
+        sweep_file(tmp_path, "tricks: [a]\nbaselines:\n  frcnn: {overrides: [], tricks: [c]}\n")
+    with pytest.raises(SweepFileError, match=r"baselines.frcnn has unknown keys \['trick'\]"):
+        sweep_file(tmp_path, "tricks: [a]\nbaselines:\n  frcnn: {overrides: [], trick: [a]}\n")

@@ -9,7 +9,9 @@ A sweep file (sweeps/<name>.yaml, or any path):
     baseline: [model=fcos]         # optional overrides of every job
     baselines:                     # or several named baselines, each ablated in turn:
       fcos: [model=fcos]           #   variants are named <baseline>/<tricks>
-      faster_rcnn: [model=faster_rcnn]
+      faster_rcnn:                 # a baseline may ablate only some of the tricks:
+        overrides: [model=faster_rcnn]
+        tricks: [iou_balanced]
 
 A trick that does not fit a baseline's detector is recorded as not_applicable (n/a in the report).
 
@@ -17,6 +19,7 @@ No torch here: the sweeper runs in the launching process.
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,10 +59,12 @@ class SweepDesign:
     # Baseline label -> its overrides; one unnamed ("") baseline unless the file names several.
     baselines: dict[str, tuple[str, ...]]
     path: Path
+    # Baseline label -> the tricks it ablates, where it names only some of the sweep's tricks.
+    baseline_tricks: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
 
-    def variants(self) -> list[tuple[str, ...]]:
-        """The trick combinations the design asks for, baseline (no trick) first."""
-        t = self.tricks
+    def variants(self, baseline: str | None = None) -> list[tuple[str, ...]]:
+        """The trick combinations the design asks for (of one baseline), baseline (no trick) first."""
+        t = self.baseline_tricks.get(baseline, self.tricks) if baseline is not None else self.tricks
         if self.design == "one_at_a_time":
             combos = [()] + [(x,) for x in t]
         elif self.design == "cumulative":
@@ -78,7 +83,7 @@ class SweepDesign:
     def jobs(self) -> list[Job]:
         jobs = []
         for label, base in self.baselines.items():
-            for combo in self.variants():
+            for combo in self.variants(label):
                 name = "+".join(combo) or "baseline"
                 jobs += [Job(f"{label}/{name}" if label else name, combo, seed, base) for seed in self.seeds]
         return jobs
@@ -127,11 +132,26 @@ def load_sweep(path: Path) -> SweepDesign:
     named = raw.get("baselines") if "baselines" in raw else {"": raw.get("baseline") or []}
     if not isinstance(named, dict) or not named:
         raise SweepFileError(f"{path}: baselines must map names to override lists, e.g. fcos: [model=fcos]")
-    for label, overrides in named.items():
+    baselines, baseline_tricks = {}, {}
+    for label, entry in named.items():
+        where = f"baselines.{label}" if label else "baseline"
+        overrides = entry
+        if isinstance(entry, dict) and label:
+            unknown = sorted(set(entry) - {"overrides", "tricks"})
+            if unknown:
+                raise SweepFileError(f"{path}: {where} has unknown keys {unknown} (known: overrides, tricks)")
+            overrides = entry.get("overrides") or []
+            if "tricks" in entry:
+                own = entry["tricks"] or []
+                if not isinstance(own, list) or not set(own) <= set(tricks) or len(set(own)) != len(own):
+                    raise SweepFileError(f"{path}: {where}.tricks must list some of the sweep's tricks {tricks}, "
+                                         f"each once, got {entry['tricks']!r}")
+                baseline_tricks[label] = tuple(own)
         if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
-            where = f"baselines.{label}" if label else "baseline"
-            raise SweepFileError(f"{path}: {where} must be a list of overrides such as [model=faster_rcnn]")
+            raise SweepFileError(f"{path}: {where} must be a list of overrides such as [model=faster_rcnn]"
+                                 + (" or a mapping with overrides and tricks" if label else ""))
         if "/" in label or "=" in label:
             raise SweepFileError(f"{path}: baseline name {label!r} may not contain '/' or '='")
+        baselines[label] = tuple(overrides)
     return SweepDesign(name=str(raw.get("name") or path.stem), design=design, tricks=tuple(tricks),
-                       seeds=tuple(seeds), baselines={k: tuple(v) for k, v in named.items()}, path=path)
+                       seeds=tuple(seeds), baselines=baselines, path=path, baseline_tricks=baseline_tricks)

@@ -56,9 +56,8 @@ class AblationSweeper(Sweeper):
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-        log.info("sweep %s (%s design): %d baseline(s) x %d variants x %d seeds = %d runs in %s", design.name,
-                 design.design, len(design.baselines), len(design.variants()), len(design.seeds), len(jobs),
-                 sweep_dir)
+        log.info("sweep %s (%s design): %d baseline(s), %d seed(s): %d runs in %s", design.name,
+                 design.design, len(design.baselines), len(design.seeds), len(jobs), sweep_dir)
 
         returns = self.launcher.launch(batch, initial_job_idx=0)
         not_ok = []
