@@ -10,7 +10,7 @@ from scipy import stats
 
 from ablate.config import conf_dir
 from ablate.tricks import BatchContext, TrickConflictError, build_tricks
-from ablate.tricks.cutmix import CutMix, boxes_around, boxes_within, cut_pair, cut_region
+from ablate.tricks.cutmix import CutMix, boxes_around, boxes_within, cut_pair, cut_pairs, cut_region
 from ablate.tricks.mixup import MixUp
 
 
@@ -351,3 +351,24 @@ def test_cutmix_trains_a_few_steps(tmp_path, cache):
     assert rec.tricks == ["cutmix"] and rec.config["tricks"]["cutmix"]["min_visible"] == 0.1
     losses = [p["loss"] for p in rec.curve if "loss" in p]
     assert len(losses) == 4 and all(math.isfinite(v) for v in losses)  # 16 images, batches of 4
+
+
+def test_cut_pairs_of_a_batch_equal_each_pair_cut_alone():
+    # The batched box rules (one region per box) against one pair at a time (one region for all).
+    g = torch.Generator().manual_seed(0)
+    pairs = []
+    for k in range(6):
+        n_a, n_b = k % 4, (k + 2) % 5  # some pairs with no box on one side
+        xy = torch.rand(n_a + n_b, 2, generator=g) * 80
+        boxes = torch.cat([xy, xy + 5 + torch.rand(n_a + n_b, 2, generator=g) * 40], 1).clamp(max=100)
+        ta = target(boxes[:n_a].tolist(), list(range(n_a)))
+        tb = target(boxes[n_a:].tolist(), list(range(n_b)))
+        x0, y0 = int(torch.randint(0, 60, (1,), generator=g)), int(torch.randint(0, 60, (1,), generator=g))
+        region = (x0, y0, x0 + int(torch.randint(0, 40, (1,), generator=g)), y0 + 30)
+        pairs.append((torch.rand(3, 100, 100, generator=g), ta, torch.rand(3, 100, 100, generator=g), tb, region))
+    together = cut_pairs(pairs, 0.3)
+    assert sum(len(t["boxes"]) for _, t in together) > 0
+    for (img, tgt), pair in zip(together, pairs):
+        alone_img, alone_tgt = cut_pair(*pair, 0.3)
+        assert torch.equal(img, alone_img)
+        assert torch.equal(tgt["boxes"], alone_tgt["boxes"]) and torch.equal(tgt["labels"], alone_tgt["labels"])

@@ -7,7 +7,7 @@ it claims (two tricks may not claim one slot) and the detector families it fits.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, ClassVar
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 import torch
@@ -33,26 +33,26 @@ class BatchContext:
     rng: np.random.Generator
 
 
-def mix_with_partners(images: Images, targets: Targets, ctx: BatchContext, prob: float,
-                      mix: Callable[[int, int], tuple[torch.Tensor, dict]]) -> tuple[Images, Targets]:
-    """For batch-mixing tricks (MixUp, CutMix): each image, with probability `prob`, is mixed by
-    `mix(i, j)` with a partner j of its batch. Partners come from a random permutation shifted by
-    one, which has no fixed point, so no image is mixed with itself."""
-    n = len(images)
+def plan_partners(n: int, ctx: BatchContext, prob: float, draw: Callable[[int, int], Any]) -> list[Any]:
+    """For batch-mixing tricks (MixUp, CutMix): for each image i of a batch of n, with probability
+    `prob`, `draw(i, j)` with its partner j (what the trick draws for the pair, or the mixed pair
+    itself); None for an image left as it is. Partners come from a random permutation shifted by
+    one, which has no fixed point, so no image is mixed with itself. The draws from ctx.rng are
+    the permutation, then per image: the coin, then whatever `draw` takes."""
     if n < 2:
-        return images, targets
+        return [None] * n
     order = ctx.rng.permutation(n)
     partner = {int(order[k]): int(order[(k + 1) % n]) for k in range(n)}
-    out_images, out_targets = [], []
-    for i in range(n):
-        if ctx.rng.random() >= prob:
-            out_images.append(images[i])
-            out_targets.append(targets[i])
-            continue
-        img, tgt = mix(i, partner[i])
-        out_images.append(img)
-        out_targets.append(tgt)
-    return out_images, out_targets
+    return [draw(i, partner[i]) if ctx.rng.random() < prob else None for i in range(n)]
+
+
+def mix_with_partners(images: Images, targets: Targets, ctx: BatchContext, prob: float,
+                      mix: Callable[[int, int], tuple[torch.Tensor, dict]]) -> tuple[Images, Targets]:
+    """Each image, with probability `prob`, replaced by `mix(i, j)` with its partner j (see
+    :func:`plan_partners`)."""
+    mixed = plan_partners(len(images), ctx, prob, mix)
+    return ([m[0] if m is not None else img for m, img in zip(mixed, images)],
+            [m[1] if m is not None else tgt for m, tgt in zip(mixed, targets)])
 
 
 class Trick:

@@ -49,7 +49,7 @@ import math
 
 import torch
 
-from .base import BatchContext, Images, Targets, Trick, mix_with_partners
+from .base import BatchContext, Images, Targets, Trick, plan_partners
 
 Region = tuple[int, int, int, int]  # x0, y0, x1, y1: the pixels [x0, x1) x [y0, y1)
 
@@ -68,47 +68,56 @@ def _areas(boxes: torch.Tensor) -> torch.Tensor:
     return (boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]).clamp(min=0)
 
 
-def _clip_to(boxes: torch.Tensor, region: Region) -> torch.Tensor:
-    x0, y0, x1, y1 = region
-    return torch.stack([boxes[:, 0].clamp(min=x0), boxes[:, 1].clamp(min=y0),
-                        boxes[:, 2].clamp(max=x1), boxes[:, 3].clamp(max=y1)], dim=1)
+def _per_box(region: Region | torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """x0, y0, x1, y1 of the region of each box: one region for all, or one row per box."""
+    r = torch.as_tensor(region, dtype=boxes.dtype, device=boxes.device).reshape(-1, 4).expand(len(boxes), 4)
+    return r.unbind(1)
 
 
-def boxes_around(boxes: torch.Tensor, region: Region, min_visible: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """A's boxes once the region is pasted over them: (kept boxes, each cut back to the tight box
-    of its visible part; the boolean mask of kept input boxes)."""
+def _clip_to(boxes: torch.Tensor, x0, y0, x1, y1) -> torch.Tensor:
+    return torch.stack([torch.maximum(boxes[:, 0], x0), torch.maximum(boxes[:, 1], y0),
+                        torch.minimum(boxes[:, 2], x1), torch.minimum(boxes[:, 3], y1)], dim=1)
+
+
+def boxes_around(boxes: torch.Tensor, region: Region | torch.Tensor,
+                 min_visible: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """A's boxes once the region (one for all boxes, or one row per box) is pasted over them:
+    (kept boxes, each cut back to the tight box of its visible part; the boolean mask of kept
+    input boxes)."""
     boxes = boxes.reshape(-1, 4)
-    x0, y0, x1, y1 = region
-    if x0 >= x1 or y0 >= y1 or len(boxes) == 0:
-        return boxes, torch.ones(len(boxes), dtype=torch.bool, device=boxes.device)
+    x0, y0, x1, y1 = _per_box(region, boxes)
+    empty = (x0 >= x1) | (y0 >= y1)  # nothing pasted: every box stays as it is
     area = _areas(boxes)
-    covered = _areas(_clip_to(boxes, region))  # the intersection (0 when they do not meet)
+    covered = _areas(_clip_to(boxes, x0, y0, x1, y1))  # the intersection (0 when they do not meet)
     visible = area - covered
     positive = area > 0
     fraction = torch.where(positive, visible / area.clamp(min=torch.finfo(area.dtype).tiny), torch.ones_like(area))
     inside = ((boxes[:, 0] >= x0) & (boxes[:, 2] <= x1) & (boxes[:, 1] >= y0) & (boxes[:, 3] <= y1))
-    keep = torch.where(positive, (visible > 0) & (fraction >= min_visible), ~inside)
+    keep = empty | torch.where(positive, (visible > 0) & (fraction >= min_visible), ~inside)
 
     out = boxes.clone()
+    cut = positive & ~empty
     # The region spans the box horizontally: what stays is above and/or below it.
-    spans_x = (x0 <= boxes[:, 0]) & (x1 >= boxes[:, 2]) & positive
+    spans_x = (x0 <= boxes[:, 0]) & (x1 >= boxes[:, 2]) & cut
     # ... and vertically: what stays is left and/or right of it.
-    spans_y = (y0 <= boxes[:, 1]) & (y1 >= boxes[:, 3]) & positive
+    spans_y = (y0 <= boxes[:, 1]) & (y1 >= boxes[:, 3]) & cut
     top_gone, bottom_gone = (y0 <= boxes[:, 1]) & (y1 > boxes[:, 1]), (y1 >= boxes[:, 3]) & (y0 < boxes[:, 3])
     left_gone, right_gone = (x0 <= boxes[:, 0]) & (x1 > boxes[:, 0]), (x1 >= boxes[:, 2]) & (x0 < boxes[:, 2])
     # A strip is removed only when the region spans one direction and reaches past one edge in
     # the other (spanning both with a remaining part is impossible: that box is fully covered).
-    out[:, 1] = torch.where(spans_x & top_gone & ~bottom_gone, torch.full_like(out[:, 1], float(y1)), out[:, 1])
-    out[:, 3] = torch.where(spans_x & bottom_gone & ~top_gone, torch.full_like(out[:, 3], float(y0)), out[:, 3])
-    out[:, 0] = torch.where(spans_y & left_gone & ~right_gone, torch.full_like(out[:, 0], float(x1)), out[:, 0])
-    out[:, 2] = torch.where(spans_y & right_gone & ~left_gone, torch.full_like(out[:, 2], float(x0)), out[:, 2])
+    out[:, 1] = torch.where(spans_x & top_gone & ~bottom_gone, y1, out[:, 1])
+    out[:, 3] = torch.where(spans_x & bottom_gone & ~top_gone, y0, out[:, 3])
+    out[:, 0] = torch.where(spans_y & left_gone & ~right_gone, x1, out[:, 0])
+    out[:, 2] = torch.where(spans_y & right_gone & ~left_gone, x0, out[:, 2])
     return out[keep], keep
 
 
-def boxes_within(boxes: torch.Tensor, region: Region, min_visible: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """B's boxes seen through the region: (kept boxes clipped to it, the boolean mask of kept input boxes)."""
+def boxes_within(boxes: torch.Tensor, region: Region | torch.Tensor,
+                 min_visible: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """B's boxes seen through the region (one for all boxes, or one row per box): (kept boxes
+    clipped to it, the boolean mask of kept input boxes)."""
     boxes = boxes.reshape(-1, 4)
-    clipped = _clip_to(boxes, region)
+    clipped = _clip_to(boxes, *_per_box(region, boxes))
     w, h = clipped[:, 2] - clipped[:, 0], clipped[:, 3] - clipped[:, 1]
     keep = (w > 0) & (h > 0) & (w * h >= min_visible * _areas(boxes))
     return clipped[keep], keep
@@ -121,26 +130,51 @@ def _weights(tgt: dict) -> torch.Tensor:
     return torch.ones(len(tgt["boxes"]), device=tgt["boxes"].device)
 
 
+def _boxes_of(pairs: list[tuple[dict, Region]], rule, min_visible: float):
+    """`rule` (boxes_around or boxes_within) applied to the boxes of many targets at once, each
+    with its own region (a few tensor ops per batch rather than per image); per target: (kept
+    boxes, kept mask)."""
+    counts = [len(t["boxes"]) for t, _ in pairs]
+    boxes = torch.cat([t["boxes"].reshape(-1, 4) for t, _ in pairs])
+    regions = torch.tensor([r for (_, r), c in zip(pairs, counts) for _ in range(c)],
+                           dtype=boxes.dtype, device=boxes.device).reshape(-1, 4)
+    kept, keep = rule(boxes, regions, min_visible)
+    keeps = keep.split(counts)
+    return list(zip(kept.split([int(k.sum()) for k in keeps]), keeps))
+
+
+def cut_pairs(pairs: list[tuple[torch.Tensor, dict, torch.Tensor, dict, Region]],
+              min_visible: float) -> list[tuple[torch.Tensor, dict]]:
+    """For each (A image, A target, B image, B target, region): A with B's pixels pasted in the
+    region (same coordinates in both), and the boxes of both as the module docstring says."""
+    for img_a, _, img_b, _, region in pairs:
+        x0, y0, x1, y1 = region
+        h, w = min(img_a.shape[1], img_b.shape[1]), min(img_a.shape[2], img_b.shape[2])
+        if not (0 <= x0 <= x1 <= w and 0 <= y0 <= y1 <= h):
+            raise ValueError(f"cut region {region} does not lie inside both images (common area {w}x{h})")
+    if not pairs:
+        return []
+    around = _boxes_of([(p[1], p[4]) for p in pairs], boxes_around, min_visible)
+    within = _boxes_of([(p[3], p[4]) for p in pairs], boxes_within, min_visible)
+    out = []
+    for (img_a, tgt_a, img_b, tgt_b, (x0, y0, x1, y1)), (boxes_a, keep_a), (boxes_b, keep_b) in zip(pairs, around, within):
+        mixed = img_a.clone()
+        mixed[:, y0:y1, x0:x1] = img_b[:, y0:y1, x0:x1]
+        target = dict(tgt_a)
+        target["boxes"] = torch.cat([boxes_a, boxes_b.to(boxes_a.device, boxes_a.dtype)])
+        target["labels"] = torch.cat([tgt_a["labels"][keep_a], tgt_b["labels"][keep_b].to(tgt_a["labels"].device)])
+        if "weights" in tgt_a or "weights" in tgt_b:
+            weights_a = _weights(tgt_a)[keep_a]
+            weights_b = _weights(tgt_b)[keep_b].to(weights_a.device, weights_a.dtype)
+            target["weights"] = torch.cat([weights_a, weights_b])
+        out.append((mixed, target))
+    return out
+
+
 def cut_pair(img_a: torch.Tensor, tgt_a: dict, img_b: torch.Tensor, tgt_b: dict, region: Region,
-             min_visible: float):
-    """A with B's pixels pasted in ``region`` (same coordinates in both), and the boxes of both
-    as the module docstring says."""
-    x0, y0, x1, y1 = region
-    h, w = min(img_a.shape[1], img_b.shape[1]), min(img_a.shape[2], img_b.shape[2])
-    if not (0 <= x0 <= x1 <= w and 0 <= y0 <= y1 <= h):
-        raise ValueError(f"cut region {region} does not lie inside both images (common area {w}x{h})")
-    mixed = img_a.clone()
-    mixed[:, y0:y1, x0:x1] = img_b[:, y0:y1, x0:x1]
-    boxes_a, keep_a = boxes_around(tgt_a["boxes"], region, min_visible)
-    boxes_b, keep_b = boxes_within(tgt_b["boxes"], region, min_visible)
-    target = dict(tgt_a)
-    target["boxes"] = torch.cat([boxes_a, boxes_b.to(boxes_a.device, boxes_a.dtype)])
-    target["labels"] = torch.cat([tgt_a["labels"][keep_a], tgt_b["labels"][keep_b].to(tgt_a["labels"].device)])
-    if "weights" in tgt_a or "weights" in tgt_b:
-        weights_a = _weights(tgt_a)[keep_a]
-        weights_b = _weights(tgt_b)[keep_b].to(weights_a.device, weights_a.dtype)
-        target["weights"] = torch.cat([weights_a, weights_b])
-    return mixed, target
+             min_visible: float) -> tuple[torch.Tensor, dict]:
+    """One pair of :func:`cut_pairs`."""
+    return cut_pairs([(img_a, tgt_a, img_b, tgt_b, region)], min_visible)[0]
 
 
 class CutMix(Trick):
@@ -162,12 +196,16 @@ class CutMix(Trick):
         if ctx.epoch >= ctx.num_epochs - self.off_last_epochs:
             return images, targets
 
-        def mix(i: int, j: int):
+        def draw_region(i: int, j: int) -> Region:
             lam = float(ctx.rng.beta(self.alpha, self.alpha))
             h = min(images[i].shape[1], images[j].shape[1])
             w = min(images[i].shape[2], images[j].shape[2])
             cx, cy = int(ctx.rng.integers(0, w)), int(ctx.rng.integers(0, h))
-            return cut_pair(images[i], targets[i], images[j], targets[j], cut_region(h, w, lam, cx, cy),
-                            self.min_visible)
+            return cut_region(h, w, lam, cx, cy)
 
-        return mix_with_partners(images, targets, ctx, self.prob, mix)
+        # Every pair's region drawn first, then the boxes of all pairs cut at once.
+        regions = plan_partners(len(images), ctx, self.prob, lambda i, j: (i, j, draw_region(i, j)))
+        pairs = [(images[i], targets[i], images[j], targets[j], region) for i, j, region in filter(None, regions)]
+        cut = iter(cut_pairs(pairs, self.min_visible))
+        out = [next(cut) if plan is not None else (img, tgt) for plan, img, tgt in zip(regions, images, targets)]
+        return [img for img, _ in out], [tgt for _, tgt in out]
