@@ -46,7 +46,8 @@ class RunRecord:
     per_class_ap: dict[str, float] = field(default_factory=dict)
     # One entry per logged iteration or epoch: {"epoch", "step", "loss", "lr", ...}.
     curve: list[dict[str, Any]] = field(default_factory=list)
-    # wall_s, train_s, eval_s, images_per_s, data_wait_s, data_wait_fraction, time_to_first_step_s
+    # wall_s, train_s, train_cpu_s, eval_s, images_per_s, data_wait_s, data_wait_fraction, batch_tricks_s,
+    # batch_tricks_fraction, model_s, harness_fraction, checkpoint_s, time_to_first_step_s
     timings: dict[str, float] = field(default_factory=dict)
     inference_ms_per_image: float | None = None
     params: int | None = None

@@ -30,6 +30,7 @@ import ablate
 from . import config as ablate_config
 from .data import build_data, make_loader
 from .evaluate import coco_metrics, count_flops, measure_latency, predict
+from .gpus import claimed_gpu
 from .models import build_model, count_parameters, label_offset
 from .results import (RECORD_NAME, atomic_write, RecordError, RunRecord, base_hash, config_hash, find_indexed, index_record,
                       read_record, write_record)
@@ -61,6 +62,20 @@ def autocast_for(device: torch.device, enabled: bool) -> Callable[[], contextlib
         return contextlib.nullcontext
     dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return lambda: torch.autocast("cuda", dtype=dtype)
+
+
+def prepare_model(model: torch.nn.Module, device: torch.device, runtime) -> torch.nn.Module:
+    """The model on its device, with the runtime's speed settings (the numbers stay the same)."""
+    model.to(device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = bool(runtime.cudnn_benchmark)
+        if runtime.channels_last:
+            model.to(memory_format=torch.channels_last)
+    if runtime.compile:
+        # The module is kept and only its forward compiled: parameter names (checkpoints,
+        # optimizer state) are the same as without compile.
+        model.backbone.compile()
+    return model
 
 
 def seed_everything(seed: int) -> None:
@@ -182,7 +197,7 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path) -> RunRecord:
     offset = label_offset(cfg.model.family)
     for trick in tricks:
         model = trick.on_model(model)
-    model.to(device)
+    model = prepare_model(model, device, cfg.runtime)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
@@ -200,14 +215,16 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path) -> RunRecord:
     ckpt_path = run_dir / CHECKPOINT
     state = load_checkpoint(ckpt_path, chash) if cfg.runtime.checkpoint else None
     first_epoch, step = 0, 0
-    totals = {"train_s": 0.0, "data_wait_s": 0.0, "images": 0, "eval_s": 0.0}
+    totals = {"train_s": 0.0, "train_cpu_s": 0.0, "model_s": 0.0, "data_wait_s": 0.0, "batch_tricks_s": 0.0,
+              "checkpoint_s": 0.0, "images": 0, "eval_s": 0.0}
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         first_epoch, step = state["epoch"] + 1, state["step"]
-        record.curve, totals = state["curve"], state["totals"]
+        # Totals a checkpoint of an older version lacks start at zero.
+        record.curve, totals = state["curve"], {**totals, **state["totals"]}
         log.info("resuming from %s after epoch %d", ckpt_path, state["epoch"] + 1)
 
     time_to_first_step = None
@@ -224,7 +241,7 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path) -> RunRecord:
             epoch_loss, epoch_parts, n_batches = 0.0, {}, 0
             bar = tqdm(total=len(loader), desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False,
                        disable=not (cfg.runtime.progress and sys.stderr.isatty()))
-            t_epoch = time.perf_counter()
+            t_epoch, cpu_epoch = time.perf_counter(), time.process_time()
             it = iter(loader)
             while True:
                 t_wait = time.perf_counter()
@@ -236,8 +253,11 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path) -> RunRecord:
                 images, targets = to_device(images, targets, device, offset)
                 ctx = BatchContext(epoch=epoch, num_epochs=cfg.train.epochs, step=step, total_steps=total_steps,
                                    rng=ctx_rng)
+                t_tricks = time.perf_counter()
                 for trick in tricks:
                     images, targets = trick.on_batch(images, targets, ctx)
+                t_model = time.perf_counter()
+                totals["batch_tricks_s"] += t_model - t_tricks
                 with autocast():
                     losses = model(images, targets)
                 loss = sum(losses.values())
@@ -252,6 +272,9 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path) -> RunRecord:
                 scaler.step(optimizer)
                 scaler.update()
                 scheduler.step()
+                # Forward, backward and optimizer step: the model's own cost, the floor of a step
+                # (on CUDA, kernels still queued at this point are counted in the next step's).
+                totals["model_s"] += time.perf_counter() - t_model
                 step += 1
                 totals["images"] += len(images)
                 if time_to_first_step is None:
@@ -268,6 +291,8 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path) -> RunRecord:
                 bar.set_postfix(loss=f"{value:.3f}")
             bar.close()
             totals["train_s"] += time.perf_counter() - t_epoch
+            # CPU seconds of this process: on a shared machine, steadier than wall time.
+            totals["train_cpu_s"] += time.process_time() - cpu_epoch
             point = {"epoch": epoch + 1, "step": step, "epoch_loss": epoch_loss / max(n_batches, 1),
                      **{k: v / max(n_batches, 1) for k, v in epoch_parts.items()}}
             if cfg.train.eval_every and (epoch + 1) % cfg.train.eval_every == 0 and epoch + 1 < cfg.train.epochs:
@@ -280,10 +305,12 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path) -> RunRecord:
                      optimizer.param_groups[0]["lr"],
                      f", val mAP {point['val_mAP']:.4f}" if "val_mAP" in point else "")
             if cfg.runtime.checkpoint:
+                t_save = time.perf_counter()
                 save_checkpoint(ckpt_path, {"epoch": epoch, "step": step, "config_hash": chash,
                                             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                                             "curve": record.curve, "totals": totals})
+                totals["checkpoint_s"] += time.perf_counter() - t_save
     except Diverged as e:
         log.error("run diverged: %s", e)
         record.status, record.error = "diverged", str(e)
@@ -300,13 +327,26 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path) -> RunRecord:
                  record.metrics["AP75"])
     record.params = count_parameters(model)
     record.peak_memory_mb = peak_memory_mb(device)
+    def share(seconds: float) -> float:
+        return seconds / totals["train_s"] if totals["train_s"] else 0.0
+
     record.timings = {
         "wall_s": time.perf_counter() - start,
         "train_s": totals["train_s"],
+        # CPU seconds of the process while training (steadier than wall time on a shared machine).
+        "train_cpu_s": totals["train_cpu_s"],
         "eval_s": totals["eval_s"],
-        "images_per_s": totals["images"] / totals["train_s"] if totals["train_s"] else 0.0,
+        "images_per_s": share(totals["images"]),
         "data_wait_s": totals["data_wait_s"],
-        "data_wait_fraction": totals["data_wait_s"] / totals["train_s"] if totals["train_s"] else 0.0,
+        "data_wait_fraction": share(totals["data_wait_s"]),
+        # Time in the tricks' batch hooks (MixUp, CutMix...): their overhead on the training step.
+        "batch_tricks_s": totals["batch_tricks_s"],
+        "batch_tricks_fraction": share(totals["batch_tricks_s"]),
+        # Forward, backward and optimizer steps; the rest of train_s is the harness's share.
+        "model_s": totals["model_s"],
+        "harness_fraction": 1 - share(totals["model_s"]) if totals["train_s"] else 0.0,
+        # Time saving the per-epoch checkpoints (not in train_s).
+        "checkpoint_s": totals["checkpoint_s"],
         "time_to_first_step_s": time_to_first_step if time_to_first_step is not None else float("nan"),
     }
     write_record(record, run_dir)
@@ -364,9 +404,6 @@ def main(cfg: DictConfig) -> str:
         log.info("%s: complete record found (%s), not training again", run_dir, done.status)
         return done.status
     runs_root = Path(cfg.paths.runs)
-    if multirun and cfg.runtime.device == "auto" and torch.cuda.device_count() > 1:
-        # Parallel jobs (joblib) on a machine with several GPUs: spread them round-robin.
-        cfg.runtime.device = f"cuda:{hc.job.num % torch.cuda.device_count()}"
     if multirun:
         # The same variant in another design or sweep (the baseline above all) is trained once.
         found = find_indexed(runs_root, chash)
@@ -376,6 +413,19 @@ def main(cfg: DictConfig) -> str:
             write_record(reused, run_dir)
             log.info("%s: the same config ran in %s; its record is reused, not trained again", run_dir, found[0])
             return reused.status
+    gpu = contextlib.nullcontext(None)
+    if multirun and cfg.runtime.device == "auto" and torch.cuda.device_count() > 1:
+        # Parallel jobs (joblib, submitit_local) on a machine with several GPUs: one GPU each.
+        gpu = claimed_gpu(runs_root / ".gpus", torch.cuda.device_count())
+    with gpu as index:
+        if index is not None:
+            cfg.runtime.device = f"cuda:{index}"
+            log.info("this job trains on GPU %d", index)
+        return run_and_record(cfg, run_dir, runs_root, multirun)
+
+
+def run_and_record(cfg: DictConfig, run_dir: Path, runs_root: Path, multirun: bool) -> str:
+    """Train and evaluate; in a multirun, a failure or a misfit is recorded and the sweep goes on."""
     try:
         record = train_and_evaluate(cfg, run_dir)
         if record.complete:

@@ -37,9 +37,15 @@ def test_record_holds_what_the_report_needs(tmp_path, shapes_cache):
     assert set(rec.metrics) == set(COCO_METRICS)
     assert set(rec.per_class_ap) == {"circle", "square", "triangle", "cross", "ring"}
     assert rec.params > 0 and rec.flops > 0 and rec.inference_ms_per_image > 0
-    for key in ("wall_s", "train_s", "eval_s", "images_per_s", "data_wait_s", "data_wait_fraction",
+    for key in ("wall_s", "train_s", "train_cpu_s", "eval_s", "images_per_s", "data_wait_s", "data_wait_fraction",
+                "batch_tricks_s", "batch_tricks_fraction", "model_s", "harness_fraction", "checkpoint_s",
                 "time_to_first_step_s"):
         assert rec.timings[key] >= 0, key
+    t = rec.timings
+    # The step's parts (data wait, tricks' hooks, model) lie within the training time.
+    assert t["data_wait_s"] + t["batch_tricks_s"] + t["model_s"] <= t["train_s"]
+    assert t["model_s"] > 0 and t["harness_fraction"] == pytest.approx(1 - t["model_s"] / t["train_s"])
+    assert t["checkpoint_s"] > 0  # checkpoints are on in this run
     assert rec.config["tricks"]["warmup"]["mode"] == "linear"
     assert rec.versions["torch"] == torch.__version__
     assert (tmp_path / CHECKPOINT).is_file()
