@@ -1,4 +1,6 @@
 """COCO metrics: the 12 stats under COCO's names, AP per class, and the two backends agreeing."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -62,7 +64,6 @@ def test_no_detection_gives_zeros():
 
 
 def test_faster_coco_eval_gives_the_same_stats_as_pycocotools():
-    pytest.importorskip("faster_coco_eval")
     for seed in range(3):
         gt, dets = toy_set(seed=seed, images=20)
         ids = [im["id"] for im in gt["images"]]
@@ -78,3 +79,41 @@ def test_unknown_backend_is_named():
     gt, dets = toy_set()
     with pytest.raises(ValueError, match="eval.backend='cocoapi'"):
         coco_metrics(gt, dets, [1], "cocoapi", NAMES)
+
+
+def _benchmark_detections():
+    """The detection maker of benchmarks/evaluation.py (one generator for the benchmark and this test)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "evaluation.py"
+    spec = importlib.util.spec_from_file_location("benchmark_evaluation", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.synthetic_detections
+
+
+BCCD = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "bccd"
+
+
+@pytest.mark.parametrize("data", ["shapes", pytest.param("bccd", marks=pytest.mark.skipif(
+    not BCCD.is_dir(), reason=f"real data set not found at {BCCD}"))])
+def test_faster_coco_eval_equals_pycocotools_on_the_embedded_data_and_bccd(data, tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from ablate.config import conf_dir
+    from ablate.data import build_data
+
+    overrides = (["data=shapes", "data.generator.num_train=4", "data.generator.num_val=120"] if data == "shapes"
+                 else ["data=coco", f"data.root={BCCD}", "data.max_train_images=4"])
+    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
+        cfg = compose("config", overrides + [f"paths.cache={tmp_path}", "data.cache_ram_mb=0"])
+    bundle = build_data(cfg.data, tmp_path)
+    dets = _benchmark_detections()(bundle.val_coco_gt, per_image=30)
+    names = {bundle.label_to_cat_id[k + 1]: n for k, n in enumerate(bundle.classes)}
+    ref, ref_cls = coco_metrics(bundle.val_coco_gt, dets, bundle.val.image_ids, "pycocotools", names)
+    fast, fast_cls = coco_metrics(bundle.val_coco_gt, dets, bundle.val.image_ids, "faster_coco_eval", names)
+    assert 0.05 < ref["mAP"] < 0.95  # a mix of hits, misses and false positives, not a degenerate case
+    for k in COCO_METRICS:
+        assert fast[k] == pytest.approx(ref[k], abs=1e-6), k
+    for k in ref_cls:
+        assert fast_cls[k] == pytest.approx(ref_cls[k], abs=1e-6), k
