@@ -11,42 +11,28 @@ once share the cores and both figures are wrong.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-BCCD = REPO.parent / "shared" / "data" / "bccd"
+from common import BCCD, REPO, records, run_ablate
+
 # The README's BCCD command (tiny backbone, 320 px).
 BCCD_OVERRIDES = ["data=coco", f"data.root={BCCD}", "train.epochs=30"]
 
 
-def run(args: list[str], workdir: Path) -> tuple[float, subprocess.CompletedProcess]:
-    env = dict(os.environ, ABLATE_CACHE=str(workdir / "cache"))
-    cmd = [sys.executable, "-m", "ablate.cli", *args, f"paths.runs={workdir / 'runs'}",
-           f"paths.reports={workdir / 'reports'}", "runtime.progress=false"]
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
-    elapsed = time.perf_counter() - start
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stderr[-4000:])
-        raise SystemExit(f"failed: {' '.join(args)}")
-    return elapsed, proc
-
-
-def records(runs: Path) -> dict[str, dict]:
-    return {p.parent.relative_to(runs).as_posix(): json.loads(p.read_text()) for p in runs.rglob("result.json")}
+def run(args: list[str], workdir: Path) -> float:
+    return run_ablate([*args, f"paths.runs={workdir / 'runs'}", f"paths.reports={workdir / 'reports'}",
+                       "runtime.progress=false"], workdir / "cache")
 
 
 def sweep_figure(name: str, extra: list[str], keep: Path | None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        elapsed, _ = run(["sweep", "quick", *extra], work)
+        elapsed = run(["sweep", "quick", *extra], work)
         recs = records(work / "runs")
         print(f"`ablate sweep quick {' '.join(extra)}`: {elapsed:.1f} s wall for {len(recs)} runs")
         for key, rec in sorted(recs.items()):
@@ -75,7 +61,7 @@ def bccd_figure() -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        elapsed, _ = run(["train", *BCCD_OVERRIDES], work)
+        elapsed = run(["train", *BCCD_OVERRIDES], work)
         (rec,) = records(work / "runs").values()
         t = rec["timings"]
         print(f"`ablate train {' '.join(o.replace(str(BCCD), '../shared/data/bccd') for o in BCCD_OVERRIDES)}`: "
