@@ -305,7 +305,8 @@ def plots_section(images: Sequence[str]) -> list[str]:
 def notes(table: pd.DataFrame) -> list[str]:
     """How to read the table, plus the cases that need a warning (no CI, unpaired ΔmAP, missing baselines)."""
     lines = [
-        "- Metrics are COCO box metrics (pycocotools) in points (×100): mAP is AP@[.5:.95], AP50 and AP75 at one "
+        "- Metrics are COCO box metrics (COCOeval; pycocotools and faster-coco-eval give the same numbers, "
+        "`eval.backend` in each record's config says which ran) in points (×100): mAP is AP@[.5:.95], AP50 and AP75 at one "
         "IoU threshold, APs/APm/APl by object area. A metric COCO reports as −1 (no ground truth in that area "
         "range) shows as n/a.",
         "- Each number is the mean over the variant's ok runs; the mAP's “± std” is the sample standard deviation "
