@@ -2,6 +2,7 @@ import pytest
 
 from ablate.config import sweeps_dir
 from ablate.sweep import SweepFileError, load_sweep, resolve_sweep_path
+from ablate.sweep.design import DESIGNS
 
 
 def sweep_file(tmp_path, text):
@@ -40,9 +41,15 @@ def test_bad_sweep_files_name_the_file_and_key(tmp_path):
         resolve_sweep_path("nope")
 
 
-def test_shipped_sweeps_load():
-    for path in sweeps_dir().glob("*.yaml"):
-        assert load_sweep(path).jobs()
+def test_shipped_sweeps_load_and_there_is_one_per_design():
+    from ablate.config import conf_dir
+
+    shipped = [load_sweep(path) for path in sweeps_dir().glob("*.yaml")]
+    for sweep in shipped:
+        assert sweep.jobs()
+        for trick in sweep.tricks:
+            assert (conf_dir() / "tricks" / f"{trick}.yaml").is_file(), (sweep.path, trick)
+    assert {s.design for s in shipped} == set(DESIGNS)
     assert resolve_sweep_path("quick").name == "quick.yaml"
 
 
