@@ -36,3 +36,16 @@ def train_timings(overrides: list[str], cache: Path | str, runs: Path) -> dict:
     run_ablate(["train", *overrides, f"paths.runs={runs}"], cache)
     (record,) = records(runs).values()
     return record["timings"]
+
+
+def train_step(model, params, optimizer, clip_grad_norm: float, images, targets) -> float:
+    """One plain training step, as ablate's loop takes it: forward, backward, gradient clipping,
+    optimizer step; returns the loss."""
+    import torch
+
+    loss = sum(model(images, targets).values())
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
+    optimizer.step()
+    return loss.item()

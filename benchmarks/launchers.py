@@ -62,8 +62,8 @@ def main() -> None:
         times: dict[str, list[float]] = {name: [] for name in setups}
         for r in range(args.repeats):
             for name, extra in setups.items():
-                extra = [f"data.max_train_images={args.images}", *extra]
-                times[name].append(sweep(sweep_file, extra, work, f"{len(times[name])}-{abs(hash(name))}"))
+                times[name].append(sweep(sweep_file, [f"data.max_train_images={args.images}", *extra], work,
+                                         f"{len(times[name])}-{abs(hash(name))}"))
                 print(f"  repeat {r + 1}: {name}: {times[name][-1]:.1f} s", flush=True)
     print(f"\n{args.jobs} jobs on {c} cores:")
     seq = min(times["sequential (basic, all threads)"])

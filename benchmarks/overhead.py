@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import BCCD, REPO, train_timings
+from common import BCCD, REPO, train_step, train_timings
 
 DATA = {
     "shapes": ["data=shapes"],
@@ -80,17 +80,13 @@ def bare_loop(overrides: list[str], cache: str) -> dict:
         order = torch.randperm(len(images)).tolist()
         for i in range(0, len(order), batch):
             idx = order[i:i + batch]
-            losses = model([images[j] for j in idx], [targets[j] for j in idx])
-            loss = sum(losses.values())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, cfg.train.clip_grad_norm)
-            optimizer.step()
+            loss = train_step(model, params, optimizer, cfg.train.clip_grad_norm,
+                              [images[j] for j in idx], [targets[j] for j in idx])
             steps += 1
     elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     if steps == 0:  # a warm-up call: data read, nothing trained
         return {"steps": 0}
-    assert math.isfinite(loss.item())
+    assert math.isfinite(loss)
     return {"images_per_s": len(images) * cfg.train.epochs / elapsed, "steps": steps, "train_s": elapsed,
             "images_per_cpu_s": len(images) * cfg.train.epochs / cpu}
 
@@ -100,8 +96,6 @@ def interleaved(overrides: list[str], cache: str, steps: int) -> dict:
     RAM cache, flips, collate, copy to float) and its training step, then a bare batch (float
     tensors in memory) and the same step. A slow spell of the machine hits neighbouring steps
     alike, so the paired ratio is steady where whole-run ratios are not."""
-    import statistics
-
     import torch
 
     from ablate.data import make_loader
@@ -110,12 +104,7 @@ def interleaved(overrides: list[str], cache: str, steps: int) -> dict:
     cfg, data, offset, images, targets, model, params, optimizer = setup(overrides, cache)
     batch, device = cfg.data.batch_size, torch.device("cpu")
 
-    def train_step(imgs, tgts):
-        loss = sum(model(imgs, tgts).values())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, cfg.train.clip_grad_norm)
-        optimizer.step()
+    clip = cfg.train.clip_grad_norm
 
     ours, bare, epoch = [], [], 0
     while len(ours) < steps:
@@ -124,11 +113,11 @@ def interleaved(overrides: list[str], cache: str, steps: int) -> dict:
         for k in range(len(order) // batch):
             start = time.perf_counter()
             imgs, tgts = to_device(*next(it), device, offset)
-            train_step(imgs, tgts)
+            train_step(model, params, optimizer, clip, imgs, tgts)
             ours.append(time.perf_counter() - start)
             idx = order[k * batch:(k + 1) * batch]
             start = time.perf_counter()
-            train_step([images[j] for j in idx], [targets[j] for j in idx])
+            train_step(model, params, optimizer, clip, [images[j] for j in idx], [targets[j] for j in idx])
             bare.append(time.perf_counter() - start)
         epoch += 1
     pairs = [b / o for o, b in zip(ours[1:], bare[1:])]  # the first step pays oneDNN's warm-up

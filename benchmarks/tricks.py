@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import train_step
+
 
 def trick_kind(name: str) -> tuple[str, str]:
     """(baseline model, 'batch' or 'model') of a trick, from its config and class."""
@@ -83,11 +85,7 @@ def paired_steps(trick: str, model_name: str, steps: int, cache: str) -> dict:
                 for t in built:
                     imgs, tgts = t.on_batch(imgs, tgts, ctx)
                 hook = time.perf_counter() - start
-                loss = sum(model(imgs, tgts).values())
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, cfg.train.clip_grad_norm)
-                optimizer.step()
+                train_step(model, params, optimizer, cfg.train.clip_grad_norm, imgs, tgts)
                 times.append(time.perf_counter() - start)
             if step > 0:  # the first step pays oneDNN's warm-up
                 ratios.append(times[1] / times[0])

@@ -68,11 +68,12 @@ class GridMultiScaleRoIAlign(MultiScaleRoIAlign):
             self.scales, self.map_levels = _setup_scales(features, image_shapes, self.canonical_scale,
                                                          self.canonical_level)
         rois = _convert_to_roi_format(boxes)
-        levels = self.map_levels(boxes) if len(features) > 1 else torch.zeros(len(rois), dtype=torch.int64)
+        levels = (self.map_levels(boxes) if len(features) > 1
+                  else torch.zeros(len(rois), dtype=torch.int64)).to(rois.device)
         c = features[0].shape[1]
         result = features[0].new_zeros((len(rois), c, *self.output_size))
         for level, (feature, scale) in enumerate(zip(features, self.scales)):
-            idx = torch.where(levels.to(rois.device) == level)[0]
+            idx = torch.where(levels == level)[0]
             if feature.device.type == "cpu":
                 pooled = roi_align_grid(feature, rois[idx], self.output_size, scale, self.sampling_ratio)
             else:
