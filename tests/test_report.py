@@ -9,11 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+from matplotlib import image as mpimg
 
 from ablate.report import ReportError, build_report, records_table
 from ablate.report.markdown import markdown_table
+from ablate.report.plots import delta_map_figure
 from ablate.report.table import DELTA_HEADER, delta_against, fmt_delta, fmt_points, paired_differences
 from ablate.results import RunRecord, write_record
 
@@ -216,6 +219,15 @@ def test_table_csv_parses_back_numeric(paired_sweep: Path, tmp_path: Path):
                                                      "report.md", "runs.csv", "table.csv"]
 
 
+def png_rgb(path: Path) -> np.ndarray:
+    """The PNG's pixels as integers 0-255, [height, width, 3]."""
+    return (mpimg.imread(path)[..., :3] * 255).round().astype(int)
+
+
+def pixels_near(rgb: np.ndarray, color: tuple[int, int, int], tol: int = 2) -> int:
+    return int((np.abs(rgb - np.array(color)).max(axis=-1) <= tol).sum())
+
+
 def test_delta_map_png_is_valid(paired_sweep: Path, tmp_path: Path):
     out = tmp_path / "out"
     build_report([paired_sweep], out)
@@ -223,17 +235,37 @@ def test_delta_map_png_is_valid(paired_sweep: Path, tmp_path: Path):
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     assert data[12:16] == b"IHDR"
     width, height = struct.unpack(">II", data[16:24])
-    assert width >= 600 and height >= 250  # (7, 0.5 n + 2) inches at 120 dpi
-    assert len(data) > 5_000  # bars, labels and axes, not a blank canvas
+    assert (width, height) == (840, 360)  # (7, 0.5 x 2 variants + 2) inches at 120 dpi
+    rgb = png_rgb(out / "delta_map.png")
+    # Both bars pale (neither CI excludes zero): the gain colour #2ca02c (44, 160, 44) and the loss colour
+    # #d62728 (214, 39, 40) at alpha 0.4 over white, 0.4 c + 0.6 x 255: (171, 217, 171) and (239, 169, 169).
+    assert pixels_near(rgb, (171, 217, 171)) > 1_000  # mixup, +2.0
+    assert pixels_near(rgb, (239, 169, 169)) > 1_000  # ls, -1.4
+    assert pixels_near(rgb, (44, 160, 44), tol=10) == 0 and pixels_near(rgb, (214, 39, 40), tol=10) == 0  # no solid bar
 
 
-def test_delta_map_png_without_any_delta(tmp_path: Path):
+@pytest.mark.parametrize("records, deltas", [
+    ([make_record("baseline", seed=0, mAP=0.4)], ["—"]),  # a baseline alone
+    ([make_record("baseline", seed=0, status="failed", error="ValueError: x"),  # a variant whose baseline failed
+      make_record("mixup", seed=0, mAP=0.42)], ["—", "n/a"]),
+], ids=["baseline-only", "baseline-failed"])
+def test_delta_map_png_without_any_delta_says_so_and_draws_no_bar(tmp_path: Path, records, deltas):
     root = tmp_path / "runs"
-    write_all(root, [make_record("baseline", seed=0, mAP=0.4)])
+    write_all(root, records)
     out = tmp_path / "out"
     report = build_report([root], out).read_text()
-    assert (out / "delta_map.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert [r[DELTA_HEADER] for r in md_table(report)] == ["—"]
+    assert [r[DELTA_HEADER] for r in md_table(report)] == deltas
+    # The chart is the one-line message, axes off, no bar.
+    fig = delta_map_figure(records_table(records), "sw")
+    (ax,) = fig.axes
+    assert [t.get_text() for t in ax.texts] == ["no ΔmAP to plot: no variant with an ok baseline run"]
+    assert len(ax.patches) == 0 and not ax.axison
+    assert ax.get_title() == "sw: ΔmAP per variant"  # no CI legend without error bars
+    # The PNG written is that figure: (7, 0.5 + 2) inches at 120 dpi, grey text only (no green or red bar).
+    assert struct.unpack(">II", (out / "delta_map.png").read_bytes()[16:24]) == (840, 300)
+    rgb = png_rgb(out / "delta_map.png")
+    assert (rgb.max(axis=-1) - rgb.min(axis=-1)).max() == 0  # every pixel grey
+    assert (rgb.max(axis=-1) < 128).sum() > 500  # the message and title are written
 
 
 def test_two_runs_folders_merge(tmp_path: Path):

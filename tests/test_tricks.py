@@ -1,9 +1,11 @@
 """Tricks against their papers' definitions, on hand-computed cases."""
+import logging
 import math
 
 import numpy as np
 import pytest
 import torch
+from hydra.errors import InstantiationException
 from omegaconf import OmegaConf
 from scipy import stats
 
@@ -23,24 +25,58 @@ def model_cfg(name):
 
 # ---------------------------------------------------------------- warmup
 
-def test_linear_warmup_lr_at_0_half_end_and_after():
-    w = Warmup(iters=100, start_factor=0.001, mode="linear")
-    assert w.factor(0) == pytest.approx(0.001)
-    assert w.factor(50) == pytest.approx(0.001 + 0.999 * 0.5)
-    assert w.factor(100) == 1.0
-    assert w.factor(1000) == 1.0
+def warmup_lrs(warmup, total_steps, steps, main=lambda step: 1.0):
+    """The LR factor of `main` x warmup, as the harness builds it, at these steps."""
+    factor = warmup.on_lr_factor(main, total_steps)
+    return [factor(t) for t in steps]
 
 
-def test_exponential_warmup_lr_at_0_half_end_and_after():
-    w = Warmup(iters=100, start_factor=0.001, mode="exponential")
-    assert w.factor(0) == pytest.approx(0.001)
-    assert w.factor(50) == pytest.approx(0.001 ** 0.5)
-    assert w.factor(100) == 1.0
-    assert w.factor(250) == 1.0
+def test_linear_warmup_length_is_the_fraction_of_the_run():
+    w = Warmup(fraction=0.05, iters=None, start_factor=0.001, mode="linear")
+    # 200 steps: 0.05 x 200 = 10 warmup steps; w(t) = 0.001 + 0.999 t / 10.
+    assert warmup_lrs(w, 200, [0, 5, 9, 10, 11, 199]) == pytest.approx([0.001, 0.5005, 0.9001, 1.0, 1.0, 1.0])
+    # The same fraction of a run twice as long warms up twice as long: 20 steps.
+    assert warmup_lrs(w, 400, [0, 10, 19, 20]) == pytest.approx([0.001, 0.5005, 0.95005, 1.0])
+    assert [w.length(n) for n in (200, 400, 1125)] == [10, 20, 56]  # 56.25 -> 56
+    # Halves round up: 0.05 x 90 = 4.5 -> 5 and 0.05 x 30 = 1.5 -> 2 (Python's round would give 4 and 2).
+    assert w.length(90) == 5 and w.length(30) == 2
+    assert warmup_lrs(w, 90, [4, 5]) == pytest.approx([0.001 + 0.999 * 4 / 5, 1.0])
+
+
+def test_exponential_warmup_over_the_fraction_of_the_run():
+    w = Warmup(fraction=0.1, iters=None, start_factor=0.001, mode="exponential")
+    # 40 steps: 4 warmup steps; w(t) = 0.001 ** (1 - t / 4).
+    assert warmup_lrs(w, 40, [0, 1, 2, 3, 4, 39]) == pytest.approx(
+        [0.001, 0.0056234133, 0.0316227766, 0.1778279410, 1.0, 1.0])
+
+
+def test_warmup_iters_sets_the_length_whatever_the_run():
+    w = Warmup(fraction=None, iters=100, start_factor=0.001, mode="linear")
+    for total in (200, 10_000):
+        assert w.length(total) == 100
+        assert warmup_lrs(w, total, [0, 50, 99, 100, 150]) == pytest.approx([0.001, 0.5005, 0.99001, 1.0, 1.0])
+
+
+def test_default_yaml_warms_up_goyal_5_of_90_of_the_default_run_through_lambdalr():
+    """conf/tricks/warmup.yaml: fraction 0.056 (5/90 epochs) of the default 1,125 steps = 63 steps from
+    0.001 x lr; with warmup switched off (or its factor changed) the LRs below differ."""
+    (w,) = build_tricks(trick_cfg("warmup"), model_cfg("fcos"))
+    assert (w.fraction, w.iters, w.start_factor, w.mode) == (0.056, None, 0.001, "linear")
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([param], lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, w.on_lr_factor(lambda step: 1.0, 1125))
+    lrs = {}
+    for step in range(70):
+        lrs[step] = opt.param_groups[0]["lr"]
+        opt.step()
+        sched.step()
+    # 0.1 x (0.001 + 0.999 t / 63): t = 0, 21, 42 give 0.0001, 0.0334, 0.0667; from t = 63 on, 0.1.
+    assert [lrs[t] for t in (0, 21, 42, 62, 63, 69)] == pytest.approx(
+        [0.0001, 0.0334, 0.0667, 0.1 * (0.001 + 0.999 * 62 / 63), 0.1, 0.1])
 
 
 def test_warmup_multiplies_the_main_schedule_through_torch_lambdalr():
-    w = Warmup(iters=4, start_factor=0.2, mode="linear")
+    w = Warmup(fraction=0.4, iters=None, start_factor=0.2, mode="linear")  # 0.4 x 10 = 4 steps
     main = lambda step: 0.5 if step >= 6 else 1.0  # a step schedule
     param = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.SGD([param], lr=0.1)
@@ -50,15 +86,47 @@ def test_warmup_multiplies_the_main_schedule_through_torch_lambdalr():
         lrs.append(opt.param_groups[0]["lr"])
         opt.step()
         sched.step()
-    expected = [0.1 * (0.2 + 0.8 * t / 4) for t in range(4)] + [0.1, 0.1, 0.05, 0.05]
-    assert lrs == pytest.approx(expected)
+    # 0.1 x (0.2 + 0.8 t / 4) for t < 4, then the main schedule alone.
+    assert lrs == pytest.approx([0.02, 0.04, 0.06, 0.08, 0.1, 0.1, 0.05, 0.05])
+
+
+def test_a_run_too_short_for_one_warmup_step_gets_none_and_a_warning(caplog):
+    w = Warmup(fraction=0.056, iters=None, start_factor=0.001, mode="linear")
+    with caplog.at_level(logging.WARNING, logger="ablate.tricks.warmup"):
+        assert warmup_lrs(w, 4, [0, 1, 3]) == [1.0, 1.0, 1.0]  # 0.056 x 4 = 0.224 -> 0 steps
+    assert "tricks.warmup.fraction=0.056 of 4 iterations rounds to 0" in caplog.text
+    assert w.length(9) == 1 and warmup_lrs(w, 9, [0, 1]) == pytest.approx([0.001, 1.0])  # 0.504 -> 1
+
+
+def test_warmup_needs_exactly_one_of_fraction_and_iters():
+    with pytest.raises(ValueError, match=r"tricks.warmup.fraction=0.05 and tricks.warmup.iters=100: set exactly one"):
+        Warmup(fraction=0.05, iters=100, start_factor=0.001, mode="linear")
+    with pytest.raises(ValueError, match=r"tricks.warmup.fraction=None and tricks.warmup.iters=None: set exactly one"):
+        Warmup(fraction=None, iters=None, start_factor=0.001, mode="linear")
+    # From the YAML: setting iters without clearing fraction is refused when the tricks are built
+    # (Hydra's instantiate wraps the ValueError, keeping its message).
+    cfg = trick_cfg("warmup")
+    cfg.warmup.iters = 500
+    with pytest.raises((ValueError, InstantiationException),
+                       match="tricks.warmup.fraction=0.056 and tricks.warmup.iters=500: set exactly one"):
+        build_tricks(cfg, model_cfg("fcos"))
+    cfg.warmup.fraction = None
+    (w,) = build_tricks(cfg, model_cfg("fcos"))
+    assert w.length(1125) == 500
 
 
 def test_warmup_rejects_bad_values():
     with pytest.raises(ValueError, match="tricks.warmup.mode"):
-        Warmup(iters=10, start_factor=0.1, mode="cubic")
-    with pytest.raises(ValueError, match="tricks.warmup.iters"):
-        Warmup(iters=0, start_factor=0.1, mode="linear")
+        Warmup(fraction=0.1, iters=None, start_factor=0.1, mode="cubic")
+    for bad in (0, 0.0, -0.1, 1.5):
+        with pytest.raises(ValueError, match=r"tricks.warmup.fraction=.*: must be a number in \(0, 1\]"):
+            Warmup(fraction=bad, iters=None, start_factor=0.1, mode="linear")
+    for bad in (0, -3, 2.5):
+        with pytest.raises(ValueError, match=r"tricks.warmup.iters=.*: must be an integer >= 1"):
+            Warmup(fraction=None, iters=bad, start_factor=0.1, mode="linear")
+    for bad in (0, 1.5):
+        with pytest.raises(ValueError, match="tricks.warmup.start_factor"):
+            Warmup(fraction=0.1, iters=None, start_factor=bad, mode="linear")
 
 
 # ---------------------------------------------------------------- mixup
@@ -81,7 +149,7 @@ def test_mix_pair_blends_pixels_on_the_larger_canvas_and_keeps_all_boxes():
 
 
 def test_mixup_lambda_follows_beta_alpha_alpha():
-    mixup = MixUp(alpha=1.5, prob=1.0, off_last_epochs=0, loss_weights=True)
+    mixup = MixUp(alpha=1.5, prob=1.0, off_last_fraction=0, loss_weights=True)
     ctx = BatchContext(epoch=0, num_epochs=1, step=0, total_steps=1, rng=np.random.default_rng(0))
     lams = []
     for _ in range(400):
@@ -98,13 +166,13 @@ def test_mixup_pairs_every_image_with_another_and_prob_zero_changes_nothing():
     ctx = BatchContext(epoch=0, num_epochs=1, step=0, total_steps=1, rng=np.random.default_rng(3))
     images = [torch.full((1, 2, 2), float(i)) for i in range(4)]
     targets = [{"boxes": torch.tensor([[0.0, 0.0, 1.0, 1.0]]), "labels": torch.tensor([i + 1])} for i in range(4)]
-    out, tg = MixUp(alpha=1.5, prob=1.0, off_last_epochs=0, loss_weights=True).on_batch(images, targets, ctx)
+    out, tg = MixUp(alpha=1.5, prob=1.0, off_last_fraction=0, loss_weights=True).on_batch(images, targets, ctx)
     for i, t in enumerate(tg):
         assert len(t["labels"]) == 2 and t["labels"][0] == i + 1 and t["labels"][1] != i + 1
         j = t["labels"][1].item() - 1
         lam = t["weights"][0].item()
         assert out[i][0, 0, 0].item() == pytest.approx(lam * i + (1 - lam) * j)
-    same, tg = MixUp(alpha=1.5, prob=0.0, off_last_epochs=0, loss_weights=True).on_batch(images, targets, ctx)
+    same, tg = MixUp(alpha=1.5, prob=0.0, off_last_fraction=0, loss_weights=True).on_batch(images, targets, ctx)
     assert same == images and tg == targets
 
 

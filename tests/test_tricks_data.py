@@ -1,5 +1,5 @@
 """Batch tricks on data: CutMix against its definition (ablate/tricks/cutmix.py) on hand-made
-cases, and MixUp's / CutMix's off_last_epochs."""
+cases, and MixUp's / CutMix's off_last_fraction (off for the final share of training)."""
 import math
 
 import numpy as np
@@ -10,6 +10,7 @@ from scipy import stats
 
 from ablate.config import conf_dir
 from ablate.tricks import BatchContext, TrickConflictError, build_tricks
+from ablate.tricks.base import off_at_end
 from ablate.tricks.cutmix import CutMix, boxes_around, boxes_within, cut_pair, cut_pairs, cut_region
 from ablate.tricks.mixup import MixUp
 
@@ -32,7 +33,7 @@ def target(boxes, labels, **extra):
 
 
 def cutmix(**kw):
-    args = {"alpha": 1.0, "prob": 1.0, "min_visible": 0.1, "off_last_epochs": 0, **kw}
+    args = {"alpha": 1.0, "prob": 1.0, "min_visible": 0.1, "off_last_fraction": 0.0, **kw}
     return CutMix(**args)
 
 
@@ -91,31 +92,66 @@ def test_on_batch_draws_lambda_from_beta_and_the_centre_uniformly_in_the_documen
     assert stats.kstest(lams, stats.beta(alpha, alpha).cdf).pvalue > 0.01
 
 
-def test_mean_pasted_area_matches_one_minus_lambda_before_clipping():
-    """Over many draws (alpha = 1, centre uniform), the pasted share of the image equals the
-    expectation of the clipped paper rectangle, computed here independently by brute force."""
-    h = w = 32
-    trick = cutmix(alpha=1.0)
-    rng = np.random.default_rng(5)
-    shares = []
-    for _ in range(400):
-        out, _ = trick.on_batch([torch.zeros(1, h, w), torch.ones(1, h, w)], [target([], []), target([], [])],
-                                BatchContext(0, 1, 0, 1, rng))
-        shares.append(out[0].mean().item())
-    # E over lambda ~ U(0,1) and a uniform centre of the clipped rectangle's area share
-    grid = np.random.default_rng(6)
-    expect = []
-    for lam in grid.uniform(0, 1, 4000):
-        r = math.sqrt(1 - lam)
-        cw, ch = round(w * r), round(h * r)
-        cx, cy = grid.integers(0, w), grid.integers(0, h)
-        x0, y0 = cx - cw // 2, cy - ch // 2
-        ww = min(max(x0 + cw, 0), w) - min(max(x0, 0), w)
-        hh = min(max(y0 + ch, 0), h) - min(max(y0, 0), h)
-        expect.append(ww * hh / (w * h))
-    assert np.mean(shares) == pytest.approx(np.mean(expect), abs=0.03)
-    # clipping only ever removes area: the mean share is below E[1 - lambda] = 0.5
-    assert np.mean(shares) < 0.5
+def test_cut_region_on_a_100_by_50_image_centred_and_clipped_at_each_border():
+    # lambda 0.75: cut ratio sqrt(0.25) = 0.5 -> a 50 x 25 px region; x0 = cx - 25, y0 = cy - 12
+    # (25 // 2), x1 = x0 + 50, y1 = y0 + 25, then each edge clipped to [0, 100] x [0, 50].
+    cases = {
+        (50, 25): (25, 13, 75, 38),   # inside: 50 x 25 = 1250 px = (1 - 0.75) x 5000
+        (10, 25): (0, 13, 35, 38),    # left border: x0 = -15 -> 0
+        (90, 25): (65, 13, 100, 38),  # right border: x1 = 115 -> 100
+        (50, 5): (25, 0, 75, 18),     # top border: y0 = -7 -> 0
+        (50, 45): (25, 33, 75, 50),   # bottom border: y1 = 58 -> 50
+        (0, 0): (0, 0, 25, 13),       # top-left corner: x0 = -25, y0 = -12 -> 0, 0
+        (99, 49): (74, 37, 100, 50),  # bottom-right corner: x1 = 124, y1 = 62 -> 100, 50
+    }
+    for (cx, cy), region in cases.items():
+        assert cut_region(50, 100, 0.75, cx=cx, cy=cy) == region, (cx, cy)
+    # lambda 0.64: ratio 0.6 -> 60 x 30 px; lambda 0.84: ratio 0.4 -> 40 x 20 px; both centred at (50, 25).
+    assert cut_region(50, 100, 0.64, cx=50, cy=25) == (20, 10, 80, 40)
+    assert cut_region(50, 100, 0.84, cx=50, cy=25) == (30, 15, 70, 35)
+
+
+class ScriptedRng:
+    """Stands in for ctx.rng: the identity permutation, every coin below prob, then the given lambdas
+    and centres in turn; records each call (name and arguments)."""
+
+    def __init__(self, lams, centres):
+        self.lams, self.values, self.calls = list(lams), [v for xy in centres for v in xy], []
+
+    def permutation(self, n):
+        self.calls.append(("permutation", n))
+        return np.arange(n)
+
+    def random(self):
+        self.calls.append(("random",))
+        return 0.0
+
+    def beta(self, a, b):
+        self.calls.append(("beta", a, b))
+        return self.lams.pop(0)
+
+    def integers(self, low, high):
+        self.calls.append(("integers", low, high))
+        return self.values.pop(0)
+
+
+def test_on_batch_pastes_the_literal_region_of_its_lambda_and_centre():
+    """Two 100 x 50 images, zeros (0) and ones (1), partners of each other. Image 0 draws lambda 0.75
+    and centre (99, 49): region (74, 37, 100, 50), clipped at the bottom-right corner (26 x 13 px of
+    ones). Image 1 draws lambda 0.64 and centre (50, 25): region (20, 10, 80, 40) (60 x 30 px of zeros)."""
+    rng = ScriptedRng(lams=[0.75, 0.64], centres=[(99, 49), (50, 25)])
+    images = [torch.zeros(1, 50, 100), torch.ones(1, 50, 100)]
+    targets = [target([[0, 0, 100, 50]], [1]), target([[0, 0, 100, 50]], [2])]
+    out, tg = cutmix(alpha=2.0, min_visible=0.05).on_batch(images, targets, BatchContext(0, 1, 0, 1, rng))
+    assert rng.calls == [("permutation", 2),
+                         ("random",), ("beta", 2.0, 2.0), ("integers", 0, 100), ("integers", 0, 50),
+                         ("random",), ("beta", 2.0, 2.0), ("integers", 0, 100), ("integers", 0, 50)]
+    assert pasted_region(out[0]) == (74, 37, 100, 50) and out[0].sum().item() == 26 * 13
+    assert pasted_region(1 - out[1]) == (20, 10, 80, 40) and (1 - out[1]).sum().item() == 60 * 30
+    # A's whole-image box: a corner bitten / a hole punched, unchanged; B's: clipped to the region
+    # (338 / 5000 = 6.8% and 1800 / 5000 = 36% of it inside, both >= min_visible 5%).
+    assert tg[0]["boxes"].tolist() == [[0, 0, 100, 50], [74, 37, 100, 50]] and tg[0]["labels"].tolist() == [1, 2]
+    assert tg[1]["boxes"].tolist() == [[0, 0, 100, 50], [20, 10, 80, 40]] and tg[1]["labels"].tolist() == [2, 1]
 
 
 # ---------------------------------------------------------------- pixels
@@ -138,16 +174,20 @@ def test_images_of_different_sizes_cut_within_the_common_area_and_keep_a_size():
     images = [torch.zeros(1, 50, 80), torch.ones(1, 70, 60)]
     targets = [target([[0, 0, 80, 50]], [1]), target([[0, 0, 60, 70]], [2])]
     rng = np.random.default_rng(0)
+    pasted = 0
     for _ in range(50):
         out, tg = trick.on_batch(images, targets, BatchContext(0, 1, 0, 1, rng))
         assert out[0].shape == (1, 50, 80) and out[1].shape == (1, 70, 60)
         r = pasted_region(out[0])
         if r is not None:
+            pasted += 1
             assert r[2] <= 60 and r[3] <= 50  # inside both images
             # B's whole-image box clipped to the region is exactly the region
             assert tg[0]["boxes"][-1].tolist() == list(map(float, r))
         for box in tg[0]["boxes"]:
             assert box[2] <= 80 and box[3] <= 50
+    # alpha 0.3 puts lambda near 0 or 1: a region is pasted in about half the draws (not 0 of 50).
+    assert pasted >= 10
 
 
 def test_each_image_takes_its_patch_from_another_image_of_the_batch():
@@ -273,6 +313,9 @@ def test_same_seed_same_batch_other_seed_other_batch():
 
 def test_prob_zero_and_single_image_batches_change_nothing():
     images, targets = batch()
+    # The control: with prob 1 every image of the batch is cut (each gets a different image's pixels).
+    cut, _ = cutmix(prob=1.0).on_batch(images, targets, ctx())
+    assert not any(torch.equal(a, b) for a, b in zip(cut, images))
     same, tg = cutmix(prob=0.0).on_batch(images, targets, ctx())
     assert same == images and tg == targets
     same, tg = cutmix().on_batch(images[:1], targets[:1], ctx())
@@ -286,50 +329,85 @@ def test_cutmix_rejects_bad_values():
         cutmix(prob=1.5)
     with pytest.raises(ValueError, match="tricks.cutmix.min_visible"):
         cutmix(min_visible=-0.1)
-    with pytest.raises(ValueError, match="tricks.cutmix.off_last_epochs"):
-        cutmix(off_last_epochs=-1)
+    for bad in (-0.1, 1.5, "0.1", True):
+        with pytest.raises(ValueError, match=r"tricks.cutmix.off_last_fraction=.*: must be a number in \[0, 1\]"):
+            cutmix(off_last_fraction=bad)
 
 
 def test_cutmix_yaml_builds_with_the_paper_defaults_and_conflicts_with_mixup():
     assert (conf_dir() / "tricks" / "cutmix.yaml").read_text().splitlines()[0] == "# @package tricks.cutmix"
     (trick,) = build_tricks(trick_cfg("cutmix"), model_cfg("fcos"))
     assert isinstance(trick, CutMix) and trick.name == "cutmix"
-    assert (trick.alpha, trick.prob, trick.min_visible, trick.off_last_epochs) == (1.0, 1.0, 0.1, 0)
+    assert (trick.alpha, trick.prob, trick.min_visible, trick.off_last_fraction) == (1.0, 1.0, 0.1, 0.0)
     build_tricks(trick_cfg("cutmix"), model_cfg("faster_rcnn"))  # fits both families
     with pytest.raises(TrickConflictError, match="'mixup' and 'cutmix' both claim the 'batch_mix' slot"):
         build_tricks(trick_cfg("mixup", "cutmix"), model_cfg("fcos"))
 
 
-# ---------------------------------------------------------------- off_last_epochs
+# ---------------------------------------------------------------- off_last_fraction
 
-@pytest.mark.parametrize("make", [lambda off: MixUp(alpha=1.5, prob=1.0, off_last_epochs=off, loss_weights=True),
-                                  lambda off: cutmix(alpha=1.0, off_last_epochs=off)], ids=["mixup", "cutmix"])
-def test_off_last_epochs_turns_the_trick_off_for_the_last_n_epochs(make):
+# (off_last_fraction, num_epochs, the epochs (from 0) the trick is off): off for
+# epoch >= num_epochs - round(fraction x num_epochs), halves rounded up.
+OFF_CASES = [
+    (0.1, 9, {8}),                    # 0.9 -> the last 1 epoch (the default run, MixUp's default)
+    (0.1, 4, set()),                  # 0.4 -> 0: on throughout
+    (0.1, 5, {4}),                    # 0.5 -> 1 (half up; Python's round would give 0)
+    (0.25, 10, {7, 8, 9}),            # 2.5 -> 3 (round would give 2)
+    (0.5, 3, {1, 2}),                 # 1.5 -> 2
+    (0.0, 5, set()),                  # 0: on throughout
+    (1.0, 3, {0, 1, 2}),              # 1: off throughout
+    (0.1, 200, set(range(180, 200))), # GluonCV's YOLOv3: mixup off for the last 20 of 200 epochs
+]
+
+
+@pytest.mark.parametrize("fraction, num_epochs, off", OFF_CASES)
+def test_off_at_end_is_off_for_the_final_share_of_epochs(fraction, num_epochs, off):
+    assert {e for e in range(num_epochs) if off_at_end(fraction, e, num_epochs)} == off
+
+
+MAKERS = [lambda f: MixUp(alpha=1.5, prob=1.0, off_last_fraction=f, loss_weights=True),
+          lambda f: cutmix(alpha=1.0, off_last_fraction=f)]
+
+
+@pytest.mark.parametrize("make", MAKERS, ids=["mixup", "cutmix"])
+@pytest.mark.parametrize("fraction, num_epochs, off", [c for c in OFF_CASES if c[1] <= 10])
+def test_off_last_fraction_turns_the_trick_off_for_the_final_epochs(make, fraction, num_epochs, off):
     images, targets = batch()
-    trick = make(2)
-    for epoch in range(5):
-        c = ctx(seed=1, epoch=epoch, num_epochs=5)
+    trick = make(fraction)
+    for epoch in range(num_epochs):
+        c = ctx(seed=1, epoch=epoch, num_epochs=num_epochs)
         out, tg = trick.on_batch(images, targets, c)
-        if epoch >= 3:  # epochs 4 and 5 of 5
+        if epoch in off:
             assert out is images and tg is targets
             assert c.rng.random() == np.random.default_rng(1).random()  # nothing drawn
         else:
-            assert not all(torch.equal(a, b) for a, b in zip(out, images))
-    # 0 keeps it on to the end, and N >= epochs turns it off throughout
-    out, _ = make(0).on_batch(images, targets, ctx(seed=1, epoch=4, num_epochs=5))
-    assert not all(torch.equal(a, b) for a, b in zip(out, images))
-    out, _ = make(5).on_batch(images, targets, ctx(seed=1, epoch=0, num_epochs=5))
-    assert out is images
+            assert not any(torch.equal(a, b) for a, b in zip(out, images)), epoch  # every image mixed
 
 
-def test_mixup_off_last_epochs_comes_from_its_yaml_and_is_checked():
+@pytest.mark.parametrize("make", MAKERS, ids=["mixup", "cutmix"])
+def test_off_last_fraction_of_200_epochs_is_off_from_epoch_180(make):
+    images, targets = batch()
+    trick = make(0.1)
+    for epoch, on in ((0, True), (179, True), (180, False), (199, False)):
+        out, _ = trick.on_batch(images, targets, ctx(seed=1, epoch=epoch, num_epochs=200))
+        assert (out is not images) == on, epoch
+
+
+def test_mixup_off_last_fraction_comes_from_its_yaml_and_is_checked():
     (trick,) = build_tricks(trick_cfg("mixup"), model_cfg("fcos"))
-    assert trick.off_last_epochs == 0
+    assert trick.off_last_fraction == 0.1  # GluonCV's 20 of 200 epochs
+    images, targets = batch()
+    # The default 9-epoch run: MixUp on in epoch 7 (the 8th), off in epoch 8 (the last).
+    out, _ = trick.on_batch(images, targets, ctx(seed=1, epoch=7, num_epochs=9))
+    assert not any(torch.equal(a, b) for a, b in zip(out, images))
+    out, _ = trick.on_batch(images, targets, ctx(seed=1, epoch=8, num_epochs=9))
+    assert out is images
     cfg = trick_cfg("mixup")
-    cfg.mixup.off_last_epochs = 3
-    assert build_tricks(cfg, model_cfg("fcos"))[0].off_last_epochs == 3
-    with pytest.raises(ValueError, match="tricks.mixup.off_last_epochs"):
-        MixUp(alpha=1.5, prob=1.0, off_last_epochs=-1, loss_weights=True)
+    cfg.mixup.off_last_fraction = 0.5
+    assert build_tricks(cfg, model_cfg("fcos"))[0].off_last_fraction == 0.5
+    for bad in (-0.1, 1.5, "0.1", True):
+        with pytest.raises(ValueError, match=r"tricks.mixup.off_last_fraction=.*: must be a number in \[0, 1\]"):
+            MixUp(alpha=1.5, prob=1.0, off_last_fraction=bad, loss_weights=True)
 
 
 # ---------------------------------------------------------------- in training

@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import nn
-from torchvision.models.detection._utils import BalancedPositiveNegativeSampler
 from torchvision.models.detection.fcos import FCOSHead
 from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.models.detection.roi_heads import RoIHeads
@@ -20,7 +19,6 @@ from ablate.models.losses import CrossEntropyLoss, FocalLoss, smooth_binary_targ
 from ablate.tricks import BatchContext, TrickConflictError, build_tricks
 from ablate.tricks.dropblock import DropBlock, FittedDropBlock2d
 from ablate.tricks.ghm import GHMCLoss, GHMRLoss
-from ablate.tricks.iou_balanced import IoUBalancedSampler
 from ablate.tricks.mish import ACTIVATIONS, Mish, MishP6P7, MishTwoMLPHead
 from ablate.tricks.mixup import MixUp
 
@@ -134,8 +132,8 @@ def test_box_weight_scales_the_classification_loss_of_the_samples_matched_to_tha
 def test_mixup_loss_weights_option_keeps_or_drops_the_box_weights():
     images = [torch.ones(3, 8, 8), torch.zeros(3, 8, 8)]
     targets = [{"boxes": torch.tensor([[0.0, 0.0, 4.0, 4.0]]), "labels": torch.tensor([1])} for _ in range(2)]
-    kept = MixUp(alpha=1.5, prob=1.0, off_last_epochs=0, loss_weights=True).on_batch(images, targets, ctx(0, 1))[1]
-    dropped = MixUp(alpha=1.5, prob=1.0, off_last_epochs=0, loss_weights=False).on_batch(images, targets, ctx(0, 1))[1]
+    kept = MixUp(alpha=1.5, prob=1.0, off_last_fraction=0, loss_weights=True).on_batch(images, targets, ctx(0, 1))[1]
+    dropped = MixUp(alpha=1.5, prob=1.0, off_last_fraction=0, loss_weights=False).on_batch(images, targets, ctx(0, 1))[1]
     assert all("weights" in t and len(t["weights"]) == 2 for t in kept)
     assert all("weights" not in t and len(t["boxes"]) == 2 for t in dropped)
     assert OmegaConf.load(conf_dir() / "tricks" / "mixup.yaml").loss_weights is True
@@ -254,67 +252,6 @@ def test_ghm_replaces_the_one_stage_losses():
     assert model.head.cls_loss.density.momentum == 0.75
     assert isinstance(model.head.box_loss, GHMRLoss) and model.head.box_loss.mu == 0.02
     assert "head.cls_loss.density.acc_sum" in model.state_dict()  # the moving average is checkpointed
-
-
-# ---------------------------------------------------------------- IoU-balanced sampling
-
-def negative_pool(top_bin=100):
-    """10 positives, 20 ignored, and negatives of known IoU: 400 in [0, 0.15), 150 in [0.15, 0.30),
-    top_bin in [0.30, 0.45] (max IoU 0.45, so K = 3 bins are 0.15 wide)."""
-    ious = torch.cat([torch.linspace(0.0, 0.14, 400), torch.linspace(0.16, 0.29, 150),
-                      torch.linspace(0.31, 0.45, top_bin), torch.full((10,), 0.8), torch.full((20,), 0.45)])
-    labels = torch.cat([torch.zeros(550 + top_bin, dtype=torch.int64), torch.full((10,), 2), torch.full((20,), -1)])
-    return labels, ious
-
-
-def bin_counts(mask, ious):
-    chosen = ious[mask.bool()]
-    return [int(((chosen >= lo) & (chosen < hi)).sum()) for lo, hi in ((0, 0.15), (0.15, 0.30), (0.30, 0.46))]
-
-
-def test_iou_balanced_sampling_spreads_negatives_evenly_over_k_bins_and_keeps_positives():
-    labels, ious = negative_pool()
-    sampler = IoUBalancedSampler(256, 0.25, num_bins=3, floor_thr=-1, floor_fraction=0)
-    torch.manual_seed(0)
-    (pos,), (neg,) = sampler([labels], [ious])
-    assert bin_counts(neg, ious) == [82, 82, 82]  # 256 - 10 positives = 246 negatives, 246 / 3 each
-    assert (labels[neg.bool()] == 0).all()
-    torch.manual_seed(0)
-    (tv_pos,), (tv_neg,) = BalancedPositiveNegativeSampler(256, 0.25)([labels])
-    assert torch.equal(pos, tv_pos) and int(pos.sum()) == 10
-    # random sampling, for contrast, takes negatives in proportion to the pool: mostly easy ones
-    assert bin_counts(tv_neg, ious)[0] > 82 * 1.5
-
-
-def test_iou_balanced_sampling_short_bin_gives_all_it_has_and_the_rest_is_drawn_at_random():
-    labels, ious = negative_pool(top_bin=30)
-    sampler = IoUBalancedSampler(256, 0.25, num_bins=3, floor_thr=-1, floor_fraction=0)
-    torch.manual_seed(0)
-    (pos,), (neg,) = sampler([labels], [ious])
-    low, mid, top = bin_counts(neg, ious)
-    assert top == 30 and low >= 82 and mid >= 82 and low + mid + top == 246
-    # few negatives: all of them
-    few = torch.tensor([0, 0, 1, 0, -1])
-    (_,), (neg,) = sampler([few], [torch.tensor([0.1, 0.2, 0.9, 0.3, 0.45])])
-    assert neg.tolist() == [1, 1, 0, 1, 0]
-
-
-def test_iou_balanced_sampling_floor_set_takes_its_fraction():
-    labels, ious = negative_pool()
-    sampler = IoUBalancedSampler(256, 0.25, num_bins=3, floor_thr=0.15, floor_fraction=0.5)
-    torch.manual_seed(0)
-    (_,), (neg,) = sampler([labels], [ious])
-    low, mid, top = bin_counts(neg, ious)
-    assert low == 246 - 123  # below floor_thr: the floor's share
-    assert mid + top == 123 and top >= 41  # bins over [0.15, 0.45]: 0.10 wide, 41 each
-
-
-def test_iou_balanced_trick_installs_the_sampler_in_the_roi_head():
-    model = build("faster_rcnn")
-    trick = build_tricks(trick_cfg("iou_balanced"), model_cfg("faster_rcnn"))[0]
-    sampler = trick.on_model(model).roi_heads.fg_bg_sampler
-    assert isinstance(sampler, IoUBalancedSampler) and sampler.num_bins == 3
-    assert (sampler.batch_size_per_image, sampler.positive_fraction) == (256, 0.25)  # from conf/model
 
 
 # ---------------------------------------------------------------- DropBlock

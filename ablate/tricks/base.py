@@ -6,6 +6,7 @@ it claims (two tricks may not claim one slot) and the detector families it fits.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
@@ -31,6 +32,27 @@ class BatchContext:
     step: int
     total_steps: int
     rng: np.random.Generator
+
+
+def round_half_up(x: float) -> int:
+    """x rounded to the nearest integer, halves up (0.5 -> 1, 2.5 -> 3; Python's round goes to the
+    even one), after rounding away float noise (0.7 * 45 = 31.499999999999996 counts as 31.5)."""
+    return math.floor(round(x, 9) + 0.5)
+
+
+def check_fraction(key: str, value: float) -> float:
+    """`value` as a float when 0 <= value <= 1, else ValueError naming `key` (e.g. tricks.mixup.off_last_fraction)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ValueError(f"{key}={value!r}: must be a number in [0, 1]")
+    return float(value)
+
+
+def off_at_end(off_last_fraction: float, epoch: int, num_epochs: int) -> bool:
+    """Whether a trick that is off for the final `off_last_fraction` of training is off in `epoch`
+    (counted from 0): it is off for epoch >= num_epochs - round_half_up(off_last_fraction * num_epochs),
+    so 0.1 of 9 epochs turns it off for the last 1 (epoch 8), of 200 for the last 20 (epochs 180-199),
+    of 4 for none (0.4 rounds to 0); 0 keeps it on throughout and 1 turns it off throughout."""
+    return epoch >= num_epochs - round_half_up(off_last_fraction * num_epochs)
 
 
 def plan_partners(n: int, ctx: BatchContext, prob: float, draw: Callable[[int, int], Any]) -> list[Any]:

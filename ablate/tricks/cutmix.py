@@ -40,8 +40,12 @@ Weights. target["weights"] is written only when A's or B's target had it (CutMix
 nothing: a box is either there or not, as in YOLOv4): every kept box keeps its own input weight,
 1 for a target without weights. Other keys of the target (image_id, scale, ...) are A's.
 
-``off_last_epochs`` = N turns CutMix off for the last N epochs (ctx.epoch >= ctx.num_epochs - N),
-drawing nothing from ctx.rng then; 0 keeps it on throughout.
+``off_last_fraction`` = f turns CutMix off for the final share f of training: for epochs
+ctx.epoch >= ctx.num_epochs - round_half_up(f * ctx.num_epochs) (the rule MixUp uses,
+:func:`base.off_at_end`), drawing nothing from ctx.rng then. The default 0 keeps it on throughout,
+as the paper's code does (clovaai/CutMix-PyTorch train.py cuts each batch with probability
+cutmix_prob in every epoch); 0.05 would be YOLOX's no_aug_epochs 15 of max_epoch 300, 0.1
+GluonCV's YOLOv3 MixUp setting (20 of 200 epochs).
 """
 from __future__ import annotations
 
@@ -49,7 +53,7 @@ import math
 
 import torch
 
-from .base import BatchContext, Images, Targets, Trick, plan_partners
+from .base import BatchContext, Images, Targets, Trick, check_fraction, off_at_end, plan_partners
 
 Region = tuple[int, int, int, int]  # x0, y0, x1, y1: the pixels [x0, x1) x [y0, y1)
 
@@ -180,20 +184,18 @@ def cut_pair(img_a: torch.Tensor, tgt_a: dict, img_b: torch.Tensor, tgt_b: dict,
 class CutMix(Trick):
     claims = ("batch_mix",)
 
-    def __init__(self, alpha: float, prob: float, min_visible: float, off_last_epochs: int):
+    def __init__(self, alpha: float, prob: float, min_visible: float, off_last_fraction: float):
         if alpha <= 0:
             raise ValueError(f"tricks.cutmix.alpha={alpha}: must be > 0")
         if not 0 <= prob <= 1:
             raise ValueError(f"tricks.cutmix.prob={prob}: must be in [0, 1]")
         if not 0 <= min_visible <= 1:
             raise ValueError(f"tricks.cutmix.min_visible={min_visible}: must be in [0, 1]")
-        if int(off_last_epochs) != off_last_epochs or off_last_epochs < 0:
-            raise ValueError(f"tricks.cutmix.off_last_epochs={off_last_epochs}: must be an integer >= 0")
         self.alpha, self.prob, self.min_visible = alpha, prob, min_visible
-        self.off_last_epochs = int(off_last_epochs)
+        self.off_last_fraction = check_fraction("tricks.cutmix.off_last_fraction", off_last_fraction)
 
     def on_batch(self, images: Images, targets: Targets, ctx: BatchContext) -> tuple[Images, Targets]:
-        if ctx.epoch >= ctx.num_epochs - self.off_last_epochs:
+        if off_at_end(self.off_last_fraction, ctx.epoch, ctx.num_epochs):
             return images, targets
 
         def draw_region(i: int, j: int) -> Region:

@@ -2,15 +2,31 @@
 Networks", sec. 3.1): two images are blended with a ratio lambda ~ Beta(alpha, alpha) on a
 canvas large enough for both, placed at the top-left corner so no box moves (geometry
 preserving), and the boxes of both images are kept. Each box carries the weight of its image
-(lambda or 1 - lambda) in target["weights"], for losses that can weight boxes.
+(lambda or 1 - lambda) in target["weights"]. Compared with GluonCV's code for the paper
+(dmlc/gluon-cv gluoncv/data/mixup/detection.py, MixupDetection: the same canvas, each box's label
+row extended by its image's ratio).
+
+``loss_weights`` = true: every loss term of a mixed box is weighted by its ratio: classification,
+box regression and FCOS centerness of the locations / anchors matched to it, RPN objectness and
+RPN box regression of the anchors matched to it, RoI-head classification and box regression of
+the proposals matched to it (ablate/models/losses.py). That is what GluonCV's YOLOv3 does: the
+target generator writes the box's ratio as the objectness target of its anchor
+(gluoncv/model_zoo/yolo/yolo_target.py, ``objectness[b, index, match, 0] = np_gt_mixratios[b, m, 0]``),
+and YOLOV3Loss (gluoncv/loss.py) uses it as the sample weight of the objectness loss and multiplies
+the center, scale and class losses' masks by it. Background samples weigh 1.
 ``loss_weights`` = false drops target["weights"] from mixed images (every box then weighs 1).
-``off_last_epochs`` = N turns MixUp off for the last N epochs (ctx.epoch >= ctx.num_epochs - N).
+
+``off_last_fraction`` = f turns MixUp off for the final share f of training: for epochs
+ctx.epoch >= ctx.num_epochs - round_half_up(f * ctx.num_epochs) (:func:`base.off_at_end`), drawing
+nothing from ctx.rng then. GluonCV's scripts/detection/yolo/train_yolo3.py turns mixup off for
+its last ``--no-mixup-epochs 20`` of ``--epochs 200`` (``if epoch >= args.epochs -
+args.no_mixup_epochs: ...set_mixup(None)``): f = 0.1.
 """
 from __future__ import annotations
 
 import torch
 
-from .base import BatchContext, Images, Targets, Trick, mix_with_partners
+from .base import BatchContext, Images, Targets, Trick, check_fraction, mix_with_partners, off_at_end
 
 
 def mix_pair(img_a: torch.Tensor, tgt_a: dict, img_b: torch.Tensor, tgt_b: dict, lam: float):
@@ -32,19 +48,17 @@ def mix_pair(img_a: torch.Tensor, tgt_a: dict, img_b: torch.Tensor, tgt_b: dict,
 class MixUp(Trick):
     claims = ("batch_mix",)
 
-    def __init__(self, alpha: float, prob: float, off_last_epochs: int, loss_weights: bool):
+    def __init__(self, alpha: float, prob: float, off_last_fraction: float, loss_weights: bool):
         if alpha <= 0:
             raise ValueError(f"tricks.mixup.alpha={alpha}: must be > 0")
         if not 0 <= prob <= 1:
             raise ValueError(f"tricks.mixup.prob={prob}: must be in [0, 1]")
-        if int(off_last_epochs) != off_last_epochs or off_last_epochs < 0:
-            raise ValueError(f"tricks.mixup.off_last_epochs={off_last_epochs}: must be an integer >= 0")
-        self.off_last_epochs = int(off_last_epochs)
+        self.off_last_fraction = check_fraction("tricks.mixup.off_last_fraction", off_last_fraction)
         self.alpha, self.prob = alpha, prob
         self.loss_weights = bool(loss_weights)
 
     def on_batch(self, images: Images, targets: Targets, ctx: BatchContext) -> tuple[Images, Targets]:
-        if ctx.epoch >= ctx.num_epochs - self.off_last_epochs:
+        if off_at_end(self.off_last_fraction, ctx.epoch, ctx.num_epochs):
             return images, targets
 
         def mix(i: int, j: int):
