@@ -25,6 +25,10 @@ COCO_METRICS = ("mAP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR10
 # Config sections that decide what a run computes; `paths` and `runtime` (device, threads,
 # progress bar) do not, so runs that differ only there share one hash.
 HASHED_SECTIONS = ("seed", "data", "model", "tricks", "train", "eval")
+# Keys inside hashed sections that decide no number of a run: the run-health thresholds only decide
+# which warnings its record carries. Left out, so setting them neither retrains finished runs nor
+# splits records made before they existed from those made after into two bases.
+UNHASHED_KEYS = (("eval", "health"),)
 
 
 class RecordError(ValueError):
@@ -44,6 +48,9 @@ class RunRecord:
     base_hash: str
     metrics: dict[str, float] = field(default_factory=dict)
     per_class_ap: dict[str, float] = field(default_factory=dict)
+    # Run-health warnings (ablate/health.py: {"code", "message", numbers...}); empty when the run looks
+    # healthy or predates the check. A collapsed run keeps status ok: the warning sits beside it.
+    health: list[dict[str, Any]] = field(default_factory=list)
     # One entry per logged iteration or epoch: {"epoch", "step", "loss", "lr", ...}.
     curve: list[dict[str, Any]] = field(default_factory=list)
     # wall_s, train_s, train_cpu_s, eval_s, images_per_s, data_wait_s, data_wait_fraction, batch_tricks_s,
@@ -65,6 +72,9 @@ class RunRecord:
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
             raise RecordError(f"status {self.status!r} is not one of {STATUSES}")
+        if not isinstance(self.health, list) or not all(
+                isinstance(w, dict) and isinstance(w.get("code"), str) for w in self.health):
+            raise RecordError(f"health must be a list of warnings with a code, got {self.health!r}")
 
     @property
     def complete(self) -> bool:
@@ -99,6 +109,9 @@ class RunRecord:
 def config_hash(config: dict[str, Any], sections: tuple[str, ...] = HASHED_SECTIONS) -> str:
     """A short stable hash of the sections of a resolved config that decide a run's result."""
     picked = {k: config.get(k) for k in sections}
+    for section, key in UNHASHED_KEYS:
+        if isinstance(picked.get(section), dict) and key in picked[section]:
+            picked[section] = {k: v for k, v in picked[section].items() if k != key}
     text = json.dumps(picked, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

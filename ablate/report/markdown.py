@@ -1,5 +1,5 @@
 """The report.md text: header, summary, the per-variant table, the ΔmAP chart, seed noise and power, the
-cumulative or factorial analysis, metrics over seeds, plots, notes, unfinished and unreadable runs.
+cumulative or factorial analysis, metrics over seeds, plots, notes, run health, unfinished and unreadable runs.
 
 Markdown tables are written here with plain string operations (no ``tabulate`` dependency).
 """
@@ -16,8 +16,9 @@ import pandas as pd
 
 from ablate.report.stats import (ALPHA, CUMULATIVE, POWER, TARGET_DELTA, compare, cumulative_steps, detect_design,
                                  detectable_change, factorial_effects, pooled_std, seeds_needed, seeds_needed_z)
-from ablate.report.table import (COST_HEADERS, DASH, DELTA_HEADER, NA, TABLE_METRICS, display_table, fmt_bounds,
-                                 fmt_delta, fmt_interval, fmt_points, metrics_table, seed_values, variant_label)
+from ablate.report.table import (COST_HEADERS, DASH, DELTA_HEADER, HEALTH_HEADER, NA, TABLE_METRICS, WARN,
+                                 display_table, fmt_bounds, fmt_delta, fmt_interval, fmt_points, metrics_table,
+                                 seed_values, variant_label)
 from ablate.results import STATUSES
 
 RIGHT_ALIGNED = {"Seeds", "mAP", DELTA_HEADER, "AP50", "AP75", "APs", "APm", "APl", "APs/APm/APl", *COST_HEADERS,
@@ -112,11 +113,38 @@ def _name(rec: Mapping, several_bases: bool) -> str:
     return f"`{variant_label(rec, several_bases)}`"
 
 
-def summary_lines(table: pd.DataFrame, runs: pd.DataFrame) -> list[str]:
-    """Which tricks helped beyond noise, which hurt, which are undecided, and the best variant."""
+def health_lines(table: pd.DataFrame) -> list[str]:
+    """The variants with a run-health warning (a collapsed or degenerate run), a collapsed baseline first."""
     several = table["base_hash"].nunique() > 1
     lines = []
-    rows = table[~table["baseline"] & table["delta_mAP"].notna()].to_dict("records")
+
+    def flagged(r: Mapping) -> str:
+        return f"{_name(r, several)} ({r['health']})"
+
+    baselines = table[table["baseline"] & (table["health"] != "")].to_dict("records")
+    if baselines:
+        one = len(baselines) == 1
+        names = ", ".join(flagged(r) for r in baselines)
+        lines.append(f"- {WARN} **Collapsed baseline{'' if one else 's'}**: {names}. "
+                     f"{'Its' if one else 'Their'} mAP reflects a collapsed or degenerate run, so **every ΔmAP "
+                     f"against {'it' if one else 'them'} is meaningless**: no trick of "
+                     f"{'this base' if one else 'these bases'} can be judged until the baseline trains properly.")
+    variants = table[~table["baseline"] & (table["health"] != "")].to_dict("records")
+    if variants:
+        lines.append(f"- {WARN} **Collapsed runs**: {', '.join(flagged(r) for r in variants)}. Their mAP reflects a "
+                     f"collapsed or degenerate run and must not be read as the trick's effect (left out of the lines "
+                     f"below; the warnings are under “Run health”).")
+    return lines
+
+
+def summary_lines(table: pd.DataFrame, runs: pd.DataFrame) -> list[str]:
+    """Collapsed variants and baselines, which tricks helped beyond noise, which hurt, which are undecided, and
+    the best variant. A variant with a run-health warning, or whose baseline has one, is in none of Helped,
+    Hurt and Undecided; one with a warning is not ranked for Best variant."""
+    several = table["base_hash"].nunique() > 1
+    lines = health_lines(table)
+    computed = table[~table["baseline"] & table["delta_mAP"].notna()]
+    rows = computed[(computed["health"] == "") & ~computed["baseline_unhealthy"]].to_dict("records")
     helped = [r for r in rows if r["delta_sign"] > 0]
     hurt = [r for r in rows if r["delta_sign"] < 0]
     undecided = [r for r in rows if r["delta_sign"] == 0]
@@ -136,15 +164,20 @@ def summary_lines(table: pd.DataFrame, runs: pd.DataFrame) -> list[str]:
                      + (", ".join(with_ci(r) for r in hurt) if hurt else "none") + ".")
         lines.append("- **Undecided** (CI spans zero, or a single seed so no CI): "
                      + (", ".join(open_(r) for r in undecided) if undecided else "none") + ".")
+    elif len(computed):
+        lines.append("- No ΔmAP can be read as a trick's effect: every variant that has one, or its baseline, "
+                     "collapsed (see above).")
     else:
         lines.append("- No ΔmAP could be computed (no variant with an ok run beside an ok baseline run).")
 
-    ranked = table[table["mAP"].notna()].sort_values("mAP", ascending=False, kind="stable").to_dict("records")
+    healthy = table[table["mAP"].notna() & (table["health"] == "")]
+    ranked = healthy.sort_values("mAP", ascending=False, kind="stable").to_dict("records")
     if ranked:
         best = ranked[0]
         text = f"- **Best variant**: {_name(best, several)}, {fmt_points(best['mAP'])} mAP"
         if len(ranked) == 1:
-            text += " (the only variant with an ok run)."
+            text += (" (the only variant with an ok run)." if len(table[table["mAP"].notna()]) == 1 else
+                     " (the only variant with an ok run and no run-health warning).")
         else:
             second = ranked[1]
             margin = compare(seed_values(runs, best["base_hash"], best["tricks"]),
@@ -345,11 +378,37 @@ def notes(table: pd.DataFrame) -> list[str]:
                 if rec.seeds else "no ok run"
             bits.append(f"`{rec.variant}` ({why})")
         lines.append("- ΔmAP is n/a for: " + ", ".join(bits) + ".")
+    if (table["health"] != "").any():
+        lines.append(f"- {HEALTH_HEADER}: run-health warnings of the variant's ok runs (ablate/health.py, thresholds "
+                     f"under `eval.health` in each record's config), with how many of its seeds have each: "
+                     f"no_detections (no detection above the score threshold), degenerate_boxes (most boxes of "
+                     f"near-zero width or height), single_class (every detection of one class), near_zero_recall "
+                     f"(AR100 near zero). Such a run finished (status ok) but its detector collapsed or learned "
+                     f"nothing; its numbers are in the table but say nothing about the tricks. {WARN} before a ΔmAP: "
+                     f"the variant or its baseline collapsed.")
     dup = table[table["seeds"] > table["seed_list"].str.split().str.len().fillna(0)]
     if len(dup):
         lines.append("- Some seeds ran more than once (the same run in two folders?); for ΔmAP the repeats of a seed "
                      "are averaged first: " + ", ".join(f"`{v}`" for v in dup["variant"]) + ".")
     return lines
+
+
+def health_section(runs: pd.DataFrame) -> list[str]:
+    """The ok runs with run-health warnings, with the numbers each warning was decided on."""
+    bad = runs[(runs["status"] == "ok") & (runs["health"] != "")]
+    if not len(bad):
+        return []
+    frame = pd.DataFrame({
+        "Variant": [f"`{v}`" for v in bad["variant"]],
+        "Seed": bad["seed"].astype(str),
+        "Warnings": bad["health"],
+        "Details": bad["health_messages"],
+        "Run folder": [f"`{_display_path(p)}`" if p else DASH for p in bad["run_dir"]],
+    })
+    return ["## Run health", "",
+            "These runs finished (status ok) but show the signs of a detector that collapsed or learned nothing; "
+            "their mAP is not the effect of their tricks.", "",
+            markdown_table(frame), ""]
 
 
 def not_applicable_section(runs: pd.DataFrame) -> list[str]:
@@ -406,6 +465,7 @@ def render_markdown(title: str, table: pd.DataFrame, runs: pd.DataFrame, errors:
     parts += metrics_section(table)
     parts += plots_section(plots)
     parts += ["## Notes", "", *notes(table), ""]
+    parts += health_section(runs)
     parts += not_applicable_section(runs)
     parts += unfinished_section(runs)
     parts += unreadable_section(errors)

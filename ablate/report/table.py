@@ -6,6 +6,8 @@ here holds them in points (52.3), the unit of published bag-of-tricks tables.
 A *variant* is the set of runs with the same ``base_hash`` and the same tricks; its *baseline* is
 the variant with the same ``base_hash`` and no tricks. Only runs with status ``ok`` contribute
 numbers; failed and diverged runs are counted in the ``status`` column and listed in the report.
+An ok run may carry run-health warnings (``RunRecord.health``, ablate/health.py: the detector collapsed or
+learned nothing); its numbers still count, and the variant is flagged in the ``health`` column.
 """
 from __future__ import annotations
 
@@ -51,6 +53,19 @@ _COST_COLUMNS = {
 }
 COST_HEADERS = tuple(_COST_COLUMNS)
 DELTA_HEADER = "ΔmAP ± 95% CI"
+HEALTH_HEADER = "Health"
+WARN = "\u26a0"  # ⚠: a run-health warning
+
+
+def health_cell(rec: Mapping[str, Any]) -> str:
+    """The Health cell of a ``records_table`` row: "ok", "⚠ collapsed: degenerate_boxes (3/3 seeds)", and
+    "⚠ baseline collapsed, ΔmAP meaningless" for a variant whose baseline has a run-health warning."""
+    parts = []
+    if rec["health"]:
+        parts.append(f"collapsed: {rec['health']}")
+    if rec["baseline_unhealthy"]:
+        parts.append("baseline collapsed, ΔmAP meaningless")
+    return f"{WARN} " + "; ".join(parts) if parts else "ok"
 
 GroupKey = tuple[str, tuple[str, ...]]
 
@@ -85,6 +100,30 @@ def _std(values: Iterable[float]) -> float:
     """Sample standard deviation (ddof=1), NaN below two values."""
     arr = np.asarray([v for v in values if not math.isnan(v)], dtype=float)
     return float(arr.std(ddof=1)) if arr.size >= 2 else math.nan
+
+
+def health_codes(record: RunRecord) -> list[str]:
+    """The codes of a record's run-health warnings, in order, each once (empty: healthy, or a record
+    made before the check)."""
+    health = record.health if isinstance(record.health, list) else []
+    return list(dict.fromkeys(str(w.get("code")) for w in health if isinstance(w, dict) and w.get("code")))
+
+
+def health_messages(record: RunRecord) -> str:
+    """A record's run-health messages in one line ('' when healthy)."""
+    health = record.health if isinstance(record.health, list) else []
+    return "; ".join(str(w.get("message") or w.get("code")) for w in health if isinstance(w, dict))
+
+
+def health_text(recs: Sequence[RunRecord]) -> str:
+    """The run-health warnings of a variant's ok runs, each code with the share of runs that have it:
+    "degenerate_boxes (3/3 seeds), near_zero_recall (2/3 seeds)"; '' when none has any."""
+    ok = [r for r in recs if r.status == "ok"]
+    counts: dict[str, int] = {}
+    for r in ok:
+        for code in health_codes(r):
+            counts[code] = counts.get(code, 0) + 1
+    return ", ".join(f"{code} ({n}/{len(ok)} seed{'' if len(ok) == 1 else 's'})" for code, n in counts.items())
 
 
 def last_line(text: str | None) -> str:
@@ -165,6 +204,7 @@ def runs_table(records: Sequence[RunRecord], paths: Sequence[Path | str | None] 
             "tricks": "+".join(record.tricks),
             "seed": record.seed,
             "status": record.status,
+            "health": ", ".join(health_codes(record)),
             "base_hash": record.base_hash,
             "config_hash": record.config_hash,
             "sweep": record.sweep,
@@ -182,11 +222,12 @@ def runs_table(records: Sequence[RunRecord], paths: Sequence[Path | str | None] 
         row["created_at"] = record.created_at
         row["git_commit"] = record.git_commit or ""
         row["error"] = last_line(record.error)
+        row["health_messages"] = health_messages(record)
         row["run_dir"] = str(Path(path).parent) if path is not None else ""
         rows.append(row)
-    columns = ["variant", "tricks", "seed", "status", "base_hash", "config_hash", "sweep", *TABLE_METRICS,
+    columns = ["variant", "tricks", "seed", "status", "health", "base_hash", "config_hash", "sweep", *TABLE_METRICS,
                "train_s", "images_per_s", "inference_ms", "params_M", "flops_G", "peak_memory_mb",
-               "device", "created_at", "git_commit", "error", "run_dir"]
+               "device", "created_at", "git_commit", "error", "health_messages", "run_dir"]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -235,7 +276,8 @@ def _status_text(counts: Mapping[str, int]) -> str:
 def records_table(records: list[RunRecord]) -> pd.DataFrame:
     """One row per variant, numeric, in report order; metrics and ΔmAP in points.
 
-    Columns: variant, tricks, base, base_hash, baseline (bool), status, runs, seeds (ok runs), seed_list,
+    Columns: variant, tricks, base, base_hash, baseline (bool), status, health, health_runs, baseline_unhealthy
+    (bool), runs, seeds (ok runs), seed_list,
     mAP, mAP_std, delta_mAP, delta_mAP_std, delta_paired, delta_seeds, delta_ci_low, delta_ci_high,
     delta_ci_half, delta_ci_method, delta_ci_df, delta_sign, AP50, AP50_std, ... ARl, ARl_std (the 12 COCO
     metrics, mean and std over ok runs), train_s, images_per_s, peak_memory_mb, inference_ms, params_M,
@@ -248,6 +290,10 @@ def records_table(records: list[RunRecord]) -> pd.DataFrame:
     (method "paired" with one seed, "unpaired" with one seed on a side). delta_sign is +1 / −1 when the
     CI lies above / below zero, 0 otherwise. ``kind`` is "freebie" (params and FLOPs those of the baseline
     within 0.5%), "special", or "" (baseline, or nothing to compare).
+
+    ``health`` lists the run-health warning codes of the variant's ok runs with their counts
+    ("degenerate_boxes (3/3 seeds)"; '' when healthy), ``health_runs`` counts its ok runs with any warning, and
+    ``baseline_unhealthy`` is true for a variant whose baseline has such a run: its ΔmAP is then meaningless.
     """
     records = list(records)
     groups: dict[GroupKey, list[RunRecord]] = {}
@@ -288,6 +334,9 @@ def records_table(records: list[RunRecord]) -> pd.DataFrame:
                 "base_hash": b,
                 "baseline": is_baseline,
                 "status": _status_text(counts),
+                "health": health_text(recs),
+                "health_runs": sum(bool(health_codes(r)) for r in ok),
+                "baseline_unhealthy": False,
                 "runs": len(recs),
                 "seeds": len(ok),
                 "seed_list": " ".join(str(s) for s in sorted({r.seed for r in ok})),
@@ -324,6 +373,7 @@ def records_table(records: list[RunRecord]) -> pd.DataFrame:
     baseline_rows = {row["base_hash"]: row for row in rows if row["baseline"]}
     for row in rows:
         base_row = None if row["baseline"] else baseline_rows.get(row["base_hash"])
+        row["baseline_unhealthy"] = base_row is not None and base_row["health_runs"] > 0
         for column, (change, how) in CHANGE_COLUMNS.items():
             if base_row is None:
                 row[change] = math.nan
@@ -334,7 +384,8 @@ def records_table(records: list[RunRecord]) -> pd.DataFrame:
         row["kind"] = "" if base_row is None or not row["seeds"] else \
             trick_kind(row["params_M"], row["flops_G"], base_row["params_M"], base_row["flops_G"])
 
-    columns = ["variant", "tricks", "base", "base_hash", "baseline", "status", "runs", "seeds", "seed_list", "mAP",
+    columns = ["variant", "tricks", "base", "base_hash", "baseline", "status", "health", "health_runs",
+               "baseline_unhealthy", "runs", "seeds", "seed_list", "mAP",
                "mAP_std", "delta_mAP", "delta_mAP_std", "delta_paired", "delta_seeds", "delta_ci_low",
                "delta_ci_high", "delta_ci_half", "delta_ci_method", "delta_ci_df", "delta_sign"]
     for name in COCO_METRICS[1:]:
@@ -342,7 +393,7 @@ def records_table(records: list[RunRecord]) -> pd.DataFrame:
     columns += [*TIMING_COLUMNS, *(c for c, _ in CHANGE_COLUMNS.values()), "kind", "first_created_at"]
     table = pd.DataFrame(rows, columns=columns)
     return table.astype({"baseline": bool, "delta_paired": bool, "runs": int, "seeds": int, "delta_seeds": int,
-                         "delta_sign": int})
+                         "delta_sign": int, "health_runs": int, "baseline_unhealthy": bool})
 
 
 def seed_values(runs: pd.DataFrame, base_hash: str, tricks: str, metric: str = "mAP") -> dict[int, float]:
@@ -532,17 +583,22 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
     """The report's table: strings, one row per variant, in the order of ``table``.
 
     A ``Base`` column comes first when the table holds several bases; a ``Status`` column comes
-    last when any run of any variant did not finish. Costs are absolute for a baseline (and for a variant
-    without one), changes against the baseline otherwise.
+    last when any run of any variant did not finish; a ``Health`` column follows the variant when any ok run
+    has a run-health warning (and the ΔmAP of a flagged variant, or of one whose baseline is flagged, starts
+    with ⚠). Costs are absolute for a baseline (and for a variant without one), changes against the baseline
+    otherwise.
     """
     several_bases = table["base_hash"].nunique() > 1
     show_status = bool((table["status"] != "ok").any())
+    show_health = bool((table["health"] != "").any())
     rows = []
     for rec in table.to_dict("records"):
         row: dict[str, str] = {}
         if several_bases:
             row["Base"] = rec["base"]
         row["Variant"] = rec["variant"]
+        if show_health:
+            row[HEALTH_HEADER] = health_cell(rec)
         row["Kind"] = DASH if rec["baseline"] else (rec["kind"] or NA)
         row["Seeds"] = str(rec["seeds"])
         if rec["baseline"]:
@@ -551,6 +607,8 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
             # Without a CI one side has a single seed (paired: one pair; unpaired: one seed on a side).
             n = int(rec["delta_seeds"]) if rec["delta_paired"] else 1
             row[DELTA_HEADER] = fmt_ci(rec["delta_mAP"], rec["delta_ci_half"], rec["delta_ci_method"], n)
+            if (rec["health"] or rec["baseline_unhealthy"]) and row[DELTA_HEADER] != NA:
+                row[DELTA_HEADER] = f"{WARN} {row[DELTA_HEADER]}"
         row["mAP"] = fmt_points(rec["mAP"], rec["mAP_std"])
         row["AP50"] = fmt_points(rec["AP50"])
         row["AP75"] = fmt_points(rec["AP75"])
@@ -565,8 +623,9 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
         if show_status:
             row["Status"] = rec["status"]
         rows.append(row)
-    columns = (["Base"] if several_bases else []) + ["Variant", "Kind", "Seeds", DELTA_HEADER, "mAP", "AP50", "AP75",
-                                                      "APs/APm/APl", *COST_HEADERS]
+    columns = (["Base"] if several_bases else []) + ["Variant", *([HEALTH_HEADER] if show_health else []), "Kind",
+                                                      "Seeds", DELTA_HEADER, "mAP", "AP50", "AP75", "APs/APm/APl",
+                                                      *COST_HEADERS]
     if show_status:
         columns.append("Status")
     return pd.DataFrame(rows, columns=columns, dtype=object)
