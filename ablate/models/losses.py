@@ -1,33 +1,43 @@
 """Loss plumbing: per-model places where a trick sets the classification loss, the box loss or
-the RoI sampler, without touching torchvision's module-level functions.
+the RoI sampler, and per-box weights honoured by every loss term, without touching torchvision's
+module-level functions.
 
 torchvision's heads compute their losses with module-level functions (`sigmoid_focal_loss` in
 fcos.py and retinanet.py, `fastrcnn_loss` in roi_heads.py). Patching those names would change
 every model in the process, and several runs of a sweep share one process. So the builders in
-detectors.py use the small subclasses below, whose attributes are None by default:
+detectors.py use the small subclasses below, whose slots are None by default:
 
-| model       | module                          | attributes a trick may set                          |
+| model       | module                          | slots a trick may set                               |
 |-------------|---------------------------------|-----------------------------------------------------|
 | fcos        | model.head: FCOSLossHead        | cls_loss (a one-stage classification loss)          |
 | retinanet   | model.head: RetinaNetLossHead   | cls_loss, box_loss (on the encoded box deltas)      |
 | faster_rcnn | model.roi_heads: LossRoIHeads   | cls_loss (a two-stage one); fg_bg_sampler may take  |
 |             |                                 | the proposals' IoUs (a sampler with uses_iou=True)  |
 
-With nothing set and no target["weights"] in the batch, each subclass calls torchvision's own
+Loss keys: fcos classification, bbox_regression, bbox_ctrness; retinanet classification,
+bbox_regression; faster_rcnn loss_objectness, loss_rpn_box_reg (RPN), loss_classifier,
+loss_box_reg (RoI head).
+
+With no slot set and no target["weights"] in the batch, each subclass calls torchvision's own
 code: the baseline's losses are exactly torchvision's.
 
-Per-box weights (target["weights"], put there by MixUp): each positive location / anchor / RoI's
-classification loss is multiplied by the weight of the ground-truth box it is matched to;
-background samples, and boxes of targets without "weights", weigh 1. Box-regression losses are
-not weighted.
+Per-box weights (target["weights"], put there by MixUp): every loss term of a sample matched to a
+ground-truth box is multiplied by that box's weight, as the Bag of Freebies code does (GluonCV's
+YOLOV3Loss weights objectness, centre, scale and class losses by the mix ratio): FCOS's
+classification, GIoU and centerness of a positive location; RetinaNet's classification and box
+loss of a positive anchor; Faster R-CNN's RPN objectness and box loss of a positive anchor and the
+RoI head's classification and box loss of a positive RoI. Background samples weigh 1; the
+normalizers stay torchvision's (counts of samples, not sums of weights).
 
-Loss interfaces:
+Loss interfaces (P samples of the whole batch; `levels` [P] is each sample's pyramid level 0..L-1,
+for losses computed per level as the GHM authors' code does):
 - one-stage classification: loss(logits [P, K], targets [P, K] in {0, 1}, box_weights [P],
-  normalizer [P]) -> scalar, over the valid locations/anchors of the whole batch. `normalizer`
-  is torchvision's: the number of foreground samples (FCOS: of the batch; RetinaNet: of the
-  sample's image, times the number of images, as RetinaNet averages per-image losses).
-- one-stage box: loss(pred [P, 4], target [P, 4]) -> scalar, over the positive anchors of the
-  batch, deltas encoded by the head's box coder.
+  normalizer [P], levels [P]) -> scalar over the valid locations/anchors. `normalizer` is
+  torchvision's: the number of foreground samples (FCOS: of the batch; RetinaNet: of the sample's
+  image, times the number of images, as RetinaNet averages per-image losses).
+- one-stage box (RetinaNet): loss(pred [P, 4], target [P, 4], box_weights [P], normalizer [P],
+  levels [P]) -> scalar over the positive anchors, deltas encoded by the head's box coder,
+  normalizer as for classification.
 - two-stage classification: loss(logits [R, C], labels [R], box_weights [R]) -> scalar, over the
   sampled RoIs of the batch (label 0 is the background).
 """
@@ -39,11 +49,20 @@ from torch import Tensor, nn
 from torchvision.models.detection.fcos import FCOSHead
 from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss
-from torchvision.ops import box_iou, sigmoid_focal_loss
+from torchvision.models.detection.rpn import RegionProposalNetwork
+from torchvision.ops import box_iou, generalized_box_iou_loss, sigmoid_focal_loss
 
 
 def has_box_weights(targets) -> bool:
     return targets is not None and any("weights" in t for t in targets)
+
+
+def box_weights_of(target: dict, matched: Tensor, positive: Tensor, dtype) -> Tensor:
+    """Per sample: the weight of the box it is matched to where `positive`, else 1."""
+    weights = torch.ones(len(matched), dtype=dtype, device=matched.device)
+    if "weights" in target and positive.any():
+        weights[positive] = target["weights"][matched[positive]].to(dtype)
+    return weights
 
 
 def smooth_binary_targets(targets: Tensor, epsilon: float) -> Tensor:
@@ -58,23 +77,43 @@ def smooth_binary_targets(targets: Tensor, epsilon: float) -> Tensor:
     return torch.where(positive, targets * (1 - epsilon) + epsilon / 2, targets)
 
 
+def soft_focal_loss(logits: Tensor, hard: Tensor, soft: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
+    """Element-wise focal loss on soft targets: alpha_t |soft - p|^gamma BCE(p, soft).
+
+    On hard targets (soft == hard) it is torchvision's sigmoid_focal_loss exactly: |y - p| is
+    1 - p_t. On soft targets it is the Quality Focal Loss form (Li et al. 2020, "Generalized Focal
+    Loss", eq. 5), whose minimum over p is p = soft: the focal factor (1 - p_t)^gamma of the hard
+    label would move the minimum away from a smoothed target (for 0.95, to p = 0.995). alpha_t is
+    chosen by the hard label (alpha for a foreground class target), so it scales a sample's loss
+    without moving its minimum either."""
+    p = torch.sigmoid(logits)
+    ce = F.binary_cross_entropy_with_logits(logits, soft, reduction="none")
+    loss = ce * (soft - p).abs().pow(gamma)
+    if alpha >= 0:
+        loss = torch.where(hard > 0, alpha * loss, (1 - alpha) * loss)
+    return loss
+
+
 class FocalLoss(nn.Module):
-    """The one-stage baseline's loss: torchvision's sigmoid_focal_loss with its defaults
-    (alpha 0.25, gamma 2, as FCOS and RetinaNet call it), on optionally smoothed targets."""
+    """The one-stage baseline's loss: torchvision's sigmoid_focal_loss with its defaults (alpha
+    0.25, gamma 2, as FCOS and RetinaNet call it); with label smoothing, on the smoothed targets in
+    the soft-target form whose minimum is the smoothed target (see soft_focal_loss)."""
 
     def __init__(self, label_smoothing: float = 0.0):
         super().__init__()
         self.label_smoothing = label_smoothing
 
-    def forward(self, logits: Tensor, targets: Tensor, box_weights: Tensor, normalizer: Tensor) -> Tensor:
-        targets = smooth_binary_targets(targets, self.label_smoothing)
-        per_sample = sigmoid_focal_loss(logits, targets, reduction="none").sum(dim=1)
+    def forward(self, logits: Tensor, targets: Tensor, box_weights: Tensor, normalizer: Tensor,
+                levels: Tensor | None = None) -> Tensor:
+        soft = smooth_binary_targets(targets, self.label_smoothing)
+        per_sample = soft_focal_loss(logits, targets, soft).sum(dim=1)
         return (per_sample * box_weights / normalizer).sum()
 
 
 class CrossEntropyLoss(nn.Module):
     """The two-stage baseline's loss: softmax cross-entropy averaged over the sampled RoIs, with
-    torch's label smoothing q = (1 - eps) one_hot + eps / C over the C classes (background too)."""
+    torch's label smoothing q = (1 - eps) one_hot + eps / C over the C classes (background too),
+    whose minimum over the softmax is q itself."""
 
     def __init__(self, label_smoothing: float = 0.0):
         super().__init__()
@@ -85,6 +124,16 @@ class CrossEntropyLoss(nn.Module):
         return (ce * box_weights).mean()
 
 
+class L1BoxLoss(nn.Module):
+    """RetinaNet's box loss as torchvision computes it (l1 on the encoded deltas, summed per image
+    and divided by its foreground count, averaged over images), with per-box weights."""
+
+    def forward(self, pred: Tensor, target: Tensor, box_weights: Tensor, normalizer: Tensor,
+                levels: Tensor | None = None) -> Tensor:
+        per_sample = (pred - target).abs().sum(dim=1)
+        return (per_sample * box_weights / normalizer).sum()
+
+
 def _one_stage_samples(targets, matched_idxs, num_classes: int, dtype, ignore: int | None):
     """Per image: one-hot class targets [A, K], matched box weights [A], foreground and valid masks [A]."""
     out = []
@@ -92,86 +141,160 @@ def _one_stage_samples(targets, matched_idxs, num_classes: int, dtype, ignore: i
         fg = matched >= 0
         valid = matched != ignore if ignore is not None else torch.ones_like(fg)
         cls_targets = torch.zeros((len(matched), num_classes), dtype=dtype, device=matched.device)
-        weights = torch.ones(len(matched), dtype=dtype, device=matched.device)
         if fg.any():
-            gt = matched[fg]
-            cls_targets[fg, t["labels"][gt]] = 1.0
-            if "weights" in t:
-                weights[fg] = t["weights"][gt].to(dtype)
-        out.append((cls_targets, weights, fg, valid))
+            cls_targets[fg, t["labels"][matched[fg]]] = 1.0
+        out.append((cls_targets, box_weights_of(t, matched, fg, dtype), fg, valid))
     return out
 
 
-class FCOSLossHead(FCOSHead):
-    """torchvision's FCOS head with a settable classification loss (see the module docstring)."""
+class _LevelSizes:
+    """Remembers, from the head's forward, how many samples each pyramid level contributes, so
+    the losses can tell each sample's level (torchvision concatenates the levels)."""
+
+    level_sizes: list[int] = []
+
+    def remember_levels(self, x: list[Tensor], per_location: int) -> None:
+        self.level_sizes = [int(f.shape[-2] * f.shape[-1]) * per_location for f in x]
+
+    def sample_levels(self, device) -> Tensor:
+        sizes = torch.tensor(self.level_sizes, device=device)
+        return torch.repeat_interleave(torch.arange(len(self.level_sizes), device=device), sizes)
+
+
+class FCOSLossHead(_LevelSizes, FCOSHead):
+    """torchvision's FCOS head with a settable classification loss and per-box weights on all
+    three losses (see the module docstring)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.cls_loss: nn.Module | None = None
 
+    def forward(self, x: list[Tensor]) -> dict[str, Tensor]:
+        self.remember_levels(x, self.classification_head.num_anchors)
+        return super().forward(x)
+
     def compute_loss(self, targets, head_outputs, anchors, matched_idxs):
-        losses = super().compute_loss(targets, head_outputs, anchors, matched_idxs)
         if self.cls_loss is None and not has_box_weights(targets):
-            return losses
+            return super().compute_loss(targets, head_outputs, anchors, matched_idxs)
         logits = head_outputs["cls_logits"]  # [N, A, K]
         samples = _one_stage_samples(targets, matched_idxs, logits.shape[-1], logits.dtype, ignore=None)
         cls_targets = torch.cat([s[0] for s in samples])
         weights = torch.cat([s[1] for s in samples])
-        num_foreground = sum(int(s[2].sum()) for s in samples)
-        normalizer = weights.new_full(weights.shape, max(1, num_foreground))
+        fg = torch.cat([s[2] for s in samples])
+        num_foreground = max(1, int(fg.sum()))
+        levels = self.sample_levels(logits.device).repeat(len(targets))
+        normalizer = weights.new_full(weights.shape, num_foreground)
         loss_fn = self.cls_loss if self.cls_loss is not None else FocalLoss()
-        losses["classification"] = loss_fn(logits.flatten(0, 1), cls_targets, weights, normalizer)
-        return losses
+        loss_cls = loss_fn(logits.flatten(0, 1), cls_targets, weights, normalizer, levels)
+
+        # torchvision's GIoU and centerness losses, each positive location weighted by its box
+        gt_boxes = torch.cat([t["boxes"][m.clip(min=0)] if len(t["boxes"]) else t["boxes"].new_zeros((len(m), 4))
+                              for t, m in zip(targets, matched_idxs)])
+        flat_anchors = torch.cat(anchors)
+        pred_boxes = self.box_coder.decode(head_outputs["bbox_regression"].flatten(0, 1), flat_anchors)
+        giou = generalized_box_iou_loss(pred_boxes[fg], gt_boxes[fg], reduction="none")
+        reg_targets = self.box_coder.encode(flat_anchors[fg], gt_boxes[fg])
+        lr, tb = reg_targets[:, [0, 2]], reg_targets[:, [1, 3]]
+        ctr_targets = torch.sqrt((lr.min(dim=-1)[0] / lr.max(dim=-1)[0]) * (tb.min(dim=-1)[0] / tb.max(dim=-1)[0]))
+        ctr = F.binary_cross_entropy_with_logits(head_outputs["bbox_ctrness"].flatten(0, 1)[fg, 0], ctr_targets,
+                                                 reduction="none")
+        return {"classification": loss_cls,
+                "bbox_regression": (giou * weights[fg]).sum() / num_foreground,
+                "bbox_ctrness": (ctr * weights[fg]).sum() / num_foreground}
 
 
-class RetinaNetLossHead(RetinaNetHead):
-    """torchvision's RetinaNet head with a settable classification loss and box loss."""
+class RetinaNetLossHead(_LevelSizes, RetinaNetHead):
+    """torchvision's RetinaNet head with a settable classification loss and box loss, and per-box
+    weights on both."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.cls_loss: nn.Module | None = None
         self.box_loss: nn.Module | None = None
 
+    def forward(self, x):
+        self.remember_levels(x, self.classification_head.num_anchors)
+        return super().forward(x)
+
     def compute_loss(self, targets, head_outputs, anchors, matched_idxs):
-        weighted = has_box_weights(targets)
-        if self.cls_loss is None and self.box_loss is None and not weighted:
+        if self.cls_loss is None and self.box_loss is None and not has_box_weights(targets):
             return super().compute_loss(targets, head_outputs, anchors, matched_idxs)
-        if self.cls_loss is None and not weighted:
-            cls = self.classification_head.compute_loss(targets, head_outputs, matched_idxs)
-        else:
-            cls = self._classification(targets, head_outputs["cls_logits"], matched_idxs)
-        if self.box_loss is None:
-            box = self.regression_head.compute_loss(targets, head_outputs, anchors, matched_idxs)
-        else:
-            box = self._regression(targets, head_outputs["bbox_regression"], anchors, matched_idxs)
-        return {"classification": cls, "bbox_regression": box}
-
-    def _classification(self, targets, cls_logits, matched_idxs) -> Tensor:
         ignore = self.classification_head.BETWEEN_THRESHOLDS
+        cls_logits = head_outputs["cls_logits"]
         samples = _one_stage_samples(targets, matched_idxs, cls_logits.shape[-1], cls_logits.dtype, ignore)
-        logits, cls_targets, weights, normalizer = [], [], [], []
-        for logits_i, (targets_i, weights_i, fg, valid) in zip(cls_logits, samples):
-            logits.append(logits_i[valid])
-            cls_targets.append(targets_i[valid])
-            weights.append(weights_i[valid])
-            # torchvision: per image, sum / max(1, foreground), then the mean over images
-            normalizer.append(weights_i.new_full((int(valid.sum()),), max(1, int(fg.sum())) * len(targets)))
-        loss_fn = self.cls_loss if self.cls_loss is not None else FocalLoss()
-        return loss_fn(torch.cat(logits), torch.cat(cls_targets), torch.cat(weights), torch.cat(normalizer))
-
-    def _regression(self, targets, bbox_regression, anchors, matched_idxs) -> Tensor:
+        levels = self.sample_levels(cls_logits.device)
         coder = self.regression_head.box_coder
-        preds, deltas = [], []
-        for t, pred_i, anchors_i, matched in zip(targets, bbox_regression, anchors, matched_idxs):
-            fg = torch.where(matched >= 0)[0]
-            preds.append(pred_i[fg])
-            deltas.append(coder.encode_single(t["boxes"][matched[fg]], anchors_i[fg]))
-        return self.box_loss(torch.cat(preds), torch.cat(deltas))
+        cls_parts = {k: [] for k in ("logits", "targets", "weights", "normalizer", "levels")}
+        box_parts = {k: [] for k in ("pred", "target", "weights", "normalizer", "levels")}
+        for t, logits_i, reg_i, anchors_i, matched, (targets_i, weights_i, fg, valid) in zip(
+                targets, cls_logits, head_outputs["bbox_regression"], anchors, matched_idxs, samples):
+            # torchvision: per image, sum / max(1, foreground), then the mean over images
+            norm = max(1, int(fg.sum())) * len(targets)
+            cls_parts["logits"].append(logits_i[valid])
+            cls_parts["targets"].append(targets_i[valid])
+            cls_parts["weights"].append(weights_i[valid])
+            cls_parts["normalizer"].append(weights_i.new_full((int(valid.sum()),), norm))
+            cls_parts["levels"].append(levels[valid])
+            box_parts["pred"].append(reg_i[fg])
+            box_parts["target"].append(coder.encode_single(t["boxes"][matched[fg]], anchors_i[fg]))
+            box_parts["weights"].append(weights_i[fg])
+            box_parts["normalizer"].append(weights_i.new_full((int(fg.sum()),), norm))
+            box_parts["levels"].append(levels[fg])
+        cls_fn = self.cls_loss if self.cls_loss is not None else FocalLoss()
+        if self.box_loss is None and self.regression_head._loss_type != "l1":
+            raise ValueError(f"per-box weights need RetinaNet's l1 box loss; this head uses "
+                             f"{self.regression_head._loss_type!r}")
+        box_fn = self.box_loss if self.box_loss is not None else L1BoxLoss()
+        return {"classification": cls_fn(*(torch.cat(v) for v in cls_parts.values())),
+                "bbox_regression": box_fn(*(torch.cat(v) for v in box_parts.values()))}
+
+
+class LossRPN(RegionProposalNetwork):
+    """torchvision's RPN with per-box weights on the objectness and box losses of the anchors
+    matched to a weighted box (torchvision's code when the batch has no weights)."""
+
+    anchor_weights: list[Tensor] | None = None
+
+    @classmethod
+    def adopt(cls, rpn: RegionProposalNetwork) -> "LossRPN":
+        """The same RPN (same modules and settings) with this class's losses."""
+        rpn.__class__ = cls
+        return rpn
+
+    def assign_targets_to_anchors(self, anchors, targets):
+        labels, matched_gt_boxes = super().assign_targets_to_anchors(anchors, targets)
+        self.anchor_weights = None
+        if has_box_weights(targets):
+            self.anchor_weights = []
+            for anchors_i, t, labels_i in zip(anchors, targets, labels):
+                positive = labels_i == 1
+                matched = (self.proposal_matcher(self.box_similarity(t["boxes"], anchors_i)).clamp(min=0)
+                           if len(t["boxes"]) else torch.zeros(len(anchors_i), dtype=torch.int64,
+                                                                device=anchors_i.device))
+                self.anchor_weights.append(box_weights_of(t, matched, positive, torch.float32))
+        return labels, matched_gt_boxes
+
+    def compute_loss(self, objectness, pred_bbox_deltas, labels, regression_targets):
+        if self.anchor_weights is None:
+            return super().compute_loss(objectness, pred_bbox_deltas, labels, regression_targets)
+        # torchvision's, each sampled anchor's terms multiplied by its weight
+        sampled_pos, sampled_neg = self.fg_bg_sampler(labels)
+        sampled_pos = torch.where(torch.cat(sampled_pos, dim=0))[0]
+        sampled_neg = torch.where(torch.cat(sampled_neg, dim=0))[0]
+        sampled = torch.cat([sampled_pos, sampled_neg], dim=0)
+        weights = torch.cat(self.anchor_weights).to(objectness.dtype)
+        labels, regression_targets = torch.cat(labels, dim=0), torch.cat(regression_targets, dim=0)
+        box = F.smooth_l1_loss(pred_bbox_deltas[sampled_pos], regression_targets[sampled_pos], beta=1 / 9,
+                               reduction="none").sum(dim=1)
+        box_loss = (box * weights[sampled_pos]).sum() / sampled.numel()
+        bce = F.binary_cross_entropy_with_logits(objectness.flatten()[sampled], labels[sampled], reduction="none")
+        return (bce * weights[sampled]).mean(), box_loss
 
 
 class LossRoIHeads(RoIHeads):
-    """torchvision's RoI heads (boxes only) with a settable classification loss, and a sampler
-    that may take each proposal's largest IoU with the ground truth."""
+    """torchvision's RoI heads (boxes only) with a settable classification loss, per-box weights
+    on both RoI losses, and a sampler that may take each proposal's largest IoU with the ground
+    truth."""
 
     @classmethod
     def from_roi_heads(cls, old: RoIHeads) -> "LossRoIHeads":
@@ -212,23 +335,33 @@ class LossRoIHeads(RoIHeads):
         return proposals, matched_idxs, labels, regression_targets
 
     def forward(self, features, proposals, image_shapes, targets=None):
-        if not self.training or (self.cls_loss is None and not has_box_weights(targets)):
+        weighted = has_box_weights(targets)
+        if not self.training or (self.cls_loss is None and not weighted):
             return super().forward(features, proposals, image_shapes, targets)
-        # Training with a classification loss of our own: torchvision's box branch and box loss.
+        # Training with a loss of our own or weighted boxes: torchvision's box branch, our losses.
         proposals, matched_idxs, labels, regression_targets = self.select_training_samples(proposals, targets)
         box_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
         class_logits, box_regression = self.box_predictor(box_features)
-        _, loss_box_reg = fastrcnn_loss(class_logits, box_regression, labels, regression_targets)
-        weights = []
-        for t, matched, labels_i in zip(targets, matched_idxs, labels):
-            w = torch.ones(len(labels_i), dtype=class_logits.dtype, device=class_logits.device)
-            if "weights" in t and len(t["weights"]):
-                fg = labels_i > 0
-                w[fg] = t["weights"][matched[fg]].to(w.dtype)
-            weights.append(w)
+        weights = torch.cat([box_weights_of(t, m, l > 0, class_logits.dtype)
+                             for t, m, l in zip(targets, matched_idxs, labels)])
+        if weighted:
+            loss_box_reg = self.weighted_box_loss(box_regression, labels, regression_targets, weights)
+        else:
+            _, loss_box_reg = fastrcnn_loss(class_logits, box_regression, labels, regression_targets)
         loss_fn = self.cls_loss if self.cls_loss is not None else CrossEntropyLoss()
-        loss_classifier = loss_fn(class_logits, torch.cat(labels), torch.cat(weights))
+        loss_classifier = loss_fn(class_logits, torch.cat(labels), weights)
         return [], {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}
+
+    @staticmethod
+    def weighted_box_loss(box_regression, labels, regression_targets, weights) -> Tensor:
+        """fastrcnn_loss's box term (smooth L1, beta 1/9, summed over positives, divided by the
+        number of sampled RoIs), each positive RoI weighted."""
+        labels, regression_targets = torch.cat(labels), torch.cat(regression_targets)
+        pos = torch.where(labels > 0)[0]
+        box_regression = box_regression.reshape(len(labels), box_regression.size(-1) // 4, 4)
+        per_roi = F.smooth_l1_loss(box_regression[pos, labels[pos]], regression_targets[pos], beta=1 / 9,
+                                   reduction="none").sum(dim=1)
+        return (per_roi * weights[pos]).sum() / labels.numel()
 
 
 def one_stage_head(model: nn.Module) -> FCOSLossHead | RetinaNetLossHead:

@@ -8,13 +8,19 @@ GD(g) = R(g) / eps, R the number of samples in its bin, smoothed over iterations
 moving average S_j <- alpha S_j + (1 - alpha) R_j (paper sec. 3.3, alpha the momentum). A sample
 weighs beta = N / GD(g), N the number of valid samples, and the loss is (1/N) sum beta_i L_i.
 
-As mmdetection's GHMC/GHMR (by the paper's authors) do, and we follow them:
+As the authors' code does (mmdetection's GHMC/GHMR, by the paper's authors, called from its
+AnchorHead once per FPN level; compared with open-mmlab/mmdetection mmdet/models/losses/ghm_loss.py
+and mmdet/models/dense_heads/anchor_head.py, loss_by_feat -> multi_apply(loss_by_feat_single) per level):
+- the loss is computed per pyramid level: one histogram per level, N that level's valid samples,
+  the level's loss normalised by its own N, the levels' losses summed; the bins' moving average is
+  one, shared by the levels and so updated once per level (L times per iteration);
 - the weights are normalized by the number of non-empty bins n instead of M: beta = N / (S_j n);
 - the moving averages start at 0 (so early weights are up to 1/(1 - alpha) larger) and a bin's
-  average moves only on iterations where the bin holds samples;
+  average moves only on calls where the bin holds samples;
 - GHM-R's loss is ASL1(d) = sqrt(d^2 + mu^2) - mu, and its last bin edge is open (1e3).
-Unlike mmdetection, which computes the histogram once per FPN level, the histogram is of all
-valid samples of the batch, N as in the paper.
+The loss weight of GHM-R (10) presumes this per-level sum. On FCOS (whose loss mmdetection
+computes over all levels at once) the classification loss is split by level the same way.
+Per-box weights (MixUp) multiply each sample's term.
 """
 from __future__ import annotations
 
@@ -62,10 +68,21 @@ class GradientDensity(nn.Module):
         return torch.where(valid, weights, torch.zeros_like(weights))
 
 
+def per_level(level_loss, levels: Tensor, *samples: Tensor) -> Tensor:
+    """sum over the pyramid levels present of level_loss(that level's samples), lowest level first
+    (the order the authors' head calls the loss in, which the shared moving average depends on)."""
+    total = samples[0].sum() * 0
+    for level in torch.unique(levels).tolist():
+        mask = levels == level
+        total = total + level_loss(*(s[mask] for s in samples))
+    return total
+
+
 class GHMCLoss(nn.Module):
-    """GHM-C: sum_i beta_i BCE(x_i, y_i) / N over the K binary targets of each valid location
-    (a one-stage classification loss, see ablate.models.losses). torchvision's per-foreground
-    normalizer is not used: GHM-C normalizes by N itself (paper eq. 9)."""
+    """GHM-C: per pyramid level, sum_i beta_i BCE(x_i, y_i) / N over the K binary targets of each
+    valid location of the level, summed over the levels (a one-stage classification loss, see
+    ablate.models.losses). torchvision's per-foreground normalizer is not used: GHM-C normalizes by
+    N itself (paper eq. 9)."""
 
     def __init__(self, bins: int, momentum: float):
         super().__init__()
@@ -74,7 +91,11 @@ class GHMCLoss(nn.Module):
     def weights(self, logits: Tensor, targets: Tensor) -> Tensor:
         return self.density((logits.detach().sigmoid() - targets).abs())
 
-    def forward(self, logits: Tensor, targets: Tensor, box_weights: Tensor, normalizer: Tensor) -> Tensor:
+    def forward(self, logits: Tensor, targets: Tensor, box_weights: Tensor, normalizer: Tensor,
+                levels: Tensor) -> Tensor:
+        return per_level(self.level_loss, levels, logits, targets, box_weights)
+
+    def level_loss(self, logits: Tensor, targets: Tensor, box_weights: Tensor) -> Tensor:
         beta = self.weights(logits, targets)
         bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
         return (beta * bce * box_weights[:, None]).sum() / max(logits.numel(), 1)
@@ -86,7 +107,8 @@ def asl1(d: Tensor, mu: float) -> Tensor:
 
 
 class GHMRLoss(nn.Module):
-    """GHM-R: loss_weight * sum_i beta_i ASL1(d_i) / N over the 4 deltas of each positive anchor."""
+    """GHM-R: per pyramid level, loss_weight * sum_i beta_i ASL1(d_i) / N over the 4 deltas of each
+    positive anchor of the level, summed over the levels."""
 
     def __init__(self, mu: float, bins: int, momentum: float, loss_weight: float):
         super().__init__()
@@ -99,11 +121,15 @@ class GHMRLoss(nn.Module):
         d = (pred - target).detach()
         return self.density(d.abs() / torch.sqrt(d * d + self.mu * self.mu))
 
-    def forward(self, pred: Tensor, target: Tensor) -> Tensor:
+    def forward(self, pred: Tensor, target: Tensor, box_weights: Tensor, normalizer: Tensor,
+                levels: Tensor) -> Tensor:
         if pred.numel() == 0:
             return pred.sum()
+        return per_level(self.level_loss, levels, pred, target, box_weights)
+
+    def level_loss(self, pred: Tensor, target: Tensor, box_weights: Tensor) -> Tensor:
         beta = self.weights(pred, target)
-        return self.loss_weight * (beta * asl1(pred - target, self.mu)).sum() / pred.numel()
+        return self.loss_weight * (beta * asl1(pred - target, self.mu) * box_weights[:, None]).sum() / pred.numel()
 
 
 class GHMC(Trick):

@@ -8,7 +8,11 @@ smoothing, q = (1 - eps) * one_hot(y) + eps / C.
 One-stage (K independent sigmoids, no background channel): each binary target of a foreground
 location is smoothed as a two-way softmax, y' = y * (1 - eps) + eps / 2 (so 1 - eps/2 for its class,
 eps/2 for the others; ultralytics YOLOv3/v5 `smooth_BCE`); background locations keep all-zero
-targets, as YOLO's objectness stays hard. The loss stays the baseline's focal loss, on these targets.
+targets, as YOLO's objectness stays hard. The loss is the baseline's focal loss in its soft-target
+form, alpha_t |y' - p|^gamma BCE(p, y') (ablate.models.losses.soft_focal_loss, the Quality Focal
+Loss form of Li et al. 2020), which equals the focal loss on hard targets and is lowest at p = y':
+the hard label's focal factor (1 - p_t)^gamma would move the minimum to 0.995 for y' = 0.95, a far
+weaker regulariser than label smoothing.
 """
 from __future__ import annotations
 
