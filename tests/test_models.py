@@ -121,3 +121,61 @@ def test_pretrained_weights_offline_error_says_what_to_do(tmp_path, monkeypatch)
     monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
     with pytest.raises(RuntimeError, match=r"pretrained=true.*failed.*offline.*checkpoints/resnet18-.*pretrained=false"):
         build_model(model_cfg("fcos", "resnet18", pretrained=True), num_classes=3, image_size=96)
+
+
+# ---------------------------------------------------------------- FCOS box regression
+
+def fcos_with(box_regression):
+    cfg = model_cfg("fcos", width=8)
+    cfg.box_regression = box_regression
+    torch.manual_seed(0)
+    return build_model(cfg, num_classes=2, image_size=96)
+
+
+def test_fcos_regression_is_the_papers_exp_of_a_scaled_output_per_level():
+    """distance = exp(s_l x) in strides, s_l one trainable scalar per level (1 at start): with the
+    last conv's weights at zero and its bias b, every location of level l predicts exp(s_l b)."""
+    head = fcos_with("exp").head.regression_head
+    assert head.scales.tolist() == [1.0] * 5 and head.scales.requires_grad
+    torch.nn.init.zeros_(head.bbox_reg.weight)
+    with torch.no_grad():
+        head.bbox_reg.bias.copy_(torch.tensor([0.0, 0.5, -1.0, 2.0]))
+        head.scales.copy_(torch.tensor([1.0, 2.0, 1.0, 1.0, 0.5]))
+    features = [torch.rand(1, 8 * 8, s, s) for s in (12, 6, 3, 2, 1)]  # fpn_channels 64 at width 8
+    regression, _ = head(features)
+    first, second, last = regression[0, 0], regression[0, 144], regression[0, -1]
+    b = torch.tensor([0.0, 0.5, -1.0, 2.0])
+    assert torch.allclose(first, b.exp()) and torch.allclose(second, (2 * b).exp())
+    assert torch.allclose(last, (0.5 * b).exp())
+
+
+def test_a_negative_regression_output_dies_under_relu_and_recovers_under_exp():
+    """The collapse: once the box branch's output is negative at every location, torchvision's ReLU
+    gives zero-size boxes and no gradient, so no step can bring it back. exp keeps a gradient."""
+    images, targets = batch(offset=1)
+    grads = {}
+    for kind in ("relu", "exp"):
+        model = fcos_with(kind)
+        reg = model.head.regression_head.bbox_reg
+        with torch.no_grad():
+            reg.bias.fill_(-5.0)  # every output negative: what one AdamW step did without warmup
+        model.train()
+        loss = model(images, targets)["bbox_regression"]
+        loss.backward()
+        grads[kind] = reg.bias.grad.abs().sum().item()
+        model.eval()
+        with torch.no_grad():
+            boxes = model(images)[0]["boxes"]
+        sizes = (boxes[:, 2:] - boxes[:, :2]).min(dim=1).values
+        if kind == "relu":
+            assert len(boxes) and (sizes == 0).all()  # zero-size boxes: the collapsed detector
+        else:
+            assert (sizes > 0).all()
+    assert grads["relu"] == 0.0 and grads["exp"] > 0.0
+
+
+def test_fcos_box_regression_relu_is_torchvisions_head_and_other_values_are_refused():
+    from torchvision.models.detection.fcos import FCOSRegressionHead
+    assert type(fcos_with("relu").head.regression_head) is FCOSRegressionHead
+    with pytest.raises(ValueError, match="model.box_regression='softplus'"):
+        fcos_with("softplus")

@@ -13,8 +13,9 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from .backbones import build_backbone
+from .heads import ScaledExpRegressionHead
 # torchvision's heads with settable losses (identical to torchvision's until a trick sets one)
-from .losses import FCOSLossHead, LossRoIHeads, RetinaNetLossHead
+from .losses import FCOSLossHead, LossRoIHeads, LossRPN, RetinaNetLossHead
 from .roi_align import GridMultiScaleRoIAlign
 
 
@@ -60,6 +61,12 @@ def build_fcos(cfg, num_classes: int, image_size: int) -> FCOS:
     backbone = build_backbone(cfg.backbone, list(cfg.levels), cfg.extra_levels, cfg.fpn_channels, two_stage=False)
     anchors = _anchors(cfg, 1, [1.0])
     head = FCOSLossHead(backbone.out_channels, 1, num_classes, num_convs=cfg.head_convs)
+    if cfg.box_regression == "exp":
+        head.regression_head = ScaledExpRegressionHead(backbone.out_channels, 1, cfg.head_convs,
+                                                       len(_pyramid_levels(cfg)))
+    elif cfg.box_regression != "relu":
+        raise ValueError(f"model.box_regression={cfg.box_regression!r}: choose exp (the FCOS paper's) or relu "
+                         "(torchvision's)")
     return _one_stage(FCOS, cfg, backbone, anchors, head, num_classes, image_size)
 
 
@@ -89,5 +96,6 @@ def build_faster_rcnn(cfg, num_classes: int, image_size: int) -> FasterRCNN:
         box_detections_per_img=cfg.detections_per_img,
         box_batch_size_per_image=cfg.box_batch_size_per_image, box_positive_fraction=cfg.box_positive_fraction,
         **_common(cfg, image_size))
+    model.rpn = LossRPN.adopt(model.rpn)
     model.roi_heads = LossRoIHeads.from_roi_heads(model.roi_heads)
     return _no_resize(model, cfg)
