@@ -30,6 +30,7 @@ import ablate
 from . import config as ablate_config
 from .data import build_data, make_loader
 from .evaluate import coco_metrics, count_flops, measure_latency, predict
+from .health import assess
 from .gpus import claimed_gpu
 from .models import build_model, count_parameters, label_offset
 from .results import (RECORD_NAME, atomic_write, RecordError, RunRecord, base_hash, config_hash, find_indexed, index_record,
@@ -297,7 +298,7 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path) -> RunRecord:
                      **{k: v / max(n_batches, 1) for k, v in epoch_parts.items()}}
             if cfg.train.eval_every and (epoch + 1) % cfg.train.eval_every == 0 and epoch + 1 < cfg.train.epochs:
                 t_eval = time.perf_counter()
-                metrics, _ = evaluate_model(model, data, cfg, device, autocast)
+                metrics, _, _ = evaluate_model(model, data, cfg, device, autocast)
                 totals["eval_s"] += time.perf_counter() - t_eval
                 point["val_mAP"] = metrics["mAP"]
             record.curve.append(point)
@@ -317,8 +318,12 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path) -> RunRecord:
 
     if record.status == "ok":
         t_eval = time.perf_counter()
-        record.metrics, record.per_class_ap = evaluate_model(model, data, cfg, device, autocast)
+        record.metrics, record.per_class_ap, detections = evaluate_model(model, data, cfg, device, autocast)
         totals["eval_s"] += time.perf_counter() - t_eval
+        # A detector that collapsed still ends with status ok: say so beside it.
+        record.health = assess(detections, record.metrics, len(data.val), len(data.classes), **cfg.eval.health)
+        for warning in record.health:
+            log.warning("run health: %s: %s", warning["code"], warning["message"])
         record.curve[-1]["val_mAP"] = record.metrics["mAP"]
         sample = [data.val[i][0] for i in range(min(cfg.eval.latency_images, len(data.val)))]
         record.inference_ms_per_image = measure_latency(model, sample, device, autocast())
@@ -355,13 +360,15 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path) -> RunRecord:
     return record
 
 
-def evaluate_model(model, data, cfg: DictConfig, device: torch.device, autocast) -> tuple[dict, dict]:
+def evaluate_model(model, data, cfg: DictConfig, device: torch.device, autocast) -> tuple[dict, dict, list]:
+    """COCO metrics, AP per class and the detections (COCO format) on the val set."""
     loader = make_loader(data.val, cfg.eval.batch_size, shuffle=False, num_workers=cfg.data.num_workers)
     offset = label_offset(cfg.model.family)
     class_to_cat_id = {label - offset: cat for label, cat in data.label_to_cat_id.items()}
     detections = predict(model, loader, device, class_to_cat_id, autocast())
     names = {data.label_to_cat_id[k + 1]: name for k, name in enumerate(data.classes)}
-    return coco_metrics(data.val_coco_gt, detections, data.val.image_ids, cfg.eval.backend, names)
+    metrics, per_class = coco_metrics(data.val_coco_gt, detections, data.val.image_ids, cfg.eval.backend, names)
+    return metrics, per_class, detections
 
 
 # ---------------------------------------------------------------- the Hydra task
