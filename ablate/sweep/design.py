@@ -81,11 +81,14 @@ class SweepDesign:
         return unique
 
     def jobs(self) -> list[Job]:
+        """Seed by seed: every variant of seed 0, then of seed 1... A sweep cut short (a time limit,
+        a dead job) leaves whole tables of fewer seeds, each delta paired with its baseline."""
         jobs = []
-        for label, base in self.baselines.items():
-            for combo in self.variants(label):
-                name = "+".join(combo) or "baseline"
-                jobs += [Job(f"{label}/{name}" if label else name, combo, seed, base) for seed in self.seeds]
+        for seed in self.seeds:
+            for label, base in self.baselines.items():
+                for combo in self.variants(label):
+                    name = "+".join(combo) or "baseline"
+                    jobs.append(Job(f"{label}/{name}" if label else name, combo, seed, base))
         return jobs
 
 
