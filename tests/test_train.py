@@ -109,12 +109,14 @@ def test_incompatible_tricks_stop_before_training(tmp_path, shapes_cache, monkey
 
 
 def test_main_schedules():
-    cos = lr_schedule(make_cfg("/tmp").train.schedule, 100)
+    cos = lr_schedule(make_cfg("/tmp", "train.schedule.name=cosine").train.schedule, 100)
     assert cos(0) == pytest.approx(1.0) and cos(100) == pytest.approx(0.05)
     assert cos(50) == pytest.approx(0.05 + 0.95 * 0.5)
-    cfg = make_cfg("/tmp", "train.schedule.name=step").train.schedule
-    step = lr_schedule(cfg, 100)
-    assert [step(t) for t in (0, 66, 67, 88, 89, 99)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
+    # the default: mmdetection's 1x shape, x0.1 at 8/12 and 11/12 of the run (0.667, 0.917)
+    cfg = make_cfg("/tmp").train.schedule
+    assert cfg.name == "step"
+    step = lr_schedule(cfg, 1200)
+    assert [step(t) for t in (0, 800, 801, 1100, 1101, 1199)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
 
 
 @pytest.mark.realdata
