@@ -39,9 +39,23 @@ def variant_name(tricks: Any) -> str:
     return "+".join(names) if names else "baseline"
 
 
+def area_scaled(value: int, size: int, reference: int, min_factor: float) -> int:
+    """`value`, a count sized for images of side `reference`, for images of side `size`: scaled
+    with the image area, value x (size / reference)^2, never below value x min_factor; rounded.
+
+    The config's `${ablate_area_scale:VALUE,SIZE,REFERENCE,MIN_FACTOR}` (conf/model/faster_rcnn.yaml
+    sizes its RPN and RoI budgets with it; the rule and its reasons are there)."""
+    if value <= 0 or size <= 0 or reference <= 0 or not 0 < min_factor <= 1:
+        raise ValueError(f"ablate_area_scale:{value},{size},{reference},{min_factor}: value, size and "
+                         "reference must be positive and min_factor in (0, 1]")
+    return max(1, round(value * max((size / reference) ** 2, min_factor)))
+
+
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("ablate_variant"):
         OmegaConf.register_new_resolver("ablate_variant", variant_name)
+    if not OmegaConf.has_resolver("ablate_area_scale"):
+        OmegaConf.register_new_resolver("ablate_area_scale", area_scaled)
 
 
 def to_container(cfg: DictConfig) -> dict[str, Any]:
