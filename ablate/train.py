@@ -57,12 +57,18 @@ def select_device(name: str) -> torch.device:
     return device
 
 
-def autocast_for(device: torch.device, enabled: bool) -> Callable[[], contextlib.AbstractContextManager]:
-    """Mixed precision on CUDA (bf16 where supported, else fp16); full precision on CPU."""
-    if device.type != "cuda" or not enabled:
-        return contextlib.nullcontext
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return lambda: torch.autocast("cuda", dtype=dtype)
+def autocast_for(device: torch.device, amp) -> Callable[[], contextlib.AbstractContextManager]:
+    """The context the forward passes run in, from train.amp: true, mixed precision on CUDA (bf16
+    where supported, else fp16) and float32 on CPU; "always", on CPU too, in bf16; false, float32."""
+    if not (amp is True or amp is False or amp == "always"):
+        raise ValueError(f"train.amp={amp!r}: choose true, false or always (true: mixed precision on CUDA; "
+                         "always: on CPU too, bf16; conf/train/default.yaml)")
+    if device.type == "cuda" and amp:
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return lambda: torch.autocast("cuda", dtype=dtype)
+    if device.type == "cpu" and amp == "always":
+        return lambda: torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext
 
 
 def prepare_model(model: torch.nn.Module, device: torch.device, runtime) -> torch.nn.Module:
