@@ -69,3 +69,17 @@ def test_multiscale_pooler_matches_torchvision():
         # A level no box maps to gets no gradient (None) or a zero one.
         torch.testing.assert_close(a if a is not None else torch.zeros_like(f),
                                    b if b is not None else torch.zeros_like(f), atol=1e-10, rtol=0)
+
+
+def test_bf16_features_are_sampled_at_float32_points():
+    """Under CPU bf16 autocast the features come in bf16; the sampling points must not be rounded
+    to bf16 with them (a 40-pixel map: bf16 keeps 8 bits, so coordinates near 40 were off by up to
+    0.125 px). Pooled bf16 features then differ from float32 pooling by bf16's rounding only."""
+    torch.manual_seed(0)
+    features = torch.randn(1, 8, 40, 40)
+    rois = torch.tensor([[0, 3.3, 5.1, 37.7, 31.9], [0, 20.2, 1.7, 39.1, 38.3]])
+    exact = roi_align_grid(features, rois, (7, 7), 1.0, 2)
+    half = roi_align_grid(features.bfloat16(), rois, (7, 7), 1.0, 2)
+    assert half.dtype == torch.bfloat16
+    # bf16's own rounding of the inputs and output: a few thousandths on unit-variance features
+    assert (half.float() - exact).abs().max() < 0.03
