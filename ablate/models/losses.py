@@ -94,6 +94,11 @@ def soft_focal_loss(logits: Tensor, hard: Tensor, soft: Tensor, alpha: float = 0
     return loss
 
 
+def weighted_smooth_l1(pred: Tensor, target: Tensor, weights: Tensor) -> Tensor:
+    """torchvision's RPN / Fast R-CNN box term (smooth L1, beta 1/9, summed), each row weighted."""
+    return (F.smooth_l1_loss(pred, target, beta=1 / 9, reduction="none").sum(dim=1) * weights).sum()
+
+
 class FocalLoss(nn.Module):
     """The one-stage baseline's loss: torchvision's sigmoid_focal_loss with its defaults (alpha
     0.25, gamma 2, as FCOS and RetinaNet call it); with label smoothing, on the smoothed targets in
@@ -284,9 +289,8 @@ class LossRPN(RegionProposalNetwork):
         sampled = torch.cat([sampled_pos, sampled_neg], dim=0)
         weights = torch.cat(self.anchor_weights).to(objectness.dtype)
         labels, regression_targets = torch.cat(labels, dim=0), torch.cat(regression_targets, dim=0)
-        box = F.smooth_l1_loss(pred_bbox_deltas[sampled_pos], regression_targets[sampled_pos], beta=1 / 9,
-                               reduction="none").sum(dim=1)
-        box_loss = (box * weights[sampled_pos]).sum() / sampled.numel()
+        box_loss = weighted_smooth_l1(pred_bbox_deltas[sampled_pos], regression_targets[sampled_pos],
+                                      weights[sampled_pos]) / sampled.numel()
         bce = F.binary_cross_entropy_with_logits(objectness.flatten()[sampled], labels[sampled], reduction="none")
         return (bce * weights[sampled]).mean(), box_loss
 
@@ -359,9 +363,8 @@ class LossRoIHeads(RoIHeads):
         labels, regression_targets = torch.cat(labels), torch.cat(regression_targets)
         pos = torch.where(labels > 0)[0]
         box_regression = box_regression.reshape(len(labels), box_regression.size(-1) // 4, 4)
-        per_roi = F.smooth_l1_loss(box_regression[pos, labels[pos]], regression_targets[pos], beta=1 / 9,
-                                   reduction="none").sum(dim=1)
-        return (per_roi * weights[pos]).sum() / labels.numel()
+        box = weighted_smooth_l1(box_regression[pos, labels[pos]], regression_targets[pos], weights[pos])
+        return box / labels.numel()
 
 
 def one_stage_head(model: nn.Module) -> FCOSLossHead | RetinaNetLossHead:
