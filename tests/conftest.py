@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +14,15 @@ from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO_ROOT / "conf"
+
+
+def assert_imports_without(module: str, *forbidden: str) -> None:
+    """Importing `module` in a fresh interpreter loads none of the `forbidden` modules."""
+    code = (f"import {module}, sys; bad = [m for m in {forbidden!r} if m in sys.modules]; assert not bad, bad")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
 
 
 @pytest.fixture

@@ -3,15 +3,13 @@ from __future__ import annotations
 
 import inspect
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
 from ablate.health import CODES, assess
+from conftest import assert_imports_without
 from ablate.results import RECORD_NAME, RecordError, RunRecord, base_hash, config_hash, read_record, write_record
 
 REPO = Path(__file__).resolve().parents[1]
@@ -180,10 +178,4 @@ def test_health_thresholds_do_not_change_the_hashes():
 
 
 def test_health_imports_no_torch_nor_numpy():
-    code = ("import ablate.health, sys; "
-            "bad = [m for m in ('torch', 'torchvision', 'numpy') if m in sys.modules]; "
-            "assert not bad, bad")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
-                            timeout=60)
-    assert result.returncode == 0, result.stderr
+    assert_imports_without("ablate.health", "torch", "torchvision", "numpy")

@@ -3,10 +3,7 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +16,7 @@ from ablate.report.markdown import markdown_table
 from ablate.report.plots import delta_map_figure
 from ablate.report.table import DELTA_HEADER, delta_against, fmt_delta, fmt_points, paired_differences
 from ablate.results import RunRecord, write_record
+from conftest import assert_imports_without
 
 REPO = Path(__file__).resolve().parents[1]
 MINUS = "\u2212"
@@ -358,10 +356,4 @@ def test_formatting():
 
 
 def test_import_does_not_pull_torch():
-    code = ("import ablate.report, sys; "
-            "bad = [m for m in ('torch', 'torchvision') if m in sys.modules]; "
-            "assert not bad, bad")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
-                            timeout=60)
-    assert result.returncode == 0, result.stderr
+    assert_imports_without("ablate.report", "torch", "torchvision")
