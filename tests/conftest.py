@@ -25,6 +25,28 @@ def assert_imports_without(module: str, *forbidden: str) -> None:
     assert result.returncode == 0, result.stderr
 
 
+def ablate(*args, env=None, cwd=None) -> subprocess.CompletedProcess:
+    """`ablate ARGS` in a fresh process, as a user runs it, with `env` added to the environment."""
+    full_env = dict(os.environ, **(env or {}))
+    return subprocess.run([sys.executable, "-m", "ablate.cli", *args], capture_output=True, text=True,
+                          env=full_env, cwd=cwd or REPO_ROOT, timeout=600)
+
+
+def paths(d) -> list[str]:
+    """The overrides that keep a test's runs and reports in its own folders."""
+    return [f"paths.runs={d['runs']}", f"paths.reports={d['reports']}"]
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """One intra-op thread for a module of tiny-model tests (ablate.testing.one_thread says why);
+    use with pytestmark = pytest.mark.usefixtures("single_thread")."""
+    from ablate.testing import one_thread
+
+    with one_thread():
+        yield
+
+
 @pytest.fixture
 def load_conf():
     """load_conf("data/shapes", key=value, ...): a conf/*.yaml file with dotted-key overrides."""

@@ -1,5 +1,4 @@
 """End to end through the `ablate` command, as a user runs it (subprocesses, smoke profile)."""
-import json
 import os
 import shutil
 import subprocess
@@ -9,23 +8,14 @@ from pathlib import Path
 import pytest
 
 from ablate.results import read_record
+from conftest import ablate, paths
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def ablate(*args, env=None, cwd=None):
-    full_env = dict(os.environ, **(env or {}))
-    return subprocess.run([sys.executable, "-m", "ablate.cli", *args], capture_output=True, text=True,
-                          env=full_env, cwd=cwd or REPO, timeout=600)
 
 
 @pytest.fixture
 def dirs(tmp_path, shapes_cache):
     return {"runs": tmp_path / "runs", "reports": tmp_path / "reports", "env": {"ABLATE_CACHE": str(shapes_cache)}}
-
-
-def paths(d):
-    return [f"paths.runs={d['runs']}", f"paths.reports={d['reports']}"]
 
 
 def test_help_lists_commands_without_importing_torch():

@@ -1,21 +1,12 @@
 """Each baseline builds from its config, trains one step on the CPU and predicts in the image frame."""
 import pytest
 import torch
-from omegaconf import OmegaConf
 from torchvision import models as tvm
 
-from ablate.config import conf_dir
+from ablate.testing import model_config
 from ablate.models import build_model, count_parameters, label_offset
 
 MODELS = ["fcos", "retinanet", "faster_rcnn"]
-
-
-def model_cfg(name, backbone="tiny", **backbone_overrides):
-    cfg = OmegaConf.load(conf_dir() / "model" / f"{name}.yaml")
-    cfg.pop("defaults")
-    cfg.backbone = OmegaConf.merge(OmegaConf.load(conf_dir() / "model" / "backbone" / f"{backbone}.yaml"),
-                                   backbone_overrides)
-    return cfg
 
 
 def batch(size=96, offset=0):
@@ -31,7 +22,7 @@ def batch(size=96, offset=0):
 @pytest.mark.parametrize("name", MODELS)
 def test_baseline_trains_one_step_and_predicts(name):
     torch.manual_seed(0)
-    cfg = model_cfg(name, width=8)
+    cfg = model_config(name, width=8)
     model = build_model(cfg, num_classes=2, image_size=96)
     offset = label_offset(cfg.family)
     images, targets = batch(offset=offset)
@@ -58,14 +49,14 @@ def test_baseline_trains_one_step_and_predicts(name):
 
 
 def test_one_stage_heads_have_no_background_channel_two_stage_heads_have_one():
-    fcos = build_model(model_cfg("fcos", width=8), num_classes=2, image_size=96)
+    fcos = build_model(model_config("fcos", width=8), num_classes=2, image_size=96)
     assert fcos.head.classification_head.num_classes == 2
-    frcnn = build_model(model_cfg("faster_rcnn", width=8), num_classes=2, image_size=96)
+    frcnn = build_model(model_config("faster_rcnn", width=8), num_classes=2, image_size=96)
     assert frcnn.roi_heads.box_predictor.cls_score.out_features == 3
 
 
 def test_model_input_is_not_resized():
-    model = build_model(model_cfg("fcos", width=8), num_classes=3, image_size=96)
+    model = build_model(model_config("fcos", width=8), num_classes=3, image_size=96)
     images, targets = batch()
     image_list, tgts = model.transform(images, [dict(t) for t in targets])
     assert image_list.image_sizes == [(96, 96), (80, 96)]
@@ -73,7 +64,7 @@ def test_model_input_is_not_resized():
 
 
 def test_head_convs_and_fpn_channels_follow_the_config():
-    cfg = model_cfg("fcos", width=8)
+    cfg = model_config("fcos", width=8)
     cfg.head_convs, cfg.fpn_channels = 2, 32
     model = build_model(cfg, num_classes=3, image_size=96)
     assert len(model.head.classification_head.conv) == 2 * 3  # conv, GroupNorm, ReLU per block
@@ -85,10 +76,10 @@ def test_head_convs_and_fpn_channels_follow_the_config():
 
 def test_unknown_backbone_and_missing_level_are_clear():
     with pytest.raises(ValueError, match="model.backbone.name='vgg'"):
-        cfg = model_cfg("fcos")
+        cfg = model_config("fcos")
         cfg.backbone.name = "vgg"
         build_model(cfg, 3, 96)
-    cfg = model_cfg("fcos", width=8)
+    cfg = model_config("fcos", width=8)
     cfg.levels = [4, 5, 6]
     with pytest.raises(ValueError, match=r"model.levels=\[4, 5, 6\].*no level \[6\]"):
         build_model(cfg, 3, 96)
@@ -102,7 +93,7 @@ def test_pretrained_weights_load_from_torch_hub_cache(tmp_path, monkeypatch):
     reference = tvm.resnet18().state_dict()
     (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
     torch.save(reference, tmp_path / "hub" / "checkpoints" / weights.url.rsplit("/", 1)[-1])
-    model = build_model(model_cfg("fcos", "resnet18", pretrained=True), num_classes=3, image_size=96)
+    model = build_model(model_config("fcos", "resnet18", pretrained=True), num_classes=3, image_size=96)
     body = model.backbone.body
     assert torch.equal(body.layer3[0].conv1.weight, reference["layer3.0.conv1.weight"])
     # torchvision's fine-tuning convention: frozen BN, early stages frozen (trainable_layers=3)
@@ -120,13 +111,13 @@ def test_pretrained_weights_offline_error_says_what_to_do(tmp_path, monkeypatch)
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
     with pytest.raises(RuntimeError, match=r"pretrained=true.*failed.*offline.*checkpoints/resnet18-.*pretrained=false"):
-        build_model(model_cfg("fcos", "resnet18", pretrained=True), num_classes=3, image_size=96)
+        build_model(model_config("fcos", "resnet18", pretrained=True), num_classes=3, image_size=96)
 
 
 # ---------------------------------------------------------------- FCOS box regression
 
 def fcos_with(box_regression):
-    cfg = model_cfg("fcos", width=8)
+    cfg = model_config("fcos", width=8)
     cfg.box_regression = box_regression
     torch.manual_seed(0)
     return build_model(cfg, num_classes=2, image_size=96)

@@ -3,21 +3,13 @@
 cases whose counts the rule fixes, although the draws are random (quotas and pools chosen so)."""
 import pytest
 import torch
-from omegaconf import OmegaConf
 from torchvision.models.detection._utils import BalancedPositiveNegativeSampler
 
-from ablate.config import conf_dir
-from ablate.models import build_model
-from ablate.tricks import build_tricks
+from ablate.testing import build_trick, tiny_batch, tiny_model
 from ablate.tricks.iou_balanced import IoUBalancedSampler
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def image(*negatives, positives=((1.0, 2),), ignored=0):
@@ -150,18 +142,9 @@ def test_plain_random_sampling_gives_a_different_iou_distribution():
     assert sum(easy) / 10 > 60  # about 254 / 3 of IoU 0
 
 
-def model_cfg(name):
-    cfg = OmegaConf.load(conf_dir() / "model" / f"{name}.yaml")
-    cfg.pop("defaults")
-    cfg.backbone = OmegaConf.merge(OmegaConf.load(conf_dir() / "model" / "backbone" / "tiny.yaml"), {"width": 8})
-    return cfg
-
-
 def test_trick_installs_the_sampler_in_faster_rcnn_and_a_training_forward_uses_it(monkeypatch):
-    torch.manual_seed(0)
-    model = build_model(model_cfg("faster_rcnn"), num_classes=2, image_size=96)
-    cfg = OmegaConf.create({"iou_balanced": OmegaConf.load(conf_dir() / "tricks" / "iou_balanced.yaml")})
-    trick = build_tricks(cfg, model_cfg("faster_rcnn"))[0]
+    model = tiny_model("faster_rcnn")
+    trick = build_trick("iou_balanced", "faster_rcnn")
     sampler = trick.on_model(model).roi_heads.fg_bg_sampler
     assert isinstance(sampler, IoUBalancedSampler)
     assert (sampler.num_bins, sampler.floor_thr, sampler.floor_fraction) == (3, 0.0, 0.0)  # conf defaults
@@ -177,11 +160,7 @@ def test_trick_installs_the_sampler_in_faster_rcnn_and_a_training_forward_uses_i
         return out
 
     monkeypatch.setattr(IoUBalancedSampler, "__call__", spy)
-    g = torch.Generator().manual_seed(0)
-    images = [torch.rand(3, 96, 96, generator=g), torch.rand(3, 80, 96, generator=g)]
-    targets = [{"boxes": torch.tensor([[10.0, 12.0, 50.0, 60.0], [40.0, 40.0, 80.0, 70.0]]),
-                "labels": torch.tensor([1, 2])},
-               {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}]
+    images, targets = tiny_batch("faster_rcnn")
     model.train()
     losses = model(images, targets)
     assert all(torch.isfinite(v) for v in losses.values())

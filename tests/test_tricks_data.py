@@ -5,26 +5,18 @@ import math
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 from scipy import stats
 
 from ablate.config import conf_dir
-from ablate.tricks import BatchContext, TrickConflictError, build_tricks
+from ablate.testing import batch_context, model_config, trick_config
+from ablate.tricks import BatchContext, TrickArgumentError, TrickConfigError, TrickConflictError, build_tricks
 from ablate.tricks.base import off_at_end
 from ablate.tricks.cutmix import CutMix, boxes_around, boxes_within, cut_pair, cut_pairs, cut_region
 from ablate.tricks.mixup import MixUp
 
 
-def trick_cfg(*names):
-    return OmegaConf.create({n: OmegaConf.load(conf_dir() / "tricks" / f"{n}.yaml") for n in names})
-
-
-def model_cfg(name):
-    return OmegaConf.load(conf_dir() / "model" / f"{name}.yaml")
-
-
 def ctx(seed=0, epoch=0, num_epochs=1):
-    return BatchContext(epoch=epoch, num_epochs=num_epochs, step=0, total_steps=1, rng=np.random.default_rng(seed))
+    return batch_context(seed=seed, epoch=epoch, num_epochs=num_epochs)
 
 
 def target(boxes, labels, **extra):
@@ -322,26 +314,25 @@ def test_prob_zero_and_single_image_batches_change_nothing():
     assert same == images[:1] and tg == targets[:1]
 
 
-def test_cutmix_rejects_bad_values():
-    with pytest.raises(ValueError, match="tricks.cutmix.alpha"):
-        cutmix(alpha=0)
-    with pytest.raises(ValueError, match="tricks.cutmix.prob"):
-        cutmix(prob=1.5)
-    with pytest.raises(ValueError, match="tricks.cutmix.min_visible"):
-        cutmix(min_visible=-0.1)
-    for bad in (-0.1, 1.5, "0.1", True):
-        with pytest.raises(ValueError, match=r"tricks.cutmix.off_last_fraction=.*: must be a number in \[0, 1\]"):
-            cutmix(off_last_fraction=bad)
+def test_cutmix_rejects_bad_values_naming_the_key_a_user_types():
+    cases = [("alpha", 0, r"must be a number > 0"), ("prob", 1.5, r"must be a number in \[0, 1\]"),
+             ("min_visible", -0.1, r"must be a number in \[0, 1\]")]
+    cases += [("off_last_fraction", bad, r"must be a number in \[0, 1\]") for bad in (-0.1, 1.5, "0.1", True)]
+    for arg, bad, why in cases:
+        with pytest.raises(TrickArgumentError, match=rf"^{arg}={bad!r}: {why}"):
+            cutmix(**{arg: bad})
+        with pytest.raises(TrickConfigError, match=rf"^tricks\.cutmix\.{arg}={bad!r}: {why} \(conf/tricks/cutmix.yaml"):
+            build_tricks(trick_config("cutmix", **{f"cutmix.{arg}": bad}), model_config("fcos"))
 
 
 def test_cutmix_yaml_builds_with_the_paper_defaults_and_conflicts_with_mixup():
     assert (conf_dir() / "tricks" / "cutmix.yaml").read_text().splitlines()[0] == "# @package tricks.cutmix"
-    (trick,) = build_tricks(trick_cfg("cutmix"), model_cfg("fcos"))
+    (trick,) = build_tricks(trick_config("cutmix"), model_config("fcos"))
     assert isinstance(trick, CutMix) and trick.name == "cutmix"
     assert (trick.alpha, trick.prob, trick.min_visible, trick.off_last_fraction) == (1.0, 1.0, 0.1, 0.0)
-    build_tricks(trick_cfg("cutmix"), model_cfg("faster_rcnn"))  # fits both families
+    build_tricks(trick_config("cutmix"), model_config("faster_rcnn"))  # fits both families
     with pytest.raises(TrickConflictError, match="'mixup' and 'cutmix' both claim the 'batch_mix' slot"):
-        build_tricks(trick_cfg("mixup", "cutmix"), model_cfg("fcos"))
+        build_tricks(trick_config("mixup", "cutmix"), model_config("fcos"))
 
 
 # ---------------------------------------------------------------- off_last_fraction
@@ -394,7 +385,7 @@ def test_off_last_fraction_of_200_epochs_is_off_from_epoch_180(make):
 
 
 def test_mixup_off_last_fraction_comes_from_its_yaml_and_is_checked():
-    (trick,) = build_tricks(trick_cfg("mixup"), model_cfg("fcos"))
+    (trick,) = build_tricks(trick_config("mixup"), model_config("fcos"))
     assert trick.off_last_fraction == 0.1  # GluonCV's 20 of 200 epochs
     images, targets = batch()
     # The default 9-epoch run: MixUp on in epoch 7 (the 8th), off in epoch 8 (the last).
@@ -402,11 +393,11 @@ def test_mixup_off_last_fraction_comes_from_its_yaml_and_is_checked():
     assert not any(torch.equal(a, b) for a, b in zip(out, images))
     out, _ = trick.on_batch(images, targets, ctx(seed=1, epoch=8, num_epochs=9))
     assert out is images
-    cfg = trick_cfg("mixup")
+    cfg = trick_config("mixup")
     cfg.mixup.off_last_fraction = 0.5
-    assert build_tricks(cfg, model_cfg("fcos"))[0].off_last_fraction == 0.5
+    assert build_tricks(cfg, model_config("fcos"))[0].off_last_fraction == 0.5
     for bad in (-0.1, 1.5, "0.1", True):
-        with pytest.raises(ValueError, match=r"tricks.mixup.off_last_fraction=.*: must be a number in \[0, 1\]"):
+        with pytest.raises(TrickArgumentError, match=r"^off_last_fraction=.*: must be a number in \[0, 1\]"):
             MixUp(alpha=1.5, prob=1.0, off_last_fraction=bad, loss_weights=True)
 
 

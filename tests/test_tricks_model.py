@@ -3,7 +3,6 @@ cases, and a few training steps of each on every baseline it fits."""
 import copy
 import math
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,63 +13,19 @@ from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.models.detection.roi_heads import RoIHeads
 
 from ablate.config import conf_dir
-from ablate.models import build_model, label_offset
+from ablate.testing import (batch_context, loss_history, model_config, really_on, tiny_batch, tiny_model,
+                            trick_config)
 from ablate.models.losses import CrossEntropyLoss, FocalLoss, smooth_binary_targets
-from ablate.tricks import BatchContext, TrickConflictError, build_tricks
+from ablate.tricks import TrickConflictError, build_tricks
 from ablate.tricks.dropblock import DropBlock, FittedDropBlock2d
 from ablate.tricks.ghm import GHMCLoss, GHMRLoss
 from ablate.tricks.mish import ACTIVATIONS, Mish, MishP6P7, MishTwoMLPHead
 from ablate.tricks.mixup import MixUp
 
 MODELS = ["fcos", "retinanet", "faster_rcnn"]
-FAMILY = {"fcos": "one_stage", "retinanet": "one_stage", "faster_rcnn": "two_stage"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: one intra-op thread is as fast, and far faster when another process
-    keeps the cores busy (two threads then wait on each other: 2 s instead of 0.03 s a forward)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def model_cfg(name):
-    cfg = OmegaConf.load(conf_dir() / "model" / f"{name}.yaml")
-    cfg.pop("defaults")
-    cfg.backbone = OmegaConf.merge(OmegaConf.load(conf_dir() / "model" / "backbone" / "tiny.yaml"), {"width": 8})
-    return cfg
-
-
-def trick_cfg(*names, **overrides):
-    cfg = OmegaConf.create({n: OmegaConf.load(conf_dir() / "tricks" / f"{n}.yaml") for n in names})
-    for key, value in overrides.items():
-        OmegaConf.update(cfg, key, value, merge=False)
-    return cfg
-
-
-def build(name, seed=0):
-    torch.manual_seed(seed)
-    return build_model(model_cfg(name), num_classes=2, image_size=96)
-
-
-def batch(name, weights=None):
-    """Two 96 px images (as tests/test_models.py): two boxes of dataset labels 1 and 2, and none."""
-    g = torch.Generator().manual_seed(0)
-    images = [torch.rand(3, 96, 96, generator=g), torch.rand(3, 80, 96, generator=g)]
-    offset = label_offset(FAMILY[name])
-    targets = [{"boxes": torch.tensor([[10.0, 12.0, 50.0, 60.0], [40.0, 40.0, 80.0, 70.0]]),
-                "labels": torch.tensor([1, 2]) - offset},
-               {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}]
-    if weights is not None:
-        targets[0]["weights"] = torch.tensor(weights, dtype=torch.float32)
-        targets[1]["weights"] = torch.zeros(0)
-    return images, targets
-
-
-def ctx(step, total):
-    return BatchContext(epoch=0, num_epochs=1, step=step, total_steps=total, rng=np.random.default_rng(0))
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def losses_of(model, images, targets, seed=0):
@@ -97,15 +52,15 @@ def torchvision_copy(model):
 
 @pytest.mark.parametrize("name", MODELS)
 def test_default_losses_are_exactly_torchvisions_and_unit_box_weights_change_nothing(name):
-    model = build(name)
+    model = tiny_model(name)
     plain = torchvision_copy(model)
-    images, targets = batch(name)
+    images, targets = tiny_batch(name)
     ours, theirs = losses_of(model, images, targets), losses_of(plain, images, targets)
     assert ours.keys() == theirs.keys()
     for k in ours:
         assert torch.equal(ours[k], theirs[k]), k
     # target["weights"] of ones sends the classification loss through the plumbing: same values
-    images, targets = batch(name, weights=[1.0, 1.0])
+    images, targets = tiny_batch(name, weights=[1.0, 1.0])
     weighted = losses_of(model, images, targets)
     for k in ours:
         assert weighted[k].item() == pytest.approx(theirs[k].item(), rel=1e-5, abs=1e-7), k
@@ -122,12 +77,12 @@ def test_box_weight_scales_every_loss_term_of_the_samples_matched_to_that_box(na
     of L(0) and L(1), L(1) is torchvision's loss, and L(0) < L(1) for each term (classification,
     box regression, centerness; the RPN's objectness and box terms too), as the Bag of Freebies
     code weights every loss of a mixed box."""
-    model = build(name)
+    model = tiny_model(name)
     out = {}
     for w in (0.0, 0.5, 1.0):
-        images, targets = batch(name, weights=[w, 1.0])
+        images, targets = tiny_batch(name, weights=[w, 1.0])
         out[w] = losses_of(model, images, targets)
-    reference = losses_of(model, *batch(name))
+    reference = losses_of(model, *tiny_batch(name))
     assert sorted(out[1.0]) == sorted(LOSS_KEYS[name])
     for key in LOSS_KEYS[name]:
         assert out[1.0][key].item() == pytest.approx(reference[key].item(), rel=1e-5), key
@@ -138,8 +93,8 @@ def test_box_weight_scales_every_loss_term_of_the_samples_matched_to_that_box(na
 def test_mixup_loss_weights_option_keeps_or_drops_the_box_weights():
     images = [torch.ones(3, 8, 8), torch.zeros(3, 8, 8)]
     targets = [{"boxes": torch.tensor([[0.0, 0.0, 4.0, 4.0]]), "labels": torch.tensor([1])} for _ in range(2)]
-    kept = MixUp(alpha=1.5, prob=1.0, off_last_fraction=0, loss_weights=True).on_batch(images, targets, ctx(0, 1))[1]
-    dropped = MixUp(alpha=1.5, prob=1.0, off_last_fraction=0, loss_weights=False).on_batch(images, targets, ctx(0, 1))[1]
+    kept = MixUp(alpha=1.5, prob=1.0, off_last_fraction=0, loss_weights=True).on_batch(images, targets, batch_context(0, 1))[1]
+    dropped = MixUp(alpha=1.5, prob=1.0, off_last_fraction=0, loss_weights=False).on_batch(images, targets, batch_context(0, 1))[1]
     assert all("weights" in t and len(t["weights"]) == 2 for t in kept)
     assert all("weights" not in t and len(t["boxes"]) == 2 for t in dropped)
     assert OmegaConf.load(conf_dir() / "tricks" / "mixup.yaml").loss_weights is True
@@ -240,8 +195,8 @@ def test_softmax_label_smoothing_cross_entropy_by_hand():
 
 def test_label_smoothing_sets_each_detectors_classification_loss():
     for name in MODELS:
-        model = build(name)
-        trick = build_tricks(trick_cfg("label_smoothing"), model_cfg(name))[0]
+        model = tiny_model(name)
+        trick = build_tricks(trick_config("label_smoothing"), model_config(name))[0]
         model = trick.on_model(model)
         loss = model.roi_heads.cls_loss if name == "faster_rcnn" else model.head.cls_loss
         assert isinstance(loss, CrossEntropyLoss if name == "faster_rcnn" else FocalLoss)
@@ -344,7 +299,7 @@ def test_ghmr_is_per_pyramid_level_and_weights_each_box():
 def test_one_stage_heads_tell_the_losses_each_samples_level(name):
     """The levels given to a loss: level l for the H_l x W_l x A samples of feature map l, in
     torchvision's order (levels concatenated)."""
-    model = build(name)
+    model = tiny_model(name)
     seen = {}
 
     class Spy(nn.Module):
@@ -352,7 +307,7 @@ def test_one_stage_heads_tell_the_losses_each_samples_level(name):
             seen["levels"], seen["n"] = levels, len(logits)
             return logits.sum() * 0
     model.head.cls_loss = Spy()
-    losses_of(model, *batch(name))
+    losses_of(model, *tiny_batch(name))
     sizes = model.head.level_sizes  # per image: 96 px -> 12x12, 6x6, 3x3, 2x2, 1x1 locations x anchors
     anchors = 1 if name == "fcos" else 9
     assert sizes == [n * anchors for n in (144, 36, 9, 4, 1)]
@@ -363,8 +318,8 @@ def test_one_stage_heads_tell_the_losses_each_samples_level(name):
 
 
 def test_ghm_replaces_the_one_stage_losses():
-    model = build("retinanet")
-    for trick in build_tricks(trick_cfg("ghm", "ghm_r"), model_cfg("retinanet")):
+    model = tiny_model("retinanet")
+    for trick in build_tricks(trick_config("ghm", "ghm_r"), model_config("retinanet")):
         model = trick.on_model(model)
     assert isinstance(model.head.cls_loss, GHMCLoss) and model.head.cls_loss.density.bins == 30
     assert model.head.cls_loss.density.momentum == 0.75
@@ -390,24 +345,24 @@ def test_dropblock_drops_the_scheduled_fraction_in_training_and_nothing_in_eval(
 
 def test_dropblock_keep_prob_falls_linearly_from_one_to_its_target():
     trick = DropBlock(keep_prob=0.9, block_size=7, levels=[4, 5])
-    model = trick.on_model(build("fcos"))
+    model = trick.on_model(tiny_model("fcos"))
     # tiny backbone: layer3 (stride 16) and layer4 (stride 32) have two BatchNorms each
     assert len(trick.blocks) == 4
     assert all(isinstance(m[1], FittedDropBlock2d) for m in model.backbone.body["layer4"].modules()
                if isinstance(m, nn.Sequential) and len(m) == 2 and isinstance(m[0], nn.BatchNorm2d))
     assert not any(isinstance(m, FittedDropBlock2d) for m in model.backbone.body["layer2"].modules())
     for step, keep in ((0, 1.0), (25, 0.975), (50, 0.95), (100, 0.9)):
-        trick.on_batch([], [], ctx(step, 101))
+        trick.on_batch([], [], batch_context(step, 101))
         assert trick.keep_prob_at(step, 101) == pytest.approx(keep)
         assert all(b.p == pytest.approx(1 - keep) for b in trick.blocks)
 
 
 def test_dropblock_is_off_in_eval_and_leaves_the_network_as_it_was():
-    model = build("fcos")
+    model = tiny_model("fcos")
     before = copy.deepcopy(model)
-    trick = build_tricks(trick_cfg("dropblock"), model_cfg("fcos"))[0]
+    trick = build_tricks(trick_config("dropblock"), model_config("fcos"))[0]
     model = trick.on_model(model)
-    trick.on_batch([], [], ctx(99, 100))  # the target drop rate
+    trick.on_batch([], [], batch_context(99, 100))  # the target drop rate
     x = torch.rand(2, 3, 96, 96)
     model.eval(), before.eval()
     with torch.no_grad():
@@ -425,9 +380,9 @@ def activations(module):
 
 
 def test_mish_backbone_only_leaves_neck_and_head_and_changes_outputs():
-    model = build("retinanet")
+    model = tiny_model("retinanet")
     before = copy.deepcopy(model)
-    trick = build_tricks(trick_cfg("mish"), model_cfg("retinanet"))[0]
+    trick = build_tricks(trick_config("mish"), model_config("retinanet"))[0]
     assert trick.parts == ["backbone"]
     model = trick.on_model(model)
     assert activations(model.backbone.body) == []
@@ -443,9 +398,9 @@ def test_mish_backbone_only_leaves_neck_and_head_and_changes_outputs():
 
 @pytest.mark.parametrize("name", ["fcos", "faster_rcnn"])
 def test_mish_everywhere_leaves_no_other_activation(name):
-    model = build(name)
+    model = tiny_model(name)
     before = copy.deepcopy(model)
-    trick = build_tricks(trick_cfg("mish", **{"mish.parts": ["backbone", "neck", "head"]}), model_cfg(name))[0]
+    trick = build_tricks(trick_config("mish", **{"mish.parts": ["backbone", "neck", "head"]}), model_config(name))[0]
     model = trick.on_model(model)
     assert activations(model) == []
     if name == "faster_rcnn":
@@ -453,7 +408,7 @@ def test_mish_everywhere_leaves_no_other_activation(name):
     else:
         assert isinstance(model.backbone.fpn.extra_blocks, MishP6P7)
     model.load_state_dict(before.state_dict())
-    images, _ = batch(name)
+    images, _ = tiny_batch(name)
     model.eval(), before.eval()
     with torch.no_grad():
         feats = model.backbone(torch.stack([images[0]]))
@@ -462,7 +417,7 @@ def test_mish_everywhere_leaves_no_other_activation(name):
 
 
 def test_mish_rejects_unknown_parts():
-    with pytest.raises(ValueError, match=r"tricks.mish.parts=\['body'\]: choose among"):
+    with pytest.raises(ValueError, match=r"parts=\['body'\]: choose among"):
         Mish(parts=["body"])
 
 
@@ -470,7 +425,7 @@ def test_mish_rejects_unknown_parts():
 
 def test_label_smoothing_and_ghm_both_claim_the_classification_loss():
     with pytest.raises(TrickConflictError, match="'label_smoothing' and 'ghm' both claim the 'cls_loss' slot"):
-        build_tricks(trick_cfg("label_smoothing", "ghm"), model_cfg("fcos"))
+        build_tricks(trick_config("label_smoothing", "ghm"), model_config("fcos"))
 
 
 @pytest.mark.parametrize("trick,name,needs", [("ghm", "faster_rcnn", "one_stage.*model=fcos or model=retinanet"),
@@ -480,14 +435,14 @@ def test_label_smoothing_and_ghm_both_claim_the_classification_loss():
                                               ("iou_balanced", "retinanet", "two_stage.*model=faster_rcnn")])
 def test_trick_on_a_detector_it_does_not_fit_stops_before_training(trick, name, needs):
     with pytest.raises(TrickConflictError, match=f"'{trick}' does not fit model={name}: it needs a {needs}"):
-        build_tricks(trick_cfg(trick), model_cfg(name))
+        build_tricks(trick_config(trick), model_config(name))
 
 
 def test_ghm_r_on_a_model_without_delta_regression_says_why():
-    trick = build_tricks(trick_cfg("ghm_r"), model_cfg("retinanet"))[0]
+    trick = build_tricks(trick_config("ghm_r"), model_config("retinanet"))[0]
     trick.name = "ghm_r"
     with pytest.raises(TrickConflictError, match="'ghm_r' does not fit FCOS.*model=retinanet.*GIoU"):
-        trick.on_model(build("fcos"))
+        trick.on_model(tiny_model("fcos"))
 
 
 # ---------------------------------------------------------------- a few training steps
@@ -498,38 +453,16 @@ COMBOS = [("retinanet", ["mixup", "ghm", "ghm_r", "dropblock"]),
           ("faster_rcnn", ["mixup", "label_smoothing", "iou_balanced", "mish"])]
 
 
-def train_steps(name, trick_names, steps=3):
-    tricks = build_tricks(trick_cfg(*trick_names), model_cfg(name))
-    model = build(name)
-    for trick in tricks:
-        model = trick.on_model(model)
-    params = [p.detach().clone() for p in model.parameters()]
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    model.train()
-    images, targets = batch(name)
-    history = []
-    for step in range(steps):
-        imgs, tgts = list(images), [dict(t) for t in targets]
-        for trick in tricks:
-            imgs, tgts = trick.on_batch(imgs, tgts, ctx(step, steps))
-        losses = model(imgs, tgts)
-        loss = sum(losses.values())
-        assert torch.isfinite(loss), (step, losses)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        history.append(loss.item())
-    assert any(not torch.equal(a, b) for a, b in zip(params, model.parameters()))
-    return history
-
-
 @pytest.mark.parametrize("trick,name", FITS)
 def test_trick_trains_on_each_baseline_it_fits(trick, name):
-    """A few steps train, and the trick changes them: the loss history differs from the baseline's
-    of the same seed and batch (it would not with the trick switched off)."""
-    assert train_steps(name, [trick]) != pytest.approx(train_steps(name, []), rel=1e-6)
+    """A few steps train with the trick really on: each hook it overrides runs, each slot it sets is
+    called, and the loss history differs from the baseline's of the same seed and batches (it
+    would not with the trick switched off)."""
+    really_on(trick, model=name)
 
 
 @pytest.mark.parametrize("name,trick_names", COMBOS)
 def test_compatible_tricks_train_together(name, trick_names):
-    assert train_steps(name, trick_names) != pytest.approx(train_steps(name, []), rel=1e-6)
+    history = loss_history(name, build_tricks(trick_config(*trick_names), model_config(name)))
+    assert all(math.isfinite(x) for x in history)
+    assert history != pytest.approx(loss_history(name, []), rel=1e-6)

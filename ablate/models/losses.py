@@ -1,22 +1,27 @@
-"""Loss plumbing: per-model places where a trick sets the classification loss, the box loss or
-the RoI sampler, and per-box weights honoured by every loss term, without touching torchvision's
+"""Loss plumbing: per-model places (slots) where a trick sets the classification loss, the box loss
+or the RoI sampler, and per-box weights honoured by every loss term, without touching torchvision's
 module-level functions.
 
 torchvision's heads compute their losses with module-level functions (`sigmoid_focal_loss` in
 fcos.py and retinanet.py, `fastrcnn_loss` in roi_heads.py). Patching those names would change
 every model in the process, and several runs of a sweep share one process. So the builders in
-detectors.py use the small subclasses below, whose slots are None by default:
+detectors.py use the small subclasses below. A trick sets a slot with `set_slot(model, slot, value)`,
+which raises LossSlotError naming the detector and its slots when it has no such slot; setting a
+loss-like attribute that is not a slot (`model.head.bbox_loss = ...`) raises too, so no setting is
+silently ignored. `current_slot(model, slot)` is what the slot computes now (the baseline's loss
+until a trick sets one), for a trick that wraps it.
 
-| model       | module                          | slots a trick may set                               |
-|-------------|---------------------------------|-----------------------------------------------------|
-| fcos        | model.head: FCOSLossHead        | cls_loss (a one-stage classification loss)          |
-| retinanet   | model.head: RetinaNetLossHead   | cls_loss, box_loss (on the encoded box deltas)      |
-| faster_rcnn | model.roi_heads: LossRoIHeads   | cls_loss (a two-stage one); fg_bg_sampler may take  |
-|             |                                 | the proposals' IoUs (a sampler with uses_iou=True)  |
+| slot        | fcos                        | retinanet                   | faster_rcnn                          |
+|-------------|-----------------------------|-----------------------------|--------------------------------------|
+| cls_loss    | model.head (focal loss)     | model.head (focal loss)     | model.roi_heads (softmax CE)         |
+| box_loss    | model.head (GIoU, boxes)    | model.head (L1, deltas)     | model.roi_heads (smooth L1, deltas)  |
+| roi_sampler | -                           | -                           | model.roi_heads.fg_bg_sampler        |
+| loss keys   | classification,             | classification,             | loss_objectness, loss_rpn_box_reg    |
+|             | bbox_regression,            | bbox_regression             | (RPN), loss_classifier, loss_box_reg |
+|             | bbox_ctrness                |                             | (RoI head)                           |
 
-Loss keys: fcos classification, bbox_regression, bbox_ctrness; retinanet classification,
-bbox_regression; faster_rcnn loss_objectness, loss_rpn_box_reg (RPN), loss_classifier,
-loss_box_reg (RoI head).
+box_loss is the loss under `bbox_regression` / `loss_box_reg`: the final head's, not the RPN's
+(as mmdetection's bbox_head.loss_bbox). FCOS's centerness loss and the RPN's losses are no slot.
 
 With no slot set and no target["weights"] in the batch, each subclass calls torchvision's own
 code: the baseline's losses are exactly torchvision's.
@@ -24,22 +29,26 @@ code: the baseline's losses are exactly torchvision's.
 Per-box weights (target["weights"], put there by MixUp): every loss term of a sample matched to a
 ground-truth box is multiplied by that box's weight, as the Bag of Freebies code does (GluonCV's
 YOLOV3Loss weights objectness, centre, scale and class losses by the mix ratio): FCOS's
-classification, GIoU and centerness of a positive location; RetinaNet's classification and box
+classification, box and centerness loss of a positive location; RetinaNet's classification and box
 loss of a positive anchor; Faster R-CNN's RPN objectness and box loss of a positive anchor and the
 RoI head's classification and box loss of a positive RoI. Background samples weigh 1; the
 normalizers stay torchvision's (counts of samples, not sums of weights).
 
 Loss interfaces (P samples of the whole batch; `levels` [P] is each sample's pyramid level 0..L-1,
-for losses computed per level as the GHM authors' code does):
+for losses computed per level as the GHM authors' code does; zeros for Faster R-CNN's RoIs):
 - one-stage classification: loss(logits [P, K], targets [P, K] in {0, 1}, box_weights [P],
   normalizer [P], levels [P]) -> scalar over the valid locations/anchors. `normalizer` is
   torchvision's: the number of foreground samples (FCOS: of the batch; RetinaNet: of the sample's
   image, times the number of images, as RetinaNet averages per-image losses).
-- one-stage box (RetinaNet): loss(pred [P, 4], target [P, 4], box_weights [P], normalizer [P],
-  levels [P]) -> scalar over the positive anchors, deltas encoded by the head's box coder,
-  normalizer as for classification.
 - two-stage classification: loss(logits [R, C], labels [R], box_weights [R]) -> scalar, over the
   sampled RoIs of the batch (label 0 is the background).
+- box (every detector): loss(pred [P, 4], target [P, 4], box_weights [P], normalizer [P],
+  levels [P]) -> scalar over the positive samples. The loss says which form it takes with its
+  class attribute `space`: "deltas" (the head's encoded regression: RetinaNet's and Faster R-CNN's
+  box coder, FCOS's distances to the sides in units of the anchor size) or "boxes" (decoded
+  x1, y1, x2, y2 in pixels, prediction and its matched ground-truth box: IoU-type losses). Every
+  detector gives both. `normalizer` is the detector's own (FCOS and RetinaNet as above; Faster
+  R-CNN: the number of sampled RoIs, positive and negative, of the batch).
 """
 from __future__ import annotations
 
@@ -48,9 +57,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection.fcos import FCOSHead
 from torchvision.models.detection.retinanet import RetinaNetHead
-from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss
+from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork
-from torchvision.ops import box_iou, generalized_box_iou_loss, sigmoid_focal_loss
+from torchvision.ops import box_iou, generalized_box_iou_loss
 
 
 def has_box_weights(targets) -> bool:
@@ -94,11 +103,6 @@ def soft_focal_loss(logits: Tensor, hard: Tensor, soft: Tensor, alpha: float = 0
     return loss
 
 
-def weighted_smooth_l1(pred: Tensor, target: Tensor, weights: Tensor) -> Tensor:
-    """torchvision's RPN / Fast R-CNN box term (smooth L1, beta 1/9, summed), each row weighted."""
-    return (F.smooth_l1_loss(pred, target, beta=1 / 9, reduction="none").sum(dim=1) * weights).sum()
-
-
 class FocalLoss(nn.Module):
     """The one-stage baseline's loss: torchvision's sigmoid_focal_loss with its defaults (alpha
     0.25, gamma 2, as FCOS and RetinaNet call it); with label smoothing, on the smoothed targets in
@@ -132,11 +136,79 @@ class CrossEntropyLoss(nn.Module):
 class L1BoxLoss(nn.Module):
     """RetinaNet's box loss as torchvision computes it (l1 on the encoded deltas, summed per image
     and divided by its foreground count, averaged over images), with per-box weights."""
+    space = "deltas"
 
     def forward(self, pred: Tensor, target: Tensor, box_weights: Tensor, normalizer: Tensor,
                 levels: Tensor | None = None) -> Tensor:
         per_sample = (pred - target).abs().sum(dim=1)
         return (per_sample * box_weights / normalizer).sum()
+
+
+class GIoUBoxLoss(nn.Module):
+    """FCOS's box loss as torchvision computes it: the GIoU loss of each positive location's
+    decoded box against its ground-truth box, summed and divided by the foreground count."""
+    space = "boxes"
+
+    def forward(self, pred: Tensor, target: Tensor, box_weights: Tensor, normalizer: Tensor,
+                levels: Tensor | None = None) -> Tensor:
+        per_sample = generalized_box_iou_loss(pred, target, reduction="none")
+        return (per_sample * box_weights / normalizer).sum()
+
+
+class SmoothL1BoxLoss(nn.Module):
+    """Faster R-CNN's RoI box loss as torchvision's fastrcnn_loss computes it: smooth L1 (beta 1/9)
+    on the encoded deltas of the positive RoIs, summed and divided by the number of sampled RoIs
+    (the RPN's box loss is the same term over its sampled anchors)."""
+    space = "deltas"
+
+    def forward(self, pred: Tensor, target: Tensor, box_weights: Tensor, normalizer: Tensor,
+                levels: Tensor | None = None) -> Tensor:
+        per_sample = F.smooth_l1_loss(pred, target, beta=1 / 9, reduction="none").sum(dim=1)
+        return (per_sample * box_weights / normalizer).sum()
+
+
+class ScaledLoss(nn.Module):
+    """A slot's loss times a constant factor (a loss weight), in the same form (`space`) as the
+    loss it wraps."""
+
+    def __init__(self, inner: nn.Module, factor: float):
+        super().__init__()
+        self.inner, self.factor = inner, float(factor)
+        if hasattr(inner, "space"):
+            self.space = inner.space
+
+    def forward(self, *args: Tensor) -> Tensor:
+        return self.factor * self.inner(*args)
+
+
+BOX_SPACES = ("deltas", "boxes")
+
+
+class LossSlotError(AttributeError):
+    """A loss slot the detector does not have, or a loss that does not fit the slot."""
+
+
+class LossSlots:
+    """Mixin of the modules that hold loss slots: `slot_attrs` maps each slot this module holds to
+    its attribute; `default_loss(slot)` is the baseline's loss of the slot. Setting an attribute
+    that looks like a slot (…_loss, …_sampler) but is none raises: a trick cannot set it in vain."""
+
+    slot_attrs: dict[str, str] = {}
+    detector = ""
+
+    def __setattr__(self, name, value):
+        if ((name.endswith("_loss") or name.endswith("_sampler")) and name not in self.slot_attrs.values()
+                and not hasattr(self, name)):
+            raise LossSlotError(f"{self.detector} has no loss slot '{name}' on {type(self).__name__}; its slots: "
+                                f"{describe_slots(self)} (set one with ablate.models.losses.set_slot)")
+        super().__setattr__(name, value)
+
+    def default_loss(self, slot: str) -> nn.Module:
+        raise NotImplementedError
+
+
+def describe_slots(holder: LossSlots) -> str:
+    return ", ".join(f"{slot} (.{attr})" for slot, attr in holder.slot_attrs.items())
 
 
 def _one_stage_samples(targets, matched_idxs, num_classes: int, dtype, ignore: int | None):
@@ -166,20 +238,27 @@ class _LevelSizes:
         return torch.repeat_interleave(torch.arange(len(self.level_sizes), device=device), sizes)
 
 
-class FCOSLossHead(_LevelSizes, FCOSHead):
-    """torchvision's FCOS head with a settable classification loss and per-box weights on all
-    three losses (see the module docstring)."""
+class FCOSLossHead(LossSlots, _LevelSizes, FCOSHead):
+    """torchvision's FCOS head with settable classification and box losses and per-box weights on
+    all three losses (see the module docstring)."""
+
+    slot_attrs = {"cls_loss": "cls_loss", "box_loss": "box_loss"}
+    detector = "fcos"
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.cls_loss: nn.Module | None = None
+        self.box_loss: nn.Module | None = None
+
+    def default_loss(self, slot: str) -> nn.Module:
+        return {"cls_loss": FocalLoss, "box_loss": GIoUBoxLoss}[slot]()
 
     def forward(self, x: list[Tensor]) -> dict[str, Tensor]:
         self.remember_levels(x, self.classification_head.num_anchors)
         return super().forward(x)
 
     def compute_loss(self, targets, head_outputs, anchors, matched_idxs):
-        if self.cls_loss is None and not has_box_weights(targets):
+        if self.cls_loss is None and self.box_loss is None and not has_box_weights(targets):
             return super().compute_loss(targets, head_outputs, anchors, matched_idxs)
         logits = head_outputs["cls_logits"]  # [N, A, K]
         samples = _one_stage_samples(targets, matched_idxs, logits.shape[-1], logits.dtype, ignore=None)
@@ -189,33 +268,45 @@ class FCOSLossHead(_LevelSizes, FCOSHead):
         num_foreground = max(1, int(fg.sum()))
         levels = self.sample_levels(logits.device).repeat(len(targets))
         normalizer = weights.new_full(weights.shape, num_foreground)
-        loss_fn = self.cls_loss if self.cls_loss is not None else FocalLoss()
-        loss_cls = loss_fn(logits.flatten(0, 1), cls_targets, weights, normalizer, levels)
+        cls_fn = self.cls_loss if self.cls_loss is not None else FocalLoss()
+        loss_cls = cls_fn(logits.flatten(0, 1), cls_targets, weights, normalizer, levels)
 
-        # torchvision's GIoU and centerness losses, each positive location weighted by its box
+        # the box loss (torchvision's GIoU by default) and torchvision's centerness loss, each
+        # positive location weighted by its box
         gt_boxes = torch.cat([t["boxes"][m.clip(min=0)] if len(t["boxes"]) else t["boxes"].new_zeros((len(m), 4))
                               for t, m in zip(targets, matched_idxs)])
         flat_anchors = torch.cat(anchors)
-        pred_boxes = self.box_coder.decode(head_outputs["bbox_regression"].flatten(0, 1), flat_anchors)
-        giou = generalized_box_iou_loss(pred_boxes[fg], gt_boxes[fg], reduction="none")
+        reg = head_outputs["bbox_regression"].flatten(0, 1)
         reg_targets = self.box_coder.encode(flat_anchors[fg], gt_boxes[fg])
+        box_fn = self.box_loss if self.box_loss is not None else GIoUBoxLoss()
+        if box_fn.space == "boxes":
+            pred, target = self.box_coder.decode(reg[fg], flat_anchors[fg]), gt_boxes[fg]
+        else:
+            pred, target = reg[fg], reg_targets
+        loss_box = box_fn(pred, target, weights[fg], normalizer[fg], levels[fg])
         lr, tb = reg_targets[:, [0, 2]], reg_targets[:, [1, 3]]
         ctr_targets = torch.sqrt((lr.min(dim=-1)[0] / lr.max(dim=-1)[0]) * (tb.min(dim=-1)[0] / tb.max(dim=-1)[0]))
         ctr = F.binary_cross_entropy_with_logits(head_outputs["bbox_ctrness"].flatten(0, 1)[fg, 0], ctr_targets,
                                                  reduction="none")
         return {"classification": loss_cls,
-                "bbox_regression": (giou * weights[fg]).sum() / num_foreground,
+                "bbox_regression": loss_box,
                 "bbox_ctrness": (ctr * weights[fg]).sum() / num_foreground}
 
 
-class RetinaNetLossHead(_LevelSizes, RetinaNetHead):
+class RetinaNetLossHead(LossSlots, _LevelSizes, RetinaNetHead):
     """torchvision's RetinaNet head with a settable classification loss and box loss, and per-box
     weights on both."""
+
+    slot_attrs = {"cls_loss": "cls_loss", "box_loss": "box_loss"}
+    detector = "retinanet"
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.cls_loss: nn.Module | None = None
         self.box_loss: nn.Module | None = None
+
+    def default_loss(self, slot: str) -> nn.Module:
+        return {"cls_loss": FocalLoss, "box_loss": L1BoxLoss}[slot]()
 
     def forward(self, x):
         self.remember_levels(x, self.classification_head.num_anchors)
@@ -229,6 +320,7 @@ class RetinaNetLossHead(_LevelSizes, RetinaNetHead):
         samples = _one_stage_samples(targets, matched_idxs, cls_logits.shape[-1], cls_logits.dtype, ignore)
         levels = self.sample_levels(cls_logits.device)
         coder = self.regression_head.box_coder
+        box_fn = self.box_loss if self.box_loss is not None else L1BoxLoss()
         cls_parts = {k: [] for k in ("logits", "targets", "weights", "normalizer", "levels")}
         box_parts = {k: [] for k in ("pred", "target", "weights", "normalizer", "levels")}
         for t, logits_i, reg_i, anchors_i, matched, (targets_i, weights_i, fg, valid) in zip(
@@ -240,8 +332,12 @@ class RetinaNetLossHead(_LevelSizes, RetinaNetHead):
             cls_parts["weights"].append(weights_i[valid])
             cls_parts["normalizer"].append(weights_i.new_full((int(valid.sum()),), norm))
             cls_parts["levels"].append(levels[valid])
-            box_parts["pred"].append(reg_i[fg])
-            box_parts["target"].append(coder.encode_single(t["boxes"][matched[fg]], anchors_i[fg]))
+            if box_fn.space == "boxes":
+                box_parts["pred"].append(coder.decode_single(reg_i[fg], anchors_i[fg]))
+                box_parts["target"].append(t["boxes"][matched[fg]])
+            else:
+                box_parts["pred"].append(reg_i[fg])
+                box_parts["target"].append(coder.encode_single(t["boxes"][matched[fg]], anchors_i[fg]))
             box_parts["weights"].append(weights_i[fg])
             box_parts["normalizer"].append(weights_i.new_full((int(fg.sum()),), norm))
             box_parts["levels"].append(levels[fg])
@@ -249,7 +345,6 @@ class RetinaNetLossHead(_LevelSizes, RetinaNetHead):
         if self.box_loss is None and self.regression_head._loss_type != "l1":
             raise ValueError(f"per-box weights need RetinaNet's l1 box loss; this head uses "
                              f"{self.regression_head._loss_type!r}")
-        box_fn = self.box_loss if self.box_loss is not None else L1BoxLoss()
         return {"classification": cls_fn(*(torch.cat(v) for v in cls_parts.values())),
                 "bbox_regression": box_fn(*(torch.cat(v) for v in box_parts.values()))}
 
@@ -289,16 +384,19 @@ class LossRPN(RegionProposalNetwork):
         sampled = torch.cat([sampled_pos, sampled_neg], dim=0)
         weights = torch.cat(self.anchor_weights).to(objectness.dtype)
         labels, regression_targets = torch.cat(labels, dim=0), torch.cat(regression_targets, dim=0)
-        box_loss = weighted_smooth_l1(pred_bbox_deltas[sampled_pos], regression_targets[sampled_pos],
-                                      weights[sampled_pos]) / sampled.numel()
+        box_loss = SmoothL1BoxLoss()(pred_bbox_deltas[sampled_pos], regression_targets[sampled_pos],
+                                     weights[sampled_pos], weights.new_full((len(sampled_pos),), sampled.numel()))
         bce = F.binary_cross_entropy_with_logits(objectness.flatten()[sampled], labels[sampled], reduction="none")
         return (bce * weights[sampled]).mean(), box_loss
 
 
-class LossRoIHeads(RoIHeads):
-    """torchvision's RoI heads (boxes only) with a settable classification loss, per-box weights
-    on both RoI losses, and a sampler that may take each proposal's largest IoU with the ground
-    truth."""
+class LossRoIHeads(LossSlots, RoIHeads):
+    """torchvision's RoI heads (boxes only) with settable classification and box losses, per-box
+    weights on both RoI losses, and a sampler that may take each proposal's largest IoU with the
+    ground truth."""
+
+    slot_attrs = {"cls_loss": "cls_loss", "box_loss": "box_loss", "roi_sampler": "fg_bg_sampler"}
+    detector = "faster_rcnn"
 
     @classmethod
     def from_roi_heads(cls, old: RoIHeads) -> "LossRoIHeads":
@@ -315,6 +413,12 @@ class LossRoIHeads(RoIHeads):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.cls_loss: nn.Module | None = None
+        self.box_loss: nn.Module | None = None
+
+    def default_loss(self, slot: str) -> nn.Module:
+        if slot == "roi_sampler":
+            return self.fg_bg_sampler
+        return {"cls_loss": CrossEntropyLoss, "box_loss": SmoothL1BoxLoss}[slot]()
 
     def select_training_samples(self, proposals, targets):
         if not getattr(self.fg_bg_sampler, "uses_iou", False):
@@ -340,7 +444,7 @@ class LossRoIHeads(RoIHeads):
 
     def forward(self, features, proposals, image_shapes, targets=None):
         weighted = has_box_weights(targets)
-        if not self.training or (self.cls_loss is None and not weighted):
+        if not self.training or (self.cls_loss is None and self.box_loss is None and not weighted):
             return super().forward(features, proposals, image_shapes, targets)
         # Training with a loss of our own or weighted boxes: torchvision's box branch, our losses.
         proposals, matched_idxs, labels, regression_targets = self.select_training_samples(proposals, targets)
@@ -348,23 +452,31 @@ class LossRoIHeads(RoIHeads):
         class_logits, box_regression = self.box_predictor(box_features)
         weights = torch.cat([box_weights_of(t, m, l > 0, class_logits.dtype)
                              for t, m, l in zip(targets, matched_idxs, labels)])
-        if weighted:
-            loss_box_reg = self.weighted_box_loss(box_regression, labels, regression_targets, weights)
-        else:
-            _, loss_box_reg = fastrcnn_loss(class_logits, box_regression, labels, regression_targets)
+        loss_box_reg = self.box_loss_of(box_regression, proposals, matched_idxs, labels, regression_targets,
+                                        targets, weights)
         loss_fn = self.cls_loss if self.cls_loss is not None else CrossEntropyLoss()
         loss_classifier = loss_fn(class_logits, torch.cat(labels), weights)
         return [], {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}
 
-    @staticmethod
-    def weighted_box_loss(box_regression, labels, regression_targets, weights) -> Tensor:
-        """fastrcnn_loss's box term (smooth L1, beta 1/9, summed over positives, divided by the
-        number of sampled RoIs), each positive RoI weighted."""
-        labels, regression_targets = torch.cat(labels), torch.cat(regression_targets)
-        pos = torch.where(labels > 0)[0]
-        box_regression = box_regression.reshape(len(labels), box_regression.size(-1) // 4, 4)
-        box = weighted_smooth_l1(box_regression[pos, labels[pos]], regression_targets[pos], weights[pos])
-        return box / labels.numel()
+    def box_loss_of(self, box_regression, proposals, matched_idxs, labels, regression_targets, targets,
+                    weights) -> Tensor:
+        """The box loss over the positive RoIs (fastrcnn_loss's smooth L1 by default), each
+        weighted by its box, on the class-specific deltas of the RoI's label or on the boxes they
+        decode to, normalised by the number of sampled RoIs as fastrcnn_loss does."""
+        box_fn = self.box_loss if self.box_loss is not None else SmoothL1BoxLoss()
+        sampled = sum(len(x) for x in labels)
+        labels_cat = torch.cat(labels)
+        pos = torch.where(labels_cat > 0)[0]
+        box_regression = box_regression.reshape(sampled, box_regression.size(-1) // 4, 4)
+        pred = box_regression[pos, labels_cat[pos]]
+        if box_fn.space == "boxes":
+            pred = self.box_coder.decode_single(pred, torch.cat(proposals)[pos])
+            target = torch.cat([t["boxes"][m] if len(t["boxes"]) else t["boxes"].new_zeros((len(m), 4))
+                                for t, m in zip(targets, matched_idxs)])[pos].to(pred.dtype)
+        else:
+            target = torch.cat(regression_targets)[pos]
+        normalizer = pred.new_full((len(pos),), sampled)
+        return box_fn(pred, target, weights[pos], normalizer, torch.zeros_like(pos))
 
 
 def one_stage_head(model: nn.Module) -> FCOSLossHead | RetinaNetLossHead:
@@ -375,21 +487,46 @@ def one_stage_head(model: nn.Module) -> FCOSLossHead | RetinaNetLossHead:
     return head
 
 
-def two_stage_roi_heads(model: nn.Module) -> LossRoIHeads:
-    roi_heads = getattr(model, "roi_heads", None)
-    if not isinstance(roi_heads, LossRoIHeads):
-        raise TypeError(f"{type(model).__name__} has no LossRoIHeads; build it with ablate.models.build_model")
-    return roi_heads
+def slot_holders(model: nn.Module) -> dict[str, LossSlots]:
+    """Slot name -> the module of `model` that holds it (its head or RoI heads)."""
+    holders = {}
+    for module in (getattr(model, "head", None), getattr(model, "roi_heads", None)):
+        if isinstance(module, LossSlots):
+            holders.update({slot: module for slot in module.slot_attrs})
+    return holders
+
+
+def _holder(model: nn.Module, slot: str) -> LossSlots:
+    holders = slot_holders(model)
+    if slot not in holders:
+        name = next((h.detector for h in holders.values()), type(model).__name__)
+        have = ", ".join(holders) or "none (build it with ablate.models.build_model)"
+        raise LossSlotError(f"{name} has no '{slot}' slot; its slots: {have}")
+    return holders[slot]
+
+
+def set_slot(model: nn.Module, slot: str, value) -> None:
+    """Put `value` (a loss, or a sampler) in the detector's `slot` (cls_loss, box_loss, roi_sampler;
+    see the table above). A box loss must say which form it takes (space = "deltas" or "boxes")."""
+    holder = _holder(model, slot)
+    if slot == "box_loss" and getattr(value, "space", None) not in BOX_SPACES:
+        raise LossSlotError(f"a box loss must declare space = 'deltas' or 'boxes' (the form of box it takes); "
+                            f"{type(value).__name__} has space={getattr(value, 'space', None)!r}")
+    setattr(holder, holder.slot_attrs[slot], value)
+
+
+def current_slot(model: nn.Module, slot: str):
+    """What the detector's `slot` computes now: the loss a trick set there, else the baseline's."""
+    holder = _holder(model, slot)
+    value = getattr(holder, holder.slot_attrs[slot])
+    return value if value is not None else holder.default_loss(slot)
 
 
 def set_cls_loss(model: nn.Module, one_stage: nn.Module | None, two_stage: nn.Module | None) -> None:
-    """Set the classification loss of whichever kind of detector `model` is."""
-    if isinstance(getattr(model, "roi_heads", None), LossRoIHeads):
-        if two_stage is None:
-            raise TypeError("this loss has no two-stage form")
-        model.roi_heads.cls_loss = two_stage
-    else:
-        head = one_stage_head(model)
-        if one_stage is None:
-            raise TypeError("this loss has no one-stage form")
-        head.cls_loss = one_stage
+    """Set the classification loss of whichever kind of detector `model` is: a one-stage form
+    (sigmoid, K classes) or a two-stage one (softmax over K + 1)."""
+    two_stage_model = isinstance(getattr(model, "roi_heads", None), LossRoIHeads)
+    loss = two_stage if two_stage_model else one_stage
+    if loss is None:
+        raise LossSlotError(f"this loss has no {'two' if two_stage_model else 'one'}-stage form")
+    set_slot(model, "cls_loss", loss)

@@ -1,13 +1,35 @@
 """Tricks: built from cfg.tricks, checked against each other and against the detector."""
 from __future__ import annotations
 
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
-from .base import FAMILY_EXAMPLES, BatchContext, Trick
+from .base import (FAMILY_EXAMPLES, SLOTS, BatchContext, LRFactor, Trick, TrickArgumentError, check_choice, check_fraction,
+                   check_number)
 
 
 class TrickConflictError(ValueError):
-    """Two tricks claim one slot, or a trick does not fit the detector."""
+    """Two tricks claim one slot, a trick claims a slot that does not exist, or a trick does not fit
+    the detector."""
+
+
+class TrickConfigError(ValueError):
+    """A trick's config its class cannot be built from: an argument out of range, unknown or missing."""
+
+
+def instantiate_trick(name: str, node) -> Trick:
+    """The trick of cfg.tricks.<name>; an argument its class refuses is named as the user types it,
+    tricks.<name>.<arg>, with the file it comes from."""
+    where = f"conf/tricks/{name}.yaml or an override tricks.{name}.<arg>=..."
+    try:
+        return instantiate(node, _convert_="all")
+    except InstantiationException as e:
+        cause = e.__cause__
+        if isinstance(cause, TrickArgumentError):
+            raise TrickConfigError(f"{cause.message(f'tricks.{name}.')} ({where})") from None
+        if isinstance(cause, (TypeError, ValueError)):
+            raise TrickConfigError(f"tricks.{name} ({node._target_}): {cause} ({where})") from None
+        raise
 
 
 def build_tricks(cfg_tricks, cfg_model) -> list[Trick]:
@@ -18,7 +40,7 @@ def build_tricks(cfg_tricks, cfg_model) -> list[Trick]:
         if node is None or "_target_" not in node:
             raise ValueError(f"tricks.{name}: conf/tricks/{name}.yaml must set _target_ (the trick's class) "
                              f"and start with '# @package tricks.{name}'")
-        trick = instantiate(node, _convert_="all")
+        trick = instantiate_trick(str(name), node)
         if not isinstance(trick, Trick):
             raise TypeError(f"tricks.{name}: {node._target_} is not an ablate.tricks.Trick")
         trick.name = str(name)
@@ -27,8 +49,24 @@ def build_tricks(cfg_tricks, cfg_model) -> list[Trick]:
     return tricks
 
 
+def lr_factor(main: LRFactor, tricks: list[Trick], total_steps: int) -> LRFactor:
+    """The LR factor per iteration: the main schedule through each trick's on_lr_factor, those that
+    replace the schedule (claim lr_schedule) first, then the others (warmup) in selection order, so
+    a warmup multiplies whichever schedule runs, whatever the order the tricks were selected in."""
+    ordered = [t for t in tricks if "lr_schedule" in t.claims] + [t for t in tricks if "lr_schedule" not in t.claims]
+    for trick in ordered:
+        main = trick.on_lr_factor(main, total_steps)
+    return main
+
+
 def check_compatible(tricks: list[Trick], family: str, model_name: str) -> None:
     for trick in tricks:
+        unknown = [slot for slot in trick.claims if slot not in SLOTS]
+        if unknown:
+            raise TrickConflictError(
+                f"trick '{trick.name}' ({type(trick).__module__}.{type(trick).__name__}) claims unknown slot(s) "
+                f"{', '.join(map(repr, unknown))}; the slots are {', '.join(SLOTS)} (ablate/tricks/base.py SLOTS: "
+                "add a new one there, with what it means)")
         if family not in trick.fits and model_name not in trick.fits:
             needed = " or ".join(trick.fits)
             examples = " or ".join(FAMILY_EXAMPLES.get(f, f"model={f}") for f in trick.fits)
@@ -44,4 +82,5 @@ def check_compatible(tricks: list[Trick], family: str, model_name: str) -> None:
             owner[slot] = trick.name
 
 
-__all__ = ["BatchContext", "Trick", "TrickConflictError", "build_tricks", "check_compatible"]
+__all__ = ["SLOTS", "BatchContext", "Trick", "TrickArgumentError", "TrickConfigError", "TrickConflictError",
+           "build_tricks", "lr_factor", "check_choice", "check_compatible", "check_fraction", "check_number"]

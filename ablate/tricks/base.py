@@ -15,6 +15,24 @@ import torch
 from torch import nn
 
 FAMILIES = ("one_stage", "two_stage")
+
+# The slots a trick may claim: what it changes, one owner per run. Declared here, in one place, so
+# a typo ("box-loss") is an error rather than a new slot that conflicts with nothing. The loss
+# slots are also places on the detector (ablate/models/losses.py: LOSS_SLOTS says which detector
+# has which). A trick that changes something no slot names adds its slot here, with one line.
+SLOTS = {
+    "lr_warmup": "the warm-up ramp multiplied into the LR schedule (on_lr_factor)",
+    "lr_schedule": "the main LR schedule's shape (on_lr_factor)",
+    "batch_mix": "images of a batch mixed with each other (on_batch: MixUp, CutMix)",
+    "batch_erase": "regions of each training image erased (on_batch: Cutout, random erasing)",
+    "batch_color": "the training images' colours changed (on_batch: photometric distortion, grayscale)",
+    "cls_loss": "the detector's classification loss (on_model, models/losses.py)",
+    "box_loss": "the detector's box-regression loss (on_model, models/losses.py)",
+    "roi_sampler": "the sampler of RoIs for the two-stage box head (on_model, models/losses.py)",
+    "backbone_dropout": "structured dropout inserted in the backbone (on_model: DropBlock)",
+    "activation": "the network's activation function (on_model: Mish)",
+    "normalization": "the network's normalisation layers (on_model: frozen BN, GN, FRN)",
+}
 # What to select instead when a trick does not fit the detector.
 FAMILY_EXAMPLES = {"one_stage": "model=fcos or model=retinanet", "two_stage": "model=faster_rcnn"}
 
@@ -40,11 +58,55 @@ def round_half_up(x: float) -> int:
     return math.floor(round(x, 9) + 0.5)
 
 
-def check_fraction(key: str, value: float) -> float:
-    """`value` as a float when 0 <= value <= 1, else ValueError naming `key` (e.g. tricks.mixup.off_last_fraction)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-        raise ValueError(f"{key}={value!r}: must be a number in [0, 1]")
-    return float(value)
+class TrickArgumentError(ValueError):
+    """A trick's argument that its class cannot take. The class names the argument(s) alone, as its
+    __init__ knows them; build_tricks re-raises it as tricks.<name>.<arg>, the key a user types
+    (one class may serve several trick files, e.g. GHM-C and GHM-R, or a family of activations)."""
+
+    def __init__(self, args: dict[str, Any], requirement: str):
+        self.values, self.requirement = dict(args), requirement  # not .args: BaseException's
+        super().__init__(self.message())
+
+    def message(self, prefix: str = "") -> str:
+        named = " and ".join(f"{prefix}{k}={v!r}" for k, v in self.values.items())
+        return f"{named}: {self.requirement.replace('{prefix}', prefix)}"
+
+
+def check_number(arg: str, value: Any, low: float | None = None, high: float | None = None, *,
+                 low_open: bool = False, high_open: bool = False, integer: bool = False) -> float | int:
+    """`value` as a number (an int when `integer`) within [low, high] (an open end where said),
+    else TrickArgumentError naming `arg`; None for low or high leaves that side unbounded."""
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    if ok and integer:
+        ok = int(value) == value
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        kind = "an integer" if integer else "a number"
+        if low is not None and high is not None:
+            where = f" in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        elif low is not None:
+            where = f" {'>' if low_open else '>='} {low:g}"
+        elif high is not None:
+            where = f" {'<' if high_open else '<='} {high:g}"
+        else:
+            where = ""
+        raise TrickArgumentError({arg: value}, f"must be {kind}{where}")
+    return int(value) if integer else float(value)
+
+
+def check_fraction(arg: str, value: Any) -> float:
+    """`value` as a float when 0 <= value <= 1, else TrickArgumentError naming `arg`."""
+    return check_number(arg, value, 0, 1)
+
+
+def check_choice(arg: str, value: Any, choices: tuple | list) -> Any:
+    """`value` when it is one of `choices`, else TrickArgumentError listing them."""
+    if value not in choices:
+        raise TrickArgumentError({arg: value}, f"choose one of {', '.join(map(str, choices))}")
+    return value
 
 
 def off_at_end(off_last_fraction: float, epoch: int, num_epochs: int) -> bool:
@@ -78,7 +140,7 @@ def mix_with_partners(images: Images, targets: Targets, ctx: BatchContext, prob:
 
 
 class Trick:
-    #: Slots this trick changes, e.g. "lr_warmup", "batch_mix", "cls_loss".
+    #: Slots this trick changes: names from SLOTS, e.g. "lr_warmup", "batch_mix", "cls_loss".
     claims: ClassVar[tuple[str, ...]] = ()
     #: Detector families (cfg.model.family) or models (cfg.model.name) this trick applies to.
     fits: ClassVar[tuple[str, ...]] = FAMILIES

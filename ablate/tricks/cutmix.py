@@ -53,7 +53,8 @@ import math
 
 import torch
 
-from .base import BatchContext, Images, Targets, Trick, check_fraction, off_at_end, plan_partners
+from .base import (BatchContext, Images, Targets, Trick, check_fraction, check_number, off_at_end,
+                   plan_partners)
 
 Region = tuple[int, int, int, int]  # x0, y0, x1, y1: the pixels [x0, x1) x [y0, y1)
 
@@ -185,14 +186,10 @@ class CutMix(Trick):
     claims = ("batch_mix",)
 
     def __init__(self, alpha: float, prob: float, min_visible: float, off_last_fraction: float):
-        if alpha <= 0:
-            raise ValueError(f"tricks.cutmix.alpha={alpha}: must be > 0")
-        if not 0 <= prob <= 1:
-            raise ValueError(f"tricks.cutmix.prob={prob}: must be in [0, 1]")
-        if not 0 <= min_visible <= 1:
-            raise ValueError(f"tricks.cutmix.min_visible={min_visible}: must be in [0, 1]")
-        self.alpha, self.prob, self.min_visible = alpha, prob, min_visible
-        self.off_last_fraction = check_fraction("tricks.cutmix.off_last_fraction", off_last_fraction)
+        self.alpha = check_number("alpha", alpha, 0, low_open=True)
+        self.prob = check_fraction("prob", prob)
+        self.min_visible = check_fraction("min_visible", min_visible)
+        self.off_last_fraction = check_fraction("off_last_fraction", off_last_fraction)
 
     def on_batch(self, images: Images, targets: Targets, ctx: BatchContext) -> tuple[Images, Targets]:
         if off_at_end(self.off_last_fraction, ctx.epoch, ctx.num_epochs):

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import DropBlock2d, FrozenBatchNorm2d, drop_block2d
 
-from .base import BatchContext, Images, Targets, Trick
+from .base import BatchContext, Images, Targets, Trick, TrickArgumentError, check_number
 
 NORMS = (nn.modules.batchnorm._BatchNorm, FrozenBatchNorm2d, nn.GroupNorm)
 
@@ -52,13 +52,13 @@ class DropBlock(Trick):
     claims = ("backbone_dropout",)
 
     def __init__(self, keep_prob: float, block_size: int, levels: list[int]):
-        if not 0 < keep_prob <= 1:
-            raise ValueError(f"tricks.dropblock.keep_prob={keep_prob}: must be in (0, 1]")
-        if block_size < 1 or block_size % 2 == 0:
-            raise ValueError(f"tricks.dropblock.block_size={block_size}: must be odd (torchvision's DropBlock2d)")
+        self.keep_prob = check_number("keep_prob", keep_prob, 0, 1, low_open=True)
+        self.block_size = check_number("block_size", block_size, 1, integer=True)
+        if self.block_size % 2 == 0:
+            raise TrickArgumentError({"block_size": block_size}, "must be odd (torchvision's DropBlock2d)")
         if not levels:
-            raise ValueError("tricks.dropblock.levels: name at least one backbone level (4 and 5: the last two stages)")
-        self.keep_prob, self.block_size, self.levels = keep_prob, block_size, list(levels)
+            raise TrickArgumentError({"levels": levels}, "name at least one backbone level (4 and 5: the last two stages)")
+        self.levels = list(levels)
         self.blocks: list[FittedDropBlock2d] = []
 
     def on_model(self, model: nn.Module) -> nn.Module:
@@ -66,7 +66,7 @@ class DropBlock(Trick):
         levels = stage_levels(body)
         missing = [lv for lv in self.levels if lv not in levels.values()]
         if missing:
-            raise ValueError(f"tricks.dropblock.levels={self.levels}: the backbone has no level {missing} "
+            raise ValueError(f"tricks.{self.name}.levels={self.levels}: the backbone has no level {missing} "
                              f"(available: {sorted(set(levels.values()))})")
         for name, child in body.named_children():
             if levels[name] not in self.levels:

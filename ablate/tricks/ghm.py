@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..models.losses import RetinaNetLossHead, one_stage_head
-from .base import Trick
+from ..models.losses import RetinaNetLossHead, one_stage_head, set_slot
+from .base import Trick, check_number
 
 
 class GradientDensity(nn.Module):
@@ -38,11 +38,8 @@ class GradientDensity(nn.Module):
 
     def __init__(self, bins: int, momentum: float, last_edge: float):
         super().__init__()
-        if bins < 1:
-            raise ValueError(f"bins={bins}: must be at least 1")
-        if not 0 <= momentum < 1:
-            raise ValueError(f"momentum={momentum}: must be in [0, 1)")
-        self.bins, self.momentum = bins, momentum
+        self.bins = check_number("bins", bins, 1, integer=True)
+        self.momentum = check_number("momentum", momentum, 0, 1, high_open=True)
         edges = torch.arange(bins + 1, dtype=torch.float32) / bins
         edges[-1] = last_edge
         self.register_buffer("edges", edges, persistent=False)
@@ -109,12 +106,12 @@ def asl1(d: Tensor, mu: float) -> Tensor:
 class GHMRLoss(nn.Module):
     """GHM-R: per pyramid level, loss_weight * sum_i beta_i ASL1(d_i) / N over the 4 deltas of each
     positive anchor of the level, summed over the levels."""
+    space = "deltas"
 
     def __init__(self, mu: float, bins: int, momentum: float, loss_weight: float):
         super().__init__()
-        if mu <= 0:
-            raise ValueError(f"mu={mu}: must be > 0")
-        self.mu, self.loss_weight = mu, loss_weight
+        self.mu = check_number("mu", mu, 0, low_open=True)
+        self.loss_weight = check_number("loss_weight", loss_weight, 0, low_open=True)
         self.density = GradientDensity(bins, momentum, last_edge=1e3)
 
     def weights(self, pred: Tensor, target: Tensor) -> Tensor:
@@ -142,7 +139,7 @@ class GHMC(Trick):
         self.bins, self.momentum = bins, momentum
 
     def on_model(self, model: nn.Module) -> nn.Module:
-        one_stage_head(model).cls_loss = GHMCLoss(self.bins, self.momentum)
+        set_slot(model, "cls_loss", GHMCLoss(self.bins, self.momentum))
         return model
 
 
@@ -164,5 +161,5 @@ class GHMR(Trick):
             raise TrickConflictError(
                 f"trick '{self.name or 'ghm_r'}' does not fit {type(model).__name__}: GHM-R replaces a smooth-L1-type "
                 "loss on anchor box deltas (model=retinanet); FCOS regresses boxes with a GIoU loss")
-        head.box_loss = GHMRLoss(self.mu, self.bins, self.momentum, self.loss_weight)
+        set_slot(model, "box_loss", GHMRLoss(self.mu, self.bins, self.momentum, self.loss_weight))
         return model

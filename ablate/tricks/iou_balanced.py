@@ -38,8 +38,8 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.detection._utils import BalancedPositiveNegativeSampler
 
-from ..models.losses import two_stage_roi_heads
-from .base import Trick
+from ..models.losses import current_slot, set_slot
+from .base import Trick, check_fraction, check_number
 
 
 def _choice(idx: Tensor, k: int) -> Tensor:
@@ -59,13 +59,11 @@ class IoUBalancedSampler(BalancedPositiveNegativeSampler):
     def __init__(self, batch_size_per_image: int, positive_fraction: float, num_bins: int, floor_thr: float,
                  floor_fraction: float):
         super().__init__(batch_size_per_image, positive_fraction)
-        if num_bins < 1:
-            raise ValueError(f"num_bins={num_bins}: must be at least 1")
-        if not (floor_thr >= 0 or floor_thr == -1):
-            raise ValueError(f"floor_thr={floor_thr}: must be -1 (no floor set) or at least 0")
-        if not 0 <= floor_fraction <= 1:
-            raise ValueError(f"floor_fraction={floor_fraction}: must be in [0, 1]")
-        self.num_bins, self.floor_thr, self.floor_fraction = num_bins, floor_thr, floor_fraction
+        self.num_bins = check_number("num_bins", num_bins, 1, integer=True)
+        if check_number("floor_thr", floor_thr) != -1:
+            check_number("floor_thr", floor_thr, 0)  # -1: no floor set
+        self.floor_thr = floor_thr
+        self.floor_fraction = check_fraction("floor_fraction", floor_fraction)
 
     def __call__(self, matched_idxs: list[Tensor], max_ious: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
         """Per image: matched_idxs, the proposals' labels (>= 1 positive, 0 negative, -1 ignored);
@@ -140,8 +138,7 @@ class IoUBalanced(Trick):
         self.num_bins, self.floor_thr, self.floor_fraction = num_bins, floor_thr, floor_fraction
 
     def on_model(self, model: nn.Module) -> nn.Module:
-        roi_heads = two_stage_roi_heads(model)
-        old = roi_heads.fg_bg_sampler
-        roi_heads.fg_bg_sampler = IoUBalancedSampler(old.batch_size_per_image, old.positive_fraction,
-                                                     self.num_bins, self.floor_thr, self.floor_fraction)
+        old = current_slot(model, "roi_sampler")
+        set_slot(model, "roi_sampler", IoUBalancedSampler(old.batch_size_per_image, old.positive_fraction,
+                                                          self.num_bins, self.floor_thr, self.floor_fraction))
         return model

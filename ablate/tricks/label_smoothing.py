@@ -19,16 +19,14 @@ from __future__ import annotations
 from torch import nn
 
 from ..models.losses import CrossEntropyLoss, FocalLoss, set_cls_loss
-from .base import Trick
+from .base import Trick, check_number
 
 
 class LabelSmoothing(Trick):
     claims = ("cls_loss",)
 
     def __init__(self, epsilon: float):
-        if not 0 <= epsilon < 1:
-            raise ValueError(f"tricks.label_smoothing.epsilon={epsilon}: must be in [0, 1)")
-        self.epsilon = epsilon
+        self.epsilon = check_number("epsilon", epsilon, 0, 1, high_open=True)
 
     def on_model(self, model: nn.Module) -> nn.Module:
         set_cls_loss(model, one_stage=FocalLoss(label_smoothing=self.epsilon),

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torchvision.models.detection.faster_rcnn import TwoMLPHead
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelP6P7
 
-from .base import Trick
+from .base import Trick, TrickArgumentError
 
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.SiLU, nn.Hardswish, nn.GELU, nn.ELU, nn.CELU, nn.SELU)
 PARTS = ("backbone", "neck", "head")
@@ -67,7 +67,7 @@ class Mish(Trick):
     def __init__(self, parts: list[str]):
         unknown = [p for p in parts if p not in PARTS]
         if unknown or not parts:
-            raise ValueError(f"tricks.mish.parts={list(parts)}: choose among {list(PARTS)}")
+            raise TrickArgumentError({"parts": list(parts)}, f"choose among {list(PARTS)}")
         self.parts = list(parts)
 
     def on_model(self, model: nn.Module) -> nn.Module:

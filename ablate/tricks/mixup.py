@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import torch
 
-from .base import BatchContext, Images, Targets, Trick, check_fraction, mix_with_partners, off_at_end
+from .base import (BatchContext, Images, Targets, Trick, check_fraction, check_number, mix_with_partners,
+                   off_at_end)
 
 
 def mix_pair(img_a: torch.Tensor, tgt_a: dict, img_b: torch.Tensor, tgt_b: dict, lam: float):
@@ -49,12 +50,9 @@ class MixUp(Trick):
     claims = ("batch_mix",)
 
     def __init__(self, alpha: float, prob: float, off_last_fraction: float, loss_weights: bool):
-        if alpha <= 0:
-            raise ValueError(f"tricks.mixup.alpha={alpha}: must be > 0")
-        if not 0 <= prob <= 1:
-            raise ValueError(f"tricks.mixup.prob={prob}: must be in [0, 1]")
-        self.off_last_fraction = check_fraction("tricks.mixup.off_last_fraction", off_last_fraction)
-        self.alpha, self.prob = alpha, prob
+        self.alpha = check_number("alpha", alpha, 0, low_open=True)
+        self.prob = check_fraction("prob", prob)
+        self.off_last_fraction = check_fraction("off_last_fraction", off_last_fraction)
         self.loss_weights = bool(loss_weights)
 
     def on_batch(self, images: Images, targets: Targets, ctx: BatchContext) -> tuple[Images, Targets]:

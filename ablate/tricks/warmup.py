@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 
-from .base import LRFactor, Trick, round_half_up
+from .base import LRFactor, Trick, TrickArgumentError, check_choice, check_number, round_half_up
 
 log = logging.getLogger(__name__)
 
@@ -27,22 +27,14 @@ class Warmup(Trick):
 
     def __init__(self, fraction: float | None, iters: int | None, start_factor: float, mode: str):
         if (fraction is None) == (iters is None):
-            raise ValueError(
-                f"tricks.warmup.fraction={fraction} and tricks.warmup.iters={iters}: set exactly one of them "
-                f"(a share of the run's iterations, or a number of iterations; the other null), e.g. "
-                f"tricks.warmup.fraction=null tricks.warmup.iters=500")
-        if fraction is not None and (isinstance(fraction, bool) or not isinstance(fraction, (int, float))
-                                     or not 0 < fraction <= 1):
-            raise ValueError(f"tricks.warmup.fraction={fraction!r}: must be a number in (0, 1]")
-        if iters is not None and (isinstance(iters, bool) or int(iters) != iters or iters < 1):
-            raise ValueError(f"tricks.warmup.iters={iters!r}: must be an integer >= 1")
-        if isinstance(start_factor, bool) or not 0 < start_factor <= 1:
-            raise ValueError(f"tricks.warmup.start_factor={start_factor}: must be in (0, 1]")
-        if mode not in ("linear", "exponential"):
-            raise ValueError(f"tricks.warmup.mode={mode!r}: choose linear or exponential")
-        self.fraction = None if fraction is None else float(fraction)
-        self.iters = None if iters is None else int(iters)
-        self.start_factor, self.mode = start_factor, mode
+            raise TrickArgumentError(
+                {"fraction": fraction, "iters": iters},
+                "set exactly one of them (a share of the run's iterations, or a number of iterations; the other "
+                "null), e.g. {prefix}fraction=null {prefix}iters=500")
+        self.fraction = None if fraction is None else check_number("fraction", fraction, 0, 1, low_open=True)
+        self.iters = None if iters is None else check_number("iters", iters, 1, integer=True)
+        self.start_factor = check_number("start_factor", start_factor, 0, 1, low_open=True)
+        self.mode = check_choice("mode", mode, ("linear", "exponential"))
 
     def length(self, total_steps: int) -> int:
         """The number of warmup iterations in a run of total_steps iterations."""
