@@ -35,6 +35,11 @@ write its record to runs/train/<variant>/<time>/result.json. Examples:
   ablate train model=faster_rcnn model/backbone=resnet18
   ablate train data=coco data.root=../shared/data/bccd
   ablate train --cfg job                         print the composed config and exit
+  ablate train tricks=[mixup] --force            train again even if a record of this config
+                                                 and code exists (runtime.reuse=never)
+
+A complete record of the same config made by the same code (ablate/fingerprint.py) is reused,
+not trained again; runtime.reuse=any_code reuses it whatever the code.
 
 Groups: data (shapes, coco), model (fcos, retinanet, faster_rcnn), model/backbone (tiny,
 resnet18, resnet50, mobilenet_v3), tricks (a list of conf/tricks/*.yaml), profile (smoke).
@@ -52,6 +57,10 @@ write reports/<sweep>/report.md. Exits non-zero if a run failed or diverged (the
   ablate sweep quick profile=smoke          the same, tiny (seconds)
   ablate sweep quick hydra/launcher=joblib  jobs in parallel processes
   ablate sweep quick data=coco data.root=DIR
+  ablate sweep quick --force                train every job again (runtime.reuse=never)
+
+A record is reused only if the code it depends on is unchanged (ablate/fingerprint.py): after an
+edit to a trick, its runs train again; runtime.reuse=any_code keeps them.
 """
 
 
@@ -66,10 +75,35 @@ def _run_hydra(argv: list[str]) -> None:
     hydra.main(config_path=str(conf), config_name="config", version_base="1.3")(task)()
 
 
+FORCE = "--force"
+
+
+def forced(args: list[str]) -> list[str]:
+    """`--force` as the override it stands for: train again even where a record could be reused."""
+    return [a for a in args if a != FORCE] + (["runtime.reuse=never"] if FORCE in args else [])
+
+
+def trick_files_ok(command: str, names: list[str]) -> bool:
+    """Check the selected tricks' files before Hydra makes a run folder; say what is wrong if not."""
+    from .config import TrickFileError, check_trick_files
+
+    try:
+        check_trick_files(names)
+    except TrickFileError as e:
+        print(f"ablate {command}: {e}", file=sys.stderr)
+        return False
+    return True
+
+
 def cmd_train(args: list[str]) -> int:
     if args and args[0] in ("-h", "--help"):
         print(TRAIN_HELP)
         return 0
+    from .config import selected_tricks
+
+    args = forced(args)
+    if not trick_files_ok("train", selected_tricks(args)):
+        return 2
     _run_hydra(args)
     return 0
 
@@ -85,6 +119,11 @@ def cmd_sweep(args: list[str]) -> int:
         design = load_sweep(path)
     except SweepFileError as e:
         print(f"ablate sweep: {e}", file=sys.stderr)
+        return 2
+    from .config import selected_tricks
+
+    args = [args[0], *forced(args[1:])]
+    if not trick_files_ok("sweep", list(dict.fromkeys([*design.tricks, *selected_tricks(args[1:])]))):
         return 2
     _run_hydra(["-m", "hydra/sweeper=ablate", f"hydra.sweeper.file={path}", f"sweep_name={design.name}"] + args[1:])
     return 0
@@ -130,6 +169,8 @@ def cmd_show_batch(argv: list[str]) -> int:
     from . import config as ablate_config
     from .show_batch import show_batch
 
+    if not trick_files_ok("show-batch", ablate_config.selected_tricks(args.overrides)):
+        return 2
     with initialize_config_dir(str(ablate_config.conf_dir()), version_base="1.3"):
         cfg = compose("config", overrides=args.overrides)
     print(f"batch: {show_batch(cfg, args.out, args.num)}")

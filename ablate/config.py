@@ -27,6 +27,76 @@ def sweeps_dir() -> Path:
     return Path(os.environ.get("ABLATE_SWEEPS", REPO_ROOT / "sweeps"))
 
 
+class TrickFileError(ValueError):
+    """A trick file that is missing, malformed, or lacks what every trick file needs."""
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [x for v in value for x in _strings(v)]
+    inner = getattr(value, "list", None)  # Hydra's ChoiceSweep: tricks=[],[a],[a,b]
+    return _strings(inner) if inner is not None else []
+
+
+def selected_tricks(overrides: list[str]) -> list[str]:
+    """The trick names that command-line overrides select (tricks=[a,b], a sweep tricks=[],[a],
+    +tricks=...), in order, each once. Overrides Hydra cannot parse are left to Hydra to report."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    names: list[str] = []
+    for text in overrides:
+        if text.startswith("-") or "=" not in text:
+            continue
+        try:
+            (override,) = OverridesParser.create().parse_overrides([text])
+        except HydraException:
+            continue
+        if override.key_or_group == "tricks" and not override.is_delete():
+            names += [n for n in _strings(override.value()) if n not in names]
+    return names
+
+
+def check_trick_file(name: str, folder: Path | None = None) -> Path:
+    """conf/tricks/<name>.yaml as a trick file must be: present, valid YAML, with its package line
+    `# @package tricks.<name>` in its header (without it, Hydra merges the file's keys into
+    cfg.tricks itself: `_target_` becomes a trick of its own) and a `_target_`. Checked before a run
+    starts, so a bad file stops it before any run folder is made. Returns the file's path."""
+    folder = folder or conf_dir() / "tricks"
+    path = folder / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in folder.glob("*.yaml"))
+        raise TrickFileError(f"no trick '{name}': {path} does not exist; tricks: {', '.join(known)}")
+    text = path.read_text()
+    header = []
+    for line in text.splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            break
+        header.append(line.strip())
+    want = f"# @package tricks.{name}"
+    packages = [h for h in header if h.replace(" ", "").startswith("#@package")]
+    if want not in header:
+        found = f" (it says {packages[0]!r})" if packages else ""
+        raise TrickFileError(f"{path}: the trick file must start with the line '{want}'{found}: it keeps the "
+                             f"options of several selected tricks apart (cfg.tricks.{name}.<arg>); add it as "
+                             "the first line")
+    try:
+        node = OmegaConf.create(text)
+    except Exception as e:  # omegaconf wraps yaml's errors in several types
+        raise TrickFileError(f"{path}: not valid YAML: {str(e).strip()}") from None
+    if not isinstance(node, DictConfig) or "_target_" not in node:
+        raise TrickFileError(f"{path}: a trick file must set _target_ (the trick's class, e.g. "
+                             "ablate.tricks.mixup.MixUp) and its arguments")
+    return path
+
+
+def check_trick_files(names: list[str]) -> None:
+    for name in names:
+        check_trick_file(name)
+
+
 def trick_names(tricks: Any) -> list[str]:
     """The selected tricks' names, in the order they were selected (cfg.tricks keeps insertion order)."""
     if tricks is None:

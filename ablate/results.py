@@ -64,6 +64,9 @@ class RunRecord:
     error: str | None = None
     versions: dict[str, str] = field(default_factory=dict)
     git_commit: str | None = None
+    # The code the run's numbers depend on (ablate/fingerprint.py): {"fingerprint", "files", "versions"};
+    # a record is reused only by a run of the same config and the same code. Empty in older records.
+    code: dict[str, Any] = field(default_factory=dict)
     created_at: str = ""
     # The run folder this record was copied from, when an identical config had already run.
     reused_from: str | None = None

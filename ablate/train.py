@@ -35,7 +35,8 @@ from .gpus import claimed_gpu
 from .models import build_model, count_parameters, label_offset
 from .results import (RECORD_NAME, atomic_write, RecordError, RunRecord, base_hash, config_hash, find_indexed, index_record,
                       read_record, write_record)
-from .tricks import BatchContext, Trick, TrickConflictError, build_tricks
+from .fingerprint import code_changes, code_fingerprint, same_code, summarize
+from .tricks import BatchContext, TrickConflictError, build_tricks, lr_factor
 
 log = logging.getLogger("ablate.train")
 CHECKPOINT = "last.pt"
@@ -143,7 +144,7 @@ def new_record(cfg: DictConfig, status: str) -> RunRecord:
     return RunRecord(status=status, variant=str(cfg.variant), sweep=str(cfg.sweep_name),
                      tricks=ablate_config.trick_names(cfg.tricks), seed=int(cfg.seed), config=config,
                      config_hash=config_hash(config), base_hash=base_hash(config), versions=versions(),
-                     git_commit=git_commit(),
+                     git_commit=git_commit(), code=code_fingerprint(config),
                      created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
 
 
@@ -155,7 +156,10 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     atomic_write(path, lambda f: torch.save(state, f), binary=True)
 
 
-def load_checkpoint(path: Path, expected_hash: str) -> dict[str, Any] | None:
+def load_checkpoint(path: Path, expected_hash: str, code: dict[str, Any] | None = None,
+                    reuse: str = "same_code") -> dict[str, Any] | None:
+    """The checkpoint to resume from: of this config, and of this code unless reuse is any_code
+    (half a run trained by other code is trained again from the start)."""
     if not path.is_file():
         return None
     try:
@@ -166,6 +170,13 @@ def load_checkpoint(path: Path, expected_hash: str) -> dict[str, Any] | None:
     if state.get("config_hash") != expected_hash:
         log.warning("checkpoint %s belongs to another config (hash %s, this run %s): training from the start",
                     path, state.get("config_hash"), expected_hash)
+        return None
+    if reuse == "never":
+        log.info("checkpoint %s not resumed: runtime.reuse=never (--force) trains from the start", path)
+        return None
+    if code is not None and reuse != "any_code" and state.get("code_fingerprint") != code["fingerprint"]:
+        log.warning("checkpoint %s was trained by other code (fingerprint %s, now %s): training from the start "
+                    "(runtime.reuse=any_code resumes it)", path, state.get("code_fingerprint"), code["fingerprint"])
         return None
     return state
 
@@ -212,15 +223,14 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path) -> RunRecord:
     optimizer = instantiate(cfg.train.optimizer)(params)
     steps_per_epoch = math.ceil(len(data.train) / cfg.data.batch_size)
     total_steps = cfg.train.epochs * steps_per_epoch
-    factor = lr_schedule(cfg.train.schedule, total_steps)
-    for trick in tricks:
-        factor = trick.on_lr_factor(factor, total_steps)
+    factor = lr_factor(lr_schedule(cfg.train.schedule, total_steps), tricks, total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and cfg.train.amp
                                   and not torch.cuda.is_bf16_supported())
 
     ckpt_path = run_dir / CHECKPOINT
-    state = load_checkpoint(ckpt_path, chash) if cfg.runtime.checkpoint else None
+    state = (load_checkpoint(ckpt_path, chash, record.code, cfg.runtime.reuse) if cfg.runtime.checkpoint
+             else None)
     first_epoch, step = 0, 0
     totals = {"train_s": 0.0, "train_cpu_s": 0.0, "model_s": 0.0, "data_wait_s": 0.0, "batch_tricks_s": 0.0,
               "checkpoint_s": 0.0, "images": 0, "eval_s": 0.0}
@@ -314,6 +324,7 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path) -> RunRecord:
             if cfg.runtime.checkpoint:
                 t_save = time.perf_counter()
                 save_checkpoint(ckpt_path, {"epoch": epoch, "step": step, "config_hash": chash,
+                                            "code_fingerprint": record.code["fingerprint"],
                                             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                                             "curve": record.curve, "totals": totals})
@@ -380,9 +391,31 @@ def evaluate_model(model, data, cfg: DictConfig, device: torch.device, autocast)
 # ---------------------------------------------------------------- the Hydra task
 
 
-def existing_record(run_dir: Path, chash: str) -> RunRecord | None:
-    """The complete record of this very config in run_dir, if there is one. A record of another
-    config is moved aside (kept, never overwritten); a corrupt one is reported and redone."""
+REUSE_MODES = ("same_code", "any_code", "never")
+
+
+def reusable(record: RunRecord, code: dict[str, Any], reuse: str, where: Path) -> bool:
+    """Whether a complete record of this config may stand for this run: made by the same code
+    (runtime.reuse=same_code, the default), by any code (any_code: said in the log), or never
+    (never: `--force`)."""
+    if reuse == "never":
+        return False
+    if same_code(record.code, code):
+        return True
+    changes = summarize(code_changes(record.code, code))
+    if reuse == "any_code":
+        log.warning("%s: reusing a record made by other code (%s), as runtime.reuse=any_code asks", where, changes)
+        return True
+    log.warning("%s: the record of this config was made by other code (%s): training again "
+                "(runtime.reuse=any_code would reuse it)", where, changes)
+    return False
+
+
+def existing_record(run_dir: Path, chash: str, code: dict[str, Any] | None = None,
+                    reuse: str = "same_code") -> RunRecord | None:
+    """The complete record of this very config (and code, see `reusable`) in run_dir, if there is
+    one. A record of another config or other code is moved aside (kept, never overwritten), with
+    the checkpoint of that code beside it; a corrupt one is reported and redone."""
     path = run_dir / RECORD_NAME
     if not path.exists():
         return None
@@ -397,7 +430,19 @@ def existing_record(run_dir: Path, chash: str) -> RunRecord | None:
         log.warning("%s holds a run of another config (hash %s); moved to %s", path, record.config_hash, aside.name)
         path.rename(aside)
         return None
-    return record if record.complete else None
+    if not record.complete:
+        return None
+    if code is None or reusable(record, code, reuse, run_dir):
+        return record
+    tag = (record.code or {}).get("fingerprint") or f"old-{int(time.time())}"
+    if reuse == "never":
+        tag = f"forced-{int(time.time())}"
+    path.rename(path.with_name(f"result.{tag}.json"))
+    ckpt = run_dir / CHECKPOINT
+    if ckpt.exists():
+        ckpt.rename(ckpt.with_name(f"last.{tag}.pt"))
+    log.info("%s: the earlier record and checkpoint moved to result.%s.json and last.%s.pt", run_dir, tag, tag)
+    return None
 
 
 def main(cfg: DictConfig) -> str:
@@ -411,8 +456,11 @@ def main(cfg: DictConfig) -> str:
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
-    chash = config_hash(ablate_config.to_container(cfg))
-    done = existing_record(run_dir, chash)
+    config = ablate_config.to_container(cfg)
+    chash, code, reuse = config_hash(config), code_fingerprint(config), str(cfg.runtime.reuse)
+    if reuse not in REUSE_MODES:
+        raise ValueError(f"runtime.reuse={reuse!r}: choose one of {', '.join(REUSE_MODES)}")
+    done = existing_record(run_dir, chash, code, reuse)
     if done is not None:
         log.info("%s: complete record found (%s), not training again", run_dir, done.status)
         return done.status
@@ -420,7 +468,8 @@ def main(cfg: DictConfig) -> str:
     if multirun:
         # The same variant in another design or sweep (the baseline above all) is trained once.
         found = find_indexed(runs_root, chash)
-        if found is not None and found[0].resolve() != run_dir.resolve():
+        if (found is not None and found[0].resolve() != run_dir.resolve()
+                and reusable(found[1], code, reuse, found[0])):
             reused = dataclasses.replace(found[1], variant=str(cfg.variant), sweep=str(cfg.sweep_name),
                                          config=ablate_config.to_container(cfg), reused_from=str(found[0]))
             write_record(reused, run_dir)

@@ -55,7 +55,7 @@ def main() -> None:
         print(f"  {name}: fp32 / bf16 step time = {speedup:.3f} (median of {r['pairs']} pairs; quartiles "
               f"{1 / r['q3']:.3f}-{1 / r['q1']:.3f}); first-batch loss fp32 {first[0]:.4f}, bf16 {first[1]:.4f}",
               flush=True)
-    print(f"\nmodel | image size, batch | fp32 / bf16 step time (median, quartiles) | pairs | first-batch loss fp32, bf16 | mean loss fp32, bf16")
+    print("\nmodel | image size, batch | fp32 / bf16 step time (median, quartiles) | pairs | first-batch loss fp32, bf16 | mean loss fp32, bf16")
     print("---|---|---|---|---|---")
     for name, r, speedup, first, m32, m16 in rows:
         print(f"{name} | {r['image_size']} px, {r['batch']} | {speedup:.3f} ({1 / r['q3']:.3f}-{1 / r['q1']:.3f}) | "

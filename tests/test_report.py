@@ -357,3 +357,18 @@ def test_formatting():
 
 def test_import_does_not_pull_torch():
     assert_imports_without("ablate.report", "torch", "torchvision")
+
+
+def test_the_header_warns_when_the_runs_were_made_by_different_code(tmp_path):
+    root = tmp_path / "runs" / "sw"
+    records = [make_record("baseline", seed=s) for s in (0, 1)] + [make_record("mixup", seed=s) for s in (0, 1)]
+    for r in records:
+        r.code = {"fingerprint": "aaaa11112222", "files": {}, "versions": {}}
+    write_all(root, records)
+    same = build_report([root], tmp_path / "same").read_text()
+    assert "versions of the code" not in same
+    records[2].code = {"fingerprint": "bbbb33334444", "files": {}, "versions": {}}
+    write_all(root, records[2:3])
+    mixed = build_report([root], tmp_path / "mixed").read_text()
+    assert ("The runs were made by 2 versions of the code they depend on (fingerprints aaaa11112222, bbbb33334444"
+            in mixed.split("## Summary")[0])

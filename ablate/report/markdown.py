@@ -104,6 +104,11 @@ def header_paragraph(table: pd.DataFrame, runs: pd.DataFrame, n_unreadable: int)
     commits = sorted({c[:10] for c in runs["git_commit"] if c})
     if len(commits) > 1:
         text += f" The runs come from {len(commits)} git commits ({', '.join(commits)}): check they are comparable."
+    codes = sorted({c for c in runs.get("code", []) if c})
+    if len(codes) > 1:
+        text += (f" The runs were made by {len(codes)} versions of the code they depend on (fingerprints "
+                 f"{', '.join(codes)}; see each record's `code`): a change between runs of different code mixes "
+                 "the trick's effect with the code's.")
     if n_unreadable:
         text += f" {_plural(n_unreadable, 'record')} could not be read (listed below)."
     return text

@@ -221,13 +221,14 @@ def runs_table(records: Sequence[RunRecord], paths: Sequence[Path | str | None] 
         row["device"] = record.device
         row["created_at"] = record.created_at
         row["git_commit"] = record.git_commit or ""
+        row["code"] = (record.code or {}).get("fingerprint", "") if isinstance(record.code, dict) else ""
         row["error"] = last_line(record.error)
         row["health_messages"] = health_messages(record)
         row["run_dir"] = str(Path(path).parent) if path is not None else ""
         rows.append(row)
     columns = ["variant", "tricks", "seed", "status", "health", "base_hash", "config_hash", "sweep", *TABLE_METRICS,
                "train_s", "images_per_s", "inference_ms", "params_M", "flops_G", "peak_memory_mb",
-               "device", "created_at", "git_commit", "error", "health_messages", "run_dir"]
+               "device", "created_at", "git_commit", "code", "error", "health_messages", "run_dir"]
     return pd.DataFrame(rows, columns=columns)
 
 
