@@ -36,7 +36,7 @@ from .models import build_model, count_parameters, label_offset
 from .results import (RECORD_NAME, atomic_write, RecordError, RunRecord, base_hash, config_hash, find_indexed, index_record,
                       read_record, write_record)
 from .fingerprint import code_changes, code_fingerprint, same_code, summarize
-from .tricks import BatchContext, TrickConflictError, build_tricks, lr_factor
+from .tricks import BatchContext, TrickConfigError, TrickConflictError, build_tricks, lr_factor
 
 log = logging.getLogger("ablate.train")
 CHECKPOINT = "last.pt"
@@ -495,7 +495,9 @@ def run_and_record(cfg: DictConfig, run_dir: Path, runs_root: Path, multirun: bo
         return record.status
     except TrickConflictError as e:
         if not multirun:
-            raise
+            # bad input, not a crash: the message says what to change, no traceback
+            log.error("%s", e)
+            raise SystemExit(2) from None
         record = new_record(cfg, "not_applicable")
         record.error = str(e)
         write_record(record, run_dir)
@@ -509,4 +511,6 @@ def run_and_record(cfg: DictConfig, run_dir: Path, runs_root: Path, multirun: bo
         log.error("run failed: %s", e)
         if multirun:
             return "failed"
+        if isinstance(e, TrickConfigError):
+            raise SystemExit(2) from None  # the line above names the key and the file: no traceback
         raise
