@@ -13,6 +13,7 @@ from ablate.report.plots import plot_curves, plot_delta_map, plot_pareto, plot_p
 from ablate.report.table import (display_table, epoch_curves, paired_differences, per_class_deltas, records_table,
                                  runs_table)
 from ablate.results import RECORD_NAME, atomic_write_text, find_records
+from ablate.sweep.adaptive import ADAPTIVE_FILE, Plan, decisions_from_records
 
 __all__ = ["ReportError", "build_report", "records_table", "runs_table", "display_table", "paired_differences"]
 
@@ -21,6 +22,22 @@ log = logging.getLogger("ablate.report")
 
 class ReportError(ValueError):
     """Nothing to report: no readable result.json under the given folders."""
+
+
+def adaptive_lines(runs_dirs: list[Path], records: list) -> list[str]:
+    """The "Adaptive seeds" section when a runs folder holds an adaptive sweep's plan (adaptive.json):
+    each trick's decision, the rounds, and the runs saved; none otherwise."""
+    import json
+
+    from ablate.report.markdown import adaptive_section
+
+    for d in runs_dirs:
+        path = Path(d) / ADAPTIVE_FILE
+        if path.is_file():
+            info = json.loads(path.read_text())
+            plan = Plan(info["min"], info["max"], info["margin"], info["alpha"])
+            return adaptive_section(info, decisions_from_records(records, info["variants"], plan))
+    return []
 
 
 def build_report(runs_dirs: list[Path], out_dir: Path, title: str | None = None) -> Path:
@@ -62,6 +79,8 @@ def build_report(runs_dirs: list[Path], out_dir: Path, title: str | None = None)
     atomic_write_text(out_dir / "table.csv", table.to_csv(index=False, float_format="%.10g"))
     atomic_write_text(out_dir / "runs.csv", runs.to_csv(index=False, float_format="%.10g"))
     report = out_dir / "report.md"
-    atomic_write_text(report, render_markdown(title, table, runs, errors, runs_dirs, plots=tuple(PLOTS)))
+    adaptive = adaptive_lines(runs_dirs, records)
+    atomic_write_text(report, render_markdown(title, table, runs, errors, runs_dirs, plots=tuple(PLOTS),
+                                              adaptive=adaptive))
     log.info("report of %d runs (%d variants) written to %s", len(records), len(table), report)
     return report

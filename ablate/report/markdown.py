@@ -17,7 +17,7 @@ import pandas as pd
 from ablate.report.stats import (ALPHA, CUMULATIVE, POWER, TARGET_DELTA, compare, cumulative_steps, detect_design,
                                  detectable_change, factorial_effects, pooled_std, seeds_needed, seeds_needed_z)
 from ablate.report.table import (COST_HEADERS, DASH, DELTA_HEADER, HEALTH_HEADER, NA, TABLE_METRICS, WARN,
-                                 display_table, fmt_bounds, fmt_delta, fmt_interval, fmt_points, metrics_table,
+                                 display_table, fmt_bounds, fmt_ci, fmt_delta, fmt_interval, fmt_points, metrics_table,
                                  seed_values, variant_label)
 from ablate.results import STATUSES
 
@@ -453,9 +453,46 @@ def unreadable_section(errors: Sequence[BaseException]) -> list[str]:
     return lines + [""]
 
 
+def adaptive_section(info: Mapping, decisions: Sequence) -> list[str]:
+    """An adaptive sweep's decisions (ablate/sweep/adaptive.py): per trick the verdict, raw and
+    adjusted for the number of tricks (Holm), the seeds it took, and what the rounds saved."""
+    from ..sweep.adaptive import OPEN
+
+    m = len(decisions)
+    rows = []
+    for d in decisions:
+        change = fmt_ci(d.mean, d.half) if not math.isnan(d.mean) else DASH
+        rows.append({"Variant": d.variant, "Verdict": d.verdict if d.verdict != OPEN else "open (run stopped)",
+                     f"Verdict, Holm over {m}": d.verdict_holm, "Seeds": str(d.seeds), "ΔmAP ± 95% CI": change,
+                     "p difference": f"{d.p_difference:.3g}", "p equivalence": f"{d.p_equivalence:.3g}"})
+    n_variants = len(info["variants"]) + len({b for b in info["variants"].values()})
+    runs = 0
+    round_lines = []
+    for r in info["rounds"]:
+        count = len(r["variants"]) * (r["seeds"] if r["round"] == 1 else 1)
+        runs += count
+        what = (f"seeds 0–{r['seeds'] - 1} of all {len(r['variants'])} variants" if r["round"] == 1
+                else f"seed {r['seeds'] - 1} of " + ", ".join(r["variants"]))
+        round_lines.append(f"{r['round']}. {what} ({_plural(count, 'run')})")
+    full = n_variants * info["max"]
+    saved = 1 - runs / full if full else math.nan
+    return ["## Adaptive seeds", "",
+            f"Each trick ran {info['min']} seeds with its baseline, then one more seed at a time while undecided, "
+            f"up to {info['max']}. Decided: helped or hurt (the paired test of no change rejects), or no effect "
+            f"(equivalence within ±{info['margin']:g} points, two one-sided tests). Each test spends α = "
+            f"{info['alpha']:g} over the planned looks ({info['spending']} spending; the union bound keeps the "
+            "error rate at most α per trick, whatever the correlation of the looks). The Holm column adjusts the "
+            f"sequential p-values for testing {m} tricks at once.", "",
+            markdown_table(pd.DataFrame(rows), right=("Seeds", "ΔmAP ± 95% CI", "p difference", "p equivalence")), "",
+            "Rounds:", "", *round_lines, "",
+            f"{_plural(runs, 'run')} against {full} with {info['max']} seeds everywhere: "
+            f"{100 * saved:.0f}% of the runs saved.", ""]
+
+
 def render_markdown(title: str, table: pd.DataFrame, runs: pd.DataFrame, errors: Sequence[BaseException],
                     runs_dirs: Sequence[Path | str], image: str = "delta_map.png",
-                    plots: Sequence[str] = tuple(PLOTS), now: datetime | None = None) -> str:
+                    plots: Sequence[str] = tuple(PLOTS), now: datetime | None = None,
+                    adaptive: Sequence[str] = ()) -> str:
     now = now or datetime.now().astimezone()
     dirs = " ".join(str(d) for d in runs_dirs)
     sweeps = sorted({s for s in runs["sweep"] if s})
@@ -465,6 +502,7 @@ def render_markdown(title: str, table: pd.DataFrame, runs: pd.DataFrame, errors:
     parts += ["## Summary", "", *summary_lines(table, runs), ""]
     parts += [markdown_table(display_table(table)), "",
               f"![ΔmAP per variant with its 95% CI]({image})", ""]
+    parts += list(adaptive)
     parts += ["## Seed noise and power", "", *noise_lines(table, runs), ""]
     parts += design_sections(table, runs)
     parts += metrics_section(table)

@@ -5,7 +5,9 @@ A sweep file (sweeps/<name>.yaml, or any path):
 
     design: one_at_a_time          # one_at_a_time | cumulative | leave_one_out | factorial
     tricks: [warmup, mixup]        # names of conf/tricks/<name>.yaml
-    seeds: 3                       # a count (seeds 0..n-1) or a list of seeds
+    seeds: 3                       # a count (seeds 0..n-1) or a list of seeds, or adaptive:
+    seeds: {min: 2, max: 8, margin: 0.3}   # min seeds each, then one more seed at a time only for
+                                   # the variants still undecided (ablate/report/sequential.py)
     baseline: [model=fcos]         # optional overrides of every job
     baselines:                     # or several named baselines, each ablated in turn:
       fcos: [model=fcos]           #   variants are named <baseline>/<tricks>
@@ -28,6 +30,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ..config import sweeps_dir
+from .adaptive import Plan, PlanError
 
 DESIGNS = ("one_at_a_time", "cumulative", "leave_one_out", "factorial")
 KEYS = {"design", "tricks", "seeds", "baseline", "baselines", "name", "description"}
@@ -61,6 +64,8 @@ class SweepDesign:
     path: Path
     # Baseline label -> the tricks it ablates, where it names only some of the sweep's tricks.
     baseline_tricks: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    # Adaptive seeds: `seeds` are then the first min seeds; more are added round by round.
+    adaptive: Plan | None = None
 
     def variants(self, baseline: str | None = None) -> list[tuple[str, ...]]:
         """The trick combinations the design asks for (of one baseline), baseline (no trick) first."""
@@ -80,16 +85,25 @@ class SweepDesign:
                 unique.append(tuple(c))
         return unique
 
-    def jobs(self) -> list[Job]:
-        """Seed by seed: every variant of seed 0, then of seed 1... A sweep cut short (a time limit,
-        a dead job) leaves whole tables of fewer seeds, each delta paired with its baseline."""
+    def all_jobs(self, seeds: tuple[int, ...] | None = None) -> list[Job]:
+        """Every variant at each of `seeds` (the design's by default), seed by seed."""
         jobs = []
-        for seed in self.seeds:
+        for seed in self.seeds if seeds is None else seeds:
             for label, base in self.baselines.items():
                 for combo in self.variants(label):
                     name = "+".join(combo) or "baseline"
                     jobs.append(Job(f"{label}/{name}" if label else name, combo, seed, base))
         return jobs
+
+    def jobs(self) -> list[Job]:
+        """Seed by seed: every variant of seed 0, then of seed 1... A sweep cut short (a time limit,
+        a dead job) leaves whole tables of fewer seeds, each delta paired with its baseline."""
+        return self.all_jobs()
+
+    def baseline_of(self, variant: str) -> str:
+        """The name of the baseline variant a variant is compared with."""
+        label = variant.split("/", 1)[0] if "/" in variant else ""
+        return f"{label}/baseline" if label else "baseline"
 
 
 def resolve_sweep_path(name_or_path: str) -> Path:
@@ -126,10 +140,22 @@ def load_sweep(path: Path) -> SweepDesign:
     if len(set(tricks)) != len(tricks):
         raise SweepFileError(f"{path}: tricks lists a name twice: {tricks}")
     seeds = raw.get("seeds", 1)
+    adaptive = None
+    if isinstance(seeds, dict):
+        unknown = sorted(set(seeds) - {"min", "max", "margin", "alpha"})
+        if unknown or not {"min", "max", "margin"} <= set(seeds):
+            raise SweepFileError(f"{path}: adaptive seeds are {{min: 2, max: 8, margin: 0.3}} (alpha optional, "
+                                 f"0.05), got {seeds!r}")
+        try:
+            adaptive = Plan(seeds["min"], seeds["max"], float(seeds["margin"]), float(seeds.get("alpha", 0.05)))
+        except (PlanError, TypeError, ValueError) as e:
+            raise SweepFileError(f"{path}: {e}") from None
+        seeds = list(range(adaptive.min_seeds))
     if isinstance(seeds, int) and seeds >= 1:
         seeds = list(range(seeds))
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
-        raise SweepFileError(f"{path}: seeds must be a count >= 1 or a list of integers, got {raw.get('seeds')!r}")
+        raise SweepFileError(f"{path}: seeds must be a count >= 1, a list of integers or adaptive "
+                             f"{{min, max, margin}}, got {raw.get('seeds')!r}")
     if "baseline" in raw and "baselines" in raw:
         raise SweepFileError(f"{path}: give either baseline (one) or baselines (several, named), not both")
     named = raw.get("baselines") if "baselines" in raw else {"": raw.get("baseline") or []}
@@ -157,4 +183,5 @@ def load_sweep(path: Path) -> SweepDesign:
             raise SweepFileError(f"{path}: baseline name {label!r} may not contain '/' or '='")
         baselines[label] = tuple(overrides)
     return SweepDesign(name=str(raw.get("name") or path.stem), design=design, tricks=tuple(tricks),
-                       seeds=tuple(seeds), baselines=baselines, path=path, baseline_tricks=baseline_tricks)
+                       seeds=tuple(seeds), baselines=baselines, path=path, baseline_tricks=baseline_tricks,
+                       adaptive=adaptive)

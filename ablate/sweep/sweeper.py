@@ -6,6 +6,7 @@ again finds what it finished. When the launcher returns, the report is rebuilt f
 """
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
+from ..results import atomic_write_text, find_records
+from .adaptive import ADAPTIVE_FILE, OPEN, SPENDING, decisions_from_records
 from .design import load_sweep
 
 log = logging.getLogger("ablate.sweep")
@@ -39,6 +42,42 @@ class AblationSweeper(Sweeper):
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config)
 
+    def launch(self, jobs: list, arguments: list[str], first_index: int) -> list:
+        batch = [list(job.base) + list(arguments) + job.overrides() for job in jobs]
+        self.validate_batch_is_legal(batch)
+        return list(self.launcher.launch(batch, initial_job_idx=first_index))
+
+    def sweep_adaptive(self, design, arguments: list[str], sweep_dir: Path) -> tuple[list, list]:
+        """Round 1: every variant at seeds 0..min−1. Then, while some variant is undecided and has
+        fewer than max seeds, one more seed for those variants and their baselines. Decisions are
+        made from the records on disk, so a relaunched sweep (its finished runs reused) takes the
+        same rounds."""
+        plan = design.adaptive
+        variants = {job.variant: design.baseline_of(job.variant) for job in design.all_jobs((0,))
+                    if job.tricks}
+        jobs = design.all_jobs(tuple(range(plan.min_seeds)))
+        log.info("sweep %s (%s design, adaptive seeds %d..%d, margin %g): round 1, %d runs in %s", design.name,
+                 design.design, plan.min_seeds, plan.max_seeds, plan.margin, len(jobs), sweep_dir)
+        returns = self.launch(jobs, arguments, 0)
+        rounds = [{"round": 1, "seeds": plan.min_seeds, "variants": sorted({j.variant for j in jobs})}]
+        for seed in range(plan.min_seeds, plan.max_seeds):
+            found, _ = find_records(sweep_dir)
+            decisions = decisions_from_records([r for _, r in found], variants, plan)
+            still_open = {d.variant for d in decisions if d.verdict == OPEN}
+            if not still_open:
+                break
+            wanted = still_open | {variants[v] for v in still_open}
+            more = [job for job in design.all_jobs((seed,)) if job.variant in wanted]
+            log.info("adaptive round %d: seed %d for %d undecided variant(s): %s", len(rounds) + 1, seed,
+                     len(still_open), ", ".join(sorted(still_open)))
+            rounds.append({"round": len(rounds) + 1, "seeds": seed + 1, "variants": sorted(wanted)})
+            returns += self.launch(more, arguments, len(jobs))
+            jobs += more
+        plan_info = {"min": plan.min_seeds, "max": plan.max_seeds, "margin": plan.margin, "alpha": plan.alpha,
+                     "spending": SPENDING, "variants": variants, "rounds": rounds}
+        atomic_write_text(sweep_dir / ADAPTIVE_FILE, json.dumps(plan_info, indent=2) + "\n")
+        return jobs, returns
+
     def sweep(self, arguments: list[str]) -> Any:
         if not self.file:
             raise ValueError("hydra/sweeper=ablate needs hydra.sweeper.file=<sweep yaml> (or use `ablate sweep NAME`)")
@@ -49,17 +88,16 @@ class AblationSweeper(Sweeper):
                 raise ValueError(f"override {arg!r}: the sweep file {design.path} decides {key}; edit it instead")
             if "," in arg.split("=", 1)[-1] and "[" not in arg:
                 raise ValueError(f"override {arg!r}: a sweep over values belongs in a sweep file, not on the command line")
-        jobs = design.jobs()
-        batch = [list(job.base) + list(arguments) + job.overrides() for job in jobs]
-        self.validate_batch_is_legal(batch)
-
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-        log.info("sweep %s (%s design): %d baseline(s), %d seed(s): %d runs in %s", design.name,
-                 design.design, len(design.baselines), len(design.seeds), len(jobs), sweep_dir)
-
-        returns = self.launcher.launch(batch, initial_job_idx=0)
+        if design.adaptive is None:
+            jobs = design.jobs()
+            log.info("sweep %s (%s design): %d baseline(s), %d seed(s): %d runs in %s", design.name,
+                     design.design, len(design.baselines), len(design.seeds), len(jobs), sweep_dir)
+            returns = self.launch(jobs, arguments, 0)
+        else:
+            jobs, returns = self.sweep_adaptive(design, arguments, sweep_dir)
         not_ok = []
         for job, ret in zip(jobs, returns):
             if ret.status == JobStatus.COMPLETED:

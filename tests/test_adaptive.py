@@ -1,0 +1,142 @@
+"""Adaptive seeds (ablate/sweep/adaptive.py): the sequential rule's error rates by Monte Carlo on
+simulated sweeps with known effects, hand-computed looks, Holm's adjustment, and a smoke sweep
+that adds seeds only where the answer is open and takes the same rounds when launched again."""
+import json
+import math
+import re
+
+import numpy as np
+import pytest
+
+from ablate.results import read_record
+from ablate.sweep.adaptive import (HELPED, HURT, NO_EFFECT, OPEN, UNDECIDED, Plan, PlanError, decide,
+                                   decisions_from_records, holm, look_pvalues, run_plan, simulate)
+from ablate.sweep.design import SweepFileError, load_sweep
+from conftest import ablate, paths
+
+SIMS = 20_000
+
+
+def tolerance(rate: float, sims: int = SIMS) -> float:
+    """Three standard errors of a Monte Carlo share."""
+    return 3 * math.sqrt(rate * (1 - rate) / sims)
+
+
+@pytest.mark.parametrize("plan", [Plan(2, 8, 0.3), Plan(3, 5, 0.5), Plan(2, 2, 0.3), Plan(4, 12, 0.2, alpha=0.1)])
+@pytest.mark.parametrize("sigma", [0.3, 1.0])
+def test_no_effect_is_called_a_gain_or_loss_at_most_alpha_of_the_time(plan, sigma):
+    rates = simulate(plan, effect=0.0, sigma=sigma, sims=SIMS, seed=1)
+    assert rates[HELPED] + rates[HURT] <= plan.alpha + tolerance(plan.alpha)
+
+
+@pytest.mark.parametrize("plan", [Plan(2, 8, 0.3), Plan(3, 5, 0.5), Plan(4, 12, 0.2, alpha=0.1)])
+@pytest.mark.parametrize("sign", [1, -1])
+def test_an_effect_of_the_margin_is_called_no_effect_at_most_alpha_of_the_time(plan, sign):
+    # the hardest case for the equivalence claim: the true change sits on the margin
+    rates = simulate(plan, effect=sign * plan.margin, sigma=0.5, sims=SIMS, seed=2)
+    assert rates[NO_EFFECT] <= plan.alpha + tolerance(plan.alpha)
+
+
+def test_clear_effects_and_clear_non_effects_are_decided_early():
+    plan = Plan(2, 8, 0.3)
+    gain = simulate(plan, effect=1.5, sigma=0.5, sims=SIMS, seed=3)
+    assert gain[HELPED] >= 0.95 and gain["mean_seeds"] < 5
+    loss = simulate(plan, effect=-1.5, sigma=0.5, sims=SIMS, seed=4)
+    assert loss[HURT] >= 0.95
+    tiny = simulate(plan, effect=0.0, sigma=0.05, sims=SIMS, seed=5)
+    assert tiny[NO_EFFECT] >= 0.95 and tiny["mean_seeds"] < 4
+
+
+def test_look_pvalues_by_hand():
+    # d = [1, 2]: mean 1.5, sd 0.7071, se 0.5, t = 3 on 1 df (Cauchy): p = 1 − 2·atan(3)/π
+    p_d, p_e = look_pvalues(np.array([[1.0, 2.0]]), margin=0.3)
+    assert p_d[0] == pytest.approx(1 - 2 * math.atan(3) / math.pi)
+    # TOST: the larger one-sided p is that of H0 mean >= +0.3: t = (1.5 − 0.3) / 0.5 = 2.4, p = P(T <= 2.4)
+    # = 1/2 + atan(2.4)/π (far from equivalent); H0 mean <= −0.3 gives P(T >= 3.6), small
+    assert p_e[0] == pytest.approx(0.5 + math.atan(2.4) / math.pi)
+    p_d, p_e = look_pvalues(np.array([[0.1, 0.2]]), margin=0.3)
+    # mean 0.15, se 0.05: H0 mean >= 0.3 has t = −3, p = P(T <= −3) = 1/2 − atan(3)/π; the other t = 9
+    assert p_e[0] == pytest.approx(0.5 - math.atan(3) / math.pi)
+    # no spread: the mean decides outright
+    p_d, p_e = look_pvalues(np.array([[0.1, 0.1], [0.0, 0.0], [0.5, 0.5]]), margin=0.3)
+    assert p_d.tolist() == [0.0, 1.0, 0.0] and p_e.tolist() == [0.0, 0.0, 1.0]
+
+
+def test_spending_weights_and_the_sequential_p_value():
+    plan = Plan(2, 8, 0.3)
+    w = plan.weights
+    assert sum(w) == pytest.approx(1.0) and len(w) == 7
+    assert w[0] == pytest.approx(math.log(1 + (math.e - 1) * 2 / 8))
+    # d = [1, 2]: p 0.2048 / w_1 0.357 = 0.57 > α; open after two seeds
+    out = run_plan(np.array([[1.0, 2.0]]), plan)
+    assert out.verdict[0] == OPEN and out.seeds[0] == 2
+    assert out.p_difference[0] == pytest.approx((1 - 2 * math.atan(3) / math.pi) / w[0])
+    # the same series at max seeds without a decision is undecided, not open
+    assert run_plan(np.array([[1.0, 2.0]]), Plan(2, 2, 0.3)).verdict[0] == UNDECIDED
+
+
+def test_holm_by_hand():
+    # sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1: 0.02, 0.03, 0.06, 0.04 -> monotone 0.02, 0.03, 0.06, 0.06
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, math.nan]) == [0.5, pytest.approx(math.nan, nan_ok=True)]
+
+
+def test_decide_with_holm_beside_the_raw_verdict():
+    plan = Plan(2, 4, 0.3)
+    pairs = {"gain": ("baseline", [1.0, 1.1, 0.9, 1.05]), "loss": ("baseline", [-2.0, -2.2, -1.9]),
+             "same": ("baseline", [0.01, -0.01]), "young": ("baseline", [0.2])}
+    got = {d.variant: d for d in decide(pairs, plan)}
+    assert got["gain"].verdict == HELPED and got["loss"].verdict == HURT
+    assert got["same"].verdict == NO_EFFECT and got["same"].seeds == 2
+    assert got["young"].verdict == OPEN  # fewer than min seeds
+    assert got["gain"].verdict_holm in (HELPED, UNDECIDED)  # adjusted for 4 tricks: never a different sign
+
+
+def test_bad_plans_are_refused_naming_the_key(tmp_path):
+    with pytest.raises(PlanError, match="seeds.min=1"):
+        Plan(1, 4, 0.3)
+    with pytest.raises(PlanError, match="seeds.margin=0"):
+        Plan(2, 4, 0)
+    path = tmp_path / "s.yaml"
+    path.write_text("tricks: [warmup]\nseeds: {min: 2, max: 4}\n")
+    with pytest.raises(SweepFileError, match=r"adaptive seeds are \{min: 2, max: 8, margin: 0.3\}"):
+        load_sweep(path)
+    path.write_text("tricks: [warmup]\nseeds: {min: 3, max: 2, margin: 0.3}\n")
+    with pytest.raises(SweepFileError, match="2 <= min <= max"):
+        load_sweep(path)
+    path.write_text("tricks: [warmup]\nseeds: {min: 2, max: 4, margin: 0.3}\n")
+    design = load_sweep(path)
+    assert design.seeds == (0, 1) and design.adaptive == Plan(2, 4, 0.3)
+
+
+def test_a_smoke_adaptive_sweep_adds_seeds_only_to_undecided_variants_and_resumes_the_same(tmp_path, shapes_cache):
+    d = {"runs": tmp_path / "runs", "reports": tmp_path / "reports"}
+    env = {"ABLATE_CACHE": str(shapes_cache)}
+    sweep = tmp_path / "adapt.yaml"
+    # a margin of 1e-6 points: only a change can decide, so an undecided variant is likely
+    sweep.write_text("tricks: [warmup, mixup]\nseeds: {min: 2, max: 3, margin: 0.000001}\n")
+    res = ablate("sweep", str(sweep), "profile=smoke", *paths(d), env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    runs = d["runs"] / "adapt"
+    info = json.loads((runs / "adaptive.json").read_text())
+    records = [read_record(p) for p in runs.glob("*/seed*/result.json")]
+    seeds = {}
+    for r in records:
+        seeds.setdefault(r.variant, set()).add(r.seed)
+    assert seeds["warmup"] >= {0, 1} and seeds["mixup"] >= {0, 1} and seeds["baseline"] >= {0, 1}
+    # replayed from the records: a variant got seed 2 exactly when it was open after two seeds
+    plan = Plan(2, 3, 0.000001)
+    two = {r for r in records if r.seed < 2}
+    at_two = {x.variant: x.verdict for x in decisions_from_records(list(two), info["variants"], plan)}
+    for variant in ("warmup", "mixup"):
+        assert (2 in seeds[variant]) == (at_two[variant] == OPEN), (variant, at_two, seeds)
+    assert (2 in seeds["baseline"]) == any(v == OPEN for v in at_two.values())
+    expected_rounds = 1 + any(v == OPEN for v in at_two.values())
+    assert len(info["rounds"]) == expected_rounds
+    report = (d["reports"] / "adapt" / "report.md").read_text()
+    assert "## Adaptive seeds" in report and "% of the runs saved" in report
+
+    first = (runs / "adaptive.json").read_text()
+    again = ablate("sweep", str(sweep), "profile=smoke", *paths(d), env=env)
+    assert again.returncode == 0 and not re.search(r"training \S+ \(seed \d\)", again.stdout + again.stderr)
+    assert (runs / "adaptive.json").read_text() == first
