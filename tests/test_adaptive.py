@@ -114,7 +114,7 @@ def test_a_smoke_adaptive_sweep_adds_seeds_only_to_undecided_variants_and_resume
     env = {"ABLATE_CACHE": str(shapes_cache)}
     sweep = tmp_path / "adapt.yaml"
     # a margin of 1e-6 points: only a change can decide, so an undecided variant is likely
-    sweep.write_text("tricks: [warmup, mixup]\nseeds: {min: 2, max: 3, margin: 0.000001}\n")
+    sweep.write_text("tricks: [warmup, mixup]\nseeds: {min: 2, max: 4, margin: 0.000001}\n")
     res = ablate("sweep", str(sweep), "profile=smoke", *paths(d), env=env)
     assert res.returncode == 0, res.stderr[-3000:]
     runs = d["runs"] / "adapt"
@@ -125,7 +125,7 @@ def test_a_smoke_adaptive_sweep_adds_seeds_only_to_undecided_variants_and_resume
         seeds.setdefault(r.variant, set()).add(r.seed)
     assert seeds["warmup"] >= {0, 1} and seeds["mixup"] >= {0, 1} and seeds["baseline"] >= {0, 1}
     # replayed from the records: a variant got seed 2 exactly when it was open after two seeds
-    plan = Plan(2, 3, 0.000001)
+    plan = Plan(2, 4, 0.000001)
     two = {r for r in records if r.seed < 2}
     at_two = {x.variant: x.verdict for x in decisions_from_records(list(two), info["variants"], plan)}
     for variant in ("warmup", "mixup"):
@@ -140,3 +140,18 @@ def test_a_smoke_adaptive_sweep_adds_seeds_only_to_undecided_variants_and_resume
     again = ablate("sweep", str(sweep), "profile=smoke", *paths(d), env=env)
     assert again.returncode == 0 and not re.search(r"training \S+ \(seed \d\)", again.stdout + again.stderr)
     assert (runs / "adaptive.json").read_text() == first
+
+
+def test_a_failed_run_ends_its_variants_series_instead_of_asking_for_more_seeds():
+    from ablate.results import RunRecord
+    from ablate.sweep.adaptive import FAILED
+
+    def rec(variant, seed, status="ok", mAP=0.5):
+        return RunRecord(status=status, variant=variant, sweep="s", tricks=[], seed=seed, config={}, config_hash="h",
+                         base_hash="b", metrics={"mAP": mAP} if status == "ok" else {})
+
+    records = [rec("baseline", 0), rec("baseline", 1), rec("a", 0, mAP=0.51), rec("a", 1, "failed"),
+               rec("b", 0, mAP=0.52), rec("b", 1, mAP=0.49)]
+    got = {d.variant: d.verdict for d in decisions_from_records(records, {"a": "baseline", "b": "baseline"},
+                                                                 Plan(2, 4, 0.3))}
+    assert got == {"a": FAILED, "b": OPEN}

@@ -34,6 +34,7 @@ ALPHA = 0.05
 SPENDING = "Lan–DeMets Pocock-type α·ln(1 + (e − 1)·t)"
 
 HELPED, HURT, NO_EFFECT, UNDECIDED, OPEN = "helped", "hurt", "no effect", "undecided", "open"
+FAILED = "incomplete (a run failed)"
 
 
 class PlanError(ValueError):
@@ -170,9 +171,12 @@ class TrickDecision:
     verdict_holm: str = ""
 
 
-def decide(pairs: Mapping[str, tuple[str, Sequence[float]]], plan: Plan) -> list[TrickDecision]:
+def decide(pairs: Mapping[str, tuple[str, Sequence[float]]], plan: Plan,
+           broken: Sequence[str] = ()) -> list[TrickDecision]:
     """Each variant's decision from its per-seed differences (seeds 0, 1, ... in order), with the
-    Holm-adjusted verdict across all variants beside it. pairs: variant -> (its baseline, diffs)."""
+    Holm-adjusted verdict across all variants beside it. pairs: variant -> (its baseline, diffs);
+    `broken`: variants whose series a failed run cut short, FAILED where they would be open (more
+    seeds cannot complete a series with a hole in it)."""
     out = []
     for variant, (baseline, diffs) in pairs.items():
         if len(diffs) < plan.min_seeds:
@@ -181,11 +185,14 @@ def decide(pairs: Mapping[str, tuple[str, Sequence[float]]], plan: Plan) -> list
         o = run_plan(np.asarray([list(diffs)[:plan.max_seeds]]), plan)
         out.append(TrickDecision(variant, baseline, str(o.verdict[0]), int(o.seeds[0]), float(o.mean[0]),
                                  float(o.half[0]), float(o.p_difference[0]), float(o.p_equivalence[0])))
+    for d in out:
+        if d.variant in broken and d.verdict == OPEN:
+            d.verdict = FAILED
     adj_d = holm([d.p_difference for d in out])
     adj_e = holm([d.p_equivalence for d in out])
     for d, pd_, pe in zip(out, adj_d, adj_e):
-        if d.verdict == OPEN:
-            d.verdict_holm = OPEN
+        if d.verdict in (OPEN, FAILED):
+            d.verdict_holm = d.verdict
         elif pd_ <= plan.alpha:
             d.verdict_holm = HELPED if d.mean > 0 else HURT
         elif pe <= plan.alpha:
@@ -211,25 +218,35 @@ def simulate(plan: Plan, effect: float, sigma: float, sims: int, seed: int = 0) 
 ADAPTIVE_FILE = "adaptive.json"
 
 
-def differences(values: Mapping[tuple[str, int], float], variant: str, baseline: str, max_seeds: int) -> list[float]:
+def differences(values: Mapping[tuple[str, int], float], variant: str, baseline: str, max_seeds: int,
+                failed: set = frozenset()) -> tuple[list[float], bool]:
     """variant − baseline at seeds 0, 1, ... while both have a value (the seeds of an adaptive sweep
-    are consecutive; a missing one ends the series)."""
+    are consecutive; a missing one ends the series), and whether a failed run of either ended it."""
     out = []
     for seed in range(max_seeds):
         if (variant, seed) not in values or (baseline, seed) not in values:
-            break
+            return out, (variant, seed) in failed or (baseline, seed) in failed
         out.append(values[(variant, seed)] - values[(baseline, seed)])
-    return out
+    return out, False
 
 
 def decisions_from_records(records: Sequence, variants: Mapping[str, str], plan: Plan) -> list[TrickDecision]:
     """The plan's decision for each variant (name -> its baseline's name), from the records'
     val mAP in points (ok records only; a variant recorded not_applicable is left out)."""
-    values, not_applicable = {}, set()
+    values, not_applicable, failed = {}, set(), set()
     for r in records:
         if r.status == "ok" and "mAP" in r.metrics:
             values[(r.variant, int(r.seed))] = 100 * float(r.metrics["mAP"])
         elif r.status == "not_applicable":
             not_applicable.add(r.variant)
-    pairs = {v: (b, differences(values, v, b, plan.max_seeds)) for v, b in variants.items() if v not in not_applicable}
-    return decide(pairs, plan)
+        elif r.status in ("failed", "diverged"):
+            failed.add((r.variant, int(r.seed)))
+    pairs, broken = {}, []
+    for v, b in variants.items():
+        if v in not_applicable:
+            continue
+        diffs, cut = differences(values, v, b, plan.max_seeds, failed)
+        pairs[v] = (b, diffs)
+        if cut:
+            broken.append(v)
+    return decide(pairs, plan, broken)
