@@ -37,6 +37,7 @@ from .results import (RECORD_NAME, atomic_write, RecordError, RunRecord, base_ha
                       read_record, write_record)
 from .fingerprint import code_changes, code_fingerprint, same_code, summarize
 from .tricks import BatchContext, TrickConfigError, TrickConflictError, build_tricks, lr_factor
+from .tricks.base import cosine_annealing
 
 log = logging.getLogger("ablate.train")
 CHECKPOINT = "last.pt"
@@ -104,8 +105,7 @@ def lr_schedule(cfg_schedule, total_steps: int) -> Callable[[int], float]:
     if name == "constant":
         return lambda step: 1.0
     if name == "cosine":
-        lo = cfg_schedule.min_factor
-        return lambda step: lo + (1 - lo) * 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
+        return cosine_annealing(total_steps, cfg_schedule.min_factor)
     if name == "step":
         marks = [m * total_steps for m in cfg_schedule.milestones]
         gamma = cfg_schedule.gamma

@@ -27,8 +27,9 @@ from pathlib import Path
 from common import train_step
 
 
-def trick_kind(name: str) -> tuple[str, str]:
-    """(baseline model, 'batch' or 'model') of a trick, from its config and class."""
+def trick_kind(name: str) -> tuple[list[str], str]:
+    """(the baseline models it fits, first choice first; 'batch' or 'model') of a trick, from its
+    config and class."""
     from hydra.utils import get_class
     from omegaconf import OmegaConf
 
@@ -37,9 +38,9 @@ def trick_kind(name: str) -> tuple[str, str]:
 
     node = OmegaConf.load(conf_dir() / "tricks" / f"{name}.yaml")
     cls = get_class(node._target_)
-    by_family = {"one_stage": "fcos", "two_stage": "faster_rcnn"}
-    model = next(by_family.get(f, f) for f in cls.fits)
-    return model, "batch" if cls.on_batch is not Trick.on_batch else "model"
+    by_family = {"one_stage": ["fcos", "retinanet"], "two_stage": ["faster_rcnn"]}
+    models = list(dict.fromkeys(m for f in cls.fits for m in by_family.get(f, [f])))
+    return models, "batch" if cls.on_batch is not Trick.on_batch else "model"
 
 
 def paired_steps(trick: str, model_name: str, steps: int, cache: str) -> dict:
@@ -104,8 +105,15 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as cache:
         for name in args.tricks:
-            model, kind = trick_kind(name)
-            r = paired_steps(name, model, args.steps, cache)
+            from ablate.tricks import TrickConflictError
+
+            models, kind = trick_kind(name)
+            for model in models:  # the first detector the trick applies to (giou is FCOS's own loss)
+                try:
+                    r = paired_steps(name, model, args.steps, cache)
+                    break
+                except TrickConflictError as e:
+                    print(f"  {name} on {model}: not applicable ({e})", flush=True)
             rows.append((name, kind, model, r))
             print(f"  {name} on {model}: step time x{r['ratio']:.3f} of the baseline's (median of {r['steps']} "
                   f"paired steps); {100 * r['hook']:.2f}% of its step in batch hooks", flush=True)

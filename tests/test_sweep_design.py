@@ -76,3 +76,12 @@ def test_a_baseline_may_ablate_only_some_tricks(tmp_path):
         sweep_file(tmp_path, "tricks: [a]\nbaselines:\n  frcnn: {overrides: [], tricks: [c]}\n")
     with pytest.raises(SweepFileError, match=r"baselines.frcnn has unknown keys \['trick'\]"):
         sweep_file(tmp_path, "tricks: [a]\nbaselines:\n  frcnn: {overrides: [], trick: [a]}\n")
+
+
+def test_the_everything_sweep_lists_every_trick_file():
+    from ablate.config import conf_dir
+
+    every = load_sweep(sweeps_dir() / "everything.yaml")
+    files = {p.stem for p in (conf_dir() / "tricks").glob("*.yaml")}
+    assert set(every.tricks) == files, f"not in sweeps/everything.yaml: {sorted(files - set(every.tricks))}"
+    assert set(every.baselines) == {"fcos", "retinanet", "faster_rcnn"}

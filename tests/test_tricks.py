@@ -1,5 +1,6 @@
 """Tricks against their papers' definitions, on hand-computed cases."""
 import logging
+import math
 
 import numpy as np
 import pytest
@@ -7,9 +8,9 @@ import torch
 from omegaconf import OmegaConf
 from scipy import stats
 
-from ablate.testing import model_config, trick_config
+from ablate.testing import model_config, really_on, trick_config
 from ablate.tricks import (BatchContext, Trick, TrickArgumentError, TrickConfigError, TrickConflictError, build_tricks,
-                           check_compatible)
+                           check_compatible, lr_factor)
 from ablate.tricks.mixup import MixUp, mix_pair
 from ablate.tricks.warmup import Warmup
 
@@ -204,3 +205,23 @@ def test_trick_that_does_not_fit_the_detector_fails_saying_what_fits():
 def test_trick_yaml_without_target_is_reported():
     with pytest.raises(ValueError, match="tricks.broken.*_target_"):
         build_tricks(OmegaConf.create({"broken": {"alpha": 1}}), model_config("fcos"))
+
+
+# ---------------------------------------------------------------- cosine (a training trick)
+
+def test_cosine_replaces_the_step_schedule_and_a_warmup_multiplies_it_in_either_order():
+    step = lambda s: 0.1 ** sum(s >= m for m in (667, 917))  # noqa: E731 (the baseline's 1x shape, 1,000 steps)
+    (cos,) = build_tricks(trick_config("cosine"), model_config("fcos"))
+    factor = lr_factor(step, [cos], 1000)
+    assert [factor(s) for s in (0, 500, 1000)] == pytest.approx([1.0, 0.5, 0.0], abs=1e-12)
+    assert factor(900) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.9)))  # the step schedule is gone
+    for names in (["warmup", "cosine"], ["cosine", "warmup"]):
+        tricks = build_tricks(trick_config(*names), model_config("fcos"))
+        both = lr_factor(step, tricks, 1000)
+        # warmup 5.6% of 1,000 steps = 56 steps from 0.001: at step 28 it is (0.001 + 0.999 * 0.5) x cosine
+        assert both(28) == pytest.approx((0.001 + 0.999 * 28 / 56) * 0.5 * (1 + math.cos(math.pi * 0.028)))
+        assert both(500) == pytest.approx(0.5)
+
+
+def test_cosine_really_changes_training():
+    really_on("cosine", model="fcos")

@@ -52,6 +52,8 @@ for losses computed per level as the GHM authors' code does; zeros for Faster R-
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -133,6 +135,35 @@ class CrossEntropyLoss(nn.Module):
         return (ce * box_weights).mean()
 
 
+class SigmoidBCELoss(nn.Module):
+    """A one-stage classification loss without the focal term: sigmoid binary cross-entropy summed
+    over the K classes of each valid sample, weighted by its box, divided by the foreground count
+    (the normalizer the focal loss gets, as mmdetection v3 normalises a sigmoid CrossEntropyLoss in
+    its one-stage heads)."""
+
+    def forward(self, logits: Tensor, targets: Tensor, box_weights: Tensor, normalizer: Tensor,
+                levels: Tensor | None = None) -> Tensor:
+        per_sample = F.binary_cross_entropy_with_logits(logits, targets, reduction="none").sum(dim=1)
+        return (per_sample * box_weights / normalizer).sum()
+
+
+class SoftmaxFocalLoss(nn.Module):
+    """The focal loss over a softmax of the C classes (background 0 included), as Detectron's
+    SoftmaxFocalLoss op (Lin et al. 2017's softmax variant): −z (1 − p_t)^γ ln p_t per sampled RoI,
+    z = α for a foreground RoI and 1 − α for a background one, summed and divided by the number
+    of foreground RoIs (at least 1); each RoI's term weighted by its box."""
+
+    def __init__(self, gamma: float, alpha: float):
+        super().__init__()
+        self.gamma, self.alpha = gamma, alpha
+
+    def forward(self, logits: Tensor, labels: Tensor, box_weights: Tensor) -> Tensor:
+        log_p = F.log_softmax(logits.float(), dim=1).gather(1, labels[:, None])[:, 0]
+        z = torch.where(labels > 0, self.alpha, 1 - self.alpha)
+        per_roi = -z * (1 - log_p.exp()).pow(self.gamma) * log_p
+        return (per_roi * box_weights).sum() / max(int((labels > 0).sum()), 1)
+
+
 class L1BoxLoss(nn.Module):
     """RetinaNet's box loss as torchvision computes it (l1 on the encoded deltas, summed per image
     and divided by its foreground count, averaged over images), with per-box weights."""
@@ -164,6 +195,84 @@ class SmoothL1BoxLoss(nn.Module):
     def forward(self, pred: Tensor, target: Tensor, box_weights: Tensor, normalizer: Tensor,
                 levels: Tensor | None = None) -> Tensor:
         per_sample = F.smooth_l1_loss(pred, target, beta=1 / 9, reduction="none").sum(dim=1)
+        return (per_sample * box_weights / normalizer).sum()
+
+
+def iou_type_loss(pred: Tensor, target: Tensor, kind: str, eps: float) -> Tensor:
+    """Per box [P]: the IoU-type loss of decoded boxes (x1, y1, x2, y2) against their targets, as
+    mmdetection v3 computes it (mmdet/models/losses/iou_loss.py with bbox_overlaps):
+    - iou: −ln IoU (UnitBox), IoU clamped at eps (no gradient where boxes do not overlap);
+    - giou: 1 − GIoU, union and enclosing area floored at eps;
+    - diou: 1 − IoU + ρ²/c², eps added to the union and to c²;
+    - ciou: 1 − clamp(IoU − ρ²/c² − αv, −1, 1), v = 4/π² (atan(w_gt/h_gt) − atan(w/h))², eps added
+      to the heights, α = v / (1 − IoU + v) without gradient and 0 unless IoU > 0.5 (the CIoU paper's
+      TCYB version; torchvision's complete_box_iou_loss has no such gate)."""
+    lt = torch.max(pred[:, :2], target[:, :2])
+    rb = torch.min(pred[:, 2:], target[:, 2:])
+    wh = (rb - lt).clamp(min=0)
+    overlap = wh[:, 0] * wh[:, 1]
+    area_p = (pred[:, 2] - pred[:, 0]) * (pred[:, 3] - pred[:, 1])
+    area_t = (target[:, 2] - target[:, 0]) * (target[:, 3] - target[:, 1])
+    enclose = (torch.max(pred[:, 2:], target[:, 2:]) - torch.min(pred[:, :2], target[:, :2])).clamp(min=0)
+    if kind in ("iou", "giou"):
+        union = (area_p + area_t - overlap).clamp(min=eps)
+        ious = overlap / union
+        if kind == "iou":
+            return -ious.clamp(min=eps).log()
+        enclose_area = (enclose[:, 0] * enclose[:, 1]).clamp(min=eps)
+        return 1 - (ious - (enclose_area - union) / enclose_area)
+    ious = overlap / (area_p + area_t - overlap + eps)
+    c2 = enclose[:, 0] ** 2 + enclose[:, 1] ** 2 + eps
+    rho2 = (((target[:, 0] + target[:, 2]) - (pred[:, 0] + pred[:, 2])) ** 2
+            + ((target[:, 1] + target[:, 3]) - (pred[:, 1] + pred[:, 3])) ** 2) / 4
+    if kind == "diou":
+        return 1 - (ious - rho2 / c2)
+    if kind != "ciou":
+        raise ValueError(f"IoU-type loss {kind!r}: choose iou, giou, diou or ciou")
+    w1, h1 = pred[:, 2] - pred[:, 0], pred[:, 3] - pred[:, 1] + eps
+    w2, h2 = target[:, 2] - target[:, 0], target[:, 3] - target[:, 1] + eps
+    v = (4 / math.pi ** 2) * (torch.atan(w2 / h2) - torch.atan(w1 / h1)) ** 2
+    with torch.no_grad():
+        alpha = (ious > 0.5).to(v.dtype) * v / (1 - ious + v)
+    return 1 - (ious - (rho2 / c2 + alpha * v)).clamp(min=-1.0, max=1.0)
+
+
+class IoUTypeLoss(nn.Module):
+    """A box loss on decoded boxes: iou_type_loss per positive sample, weighted by its box and
+    divided by the detector's normalizer."""
+    space = "boxes"
+
+    def __init__(self, kind: str, eps: float):
+        super().__init__()
+        self.kind, self.eps = kind, eps
+
+    def forward(self, pred: Tensor, target: Tensor, box_weights: Tensor, normalizer: Tensor,
+                levels: Tensor | None = None) -> Tensor:
+        per_sample = iou_type_loss(pred.float(), target.float(), self.kind, self.eps)
+        return (per_sample * box_weights / normalizer).sum()
+
+
+def balanced_l1(diff: Tensor, alpha: float, gamma: float, beta: float) -> Tensor:
+    """Libra R-CNN's balanced L1 of |x| (Pang et al. 2019, eq. 8; mmdetection balanced_l1_loss.py):
+    α/b (b|x| + 1) ln(b|x|/β + 1) − α|x| below β, γ|x| + γ/b − αβ above, b = e^(γ/α) − 1 (so that
+    α ln(b + 1) = γ and the two pieces meet at β)."""
+    b = math.e ** (gamma / alpha) - 1
+    return torch.where(diff < beta, alpha / b * (b * diff + 1) * torch.log(b * diff / beta + 1) - alpha * diff,
+                       gamma * diff + gamma / b - alpha * beta)
+
+
+class BalancedL1Loss(nn.Module):
+    """Balanced L1 on the encoded deltas, summed over the 4 coordinates of each positive sample,
+    weighted by its box and divided by the detector's normalizer (as its smooth-L1/L1 baseline)."""
+    space = "deltas"
+
+    def __init__(self, alpha: float, gamma: float, beta: float):
+        super().__init__()
+        self.alpha, self.gamma, self.beta = alpha, gamma, beta
+
+    def forward(self, pred: Tensor, target: Tensor, box_weights: Tensor, normalizer: Tensor,
+                levels: Tensor | None = None) -> Tensor:
+        per_sample = balanced_l1((pred - target).abs(), self.alpha, self.gamma, self.beta).sum(dim=1)
         return (per_sample * box_weights / normalizer).sum()
 
 
@@ -513,6 +622,14 @@ def set_slot(model: nn.Module, slot: str, value) -> None:
         raise LossSlotError(f"a box loss must declare space = 'deltas' or 'boxes' (the form of box it takes); "
                             f"{type(value).__name__} has space={getattr(value, 'space', None)!r}")
     setattr(holder, holder.slot_attrs[slot], value)
+
+
+def detector_name(model: nn.Module) -> str:
+    """The detector a model is (fcos, retinanet, faster_rcnn), from the modules holding its slots."""
+    holders = slot_holders(model)
+    if not holders:
+        raise LossSlotError(f"{type(model).__name__} has no loss slots; build it with ablate.models.build_model")
+    return next(iter(holders.values())).detector
 
 
 def current_slot(model: nn.Module, slot: str):

@@ -109,6 +109,14 @@ def check_choice(arg: str, value: Any, choices: tuple | list) -> Any:
     return value
 
 
+def cosine_annealing(total_steps: int, min_factor: float) -> LRFactor:
+    """The LR factor of cosine annealing per iteration: min + (1 − min)·(1 + cos(π·step/total))/2,
+    1 at step 0, `min_factor` from the last step on (Loshchilov and Hutter 2017, without restarts;
+    mmcv's CosineAnnealing with min_lr_ratio, by iteration)."""
+    return lambda step: min_factor + (1 - min_factor) * 0.5 * (1 + math.cos(math.pi * min(step, total_steps)
+                                                                          / total_steps))
+
+
 def off_at_end(off_last_fraction: float, epoch: int, num_epochs: int) -> bool:
     """Whether a trick that is off for the final `off_last_fraction` of training is off in `epoch`
     (counted from 0): it is off for epoch >= num_epochs - round_half_up(off_last_fraction * num_epochs),
