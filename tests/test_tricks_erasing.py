@@ -1,0 +1,116 @@
+"""random_erasing and cutout against their definitions on literal regions, the boxes they drop, and a
+few training steps each (ablate/tricks/erasing.py)."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ablate.testing import batch_context, build_trick, really_on
+from ablate.tricks import BatchContext
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+class Scripted:
+    """Stands in for ctx.rng: coins, uniforms and integers in the order given; fills with 0.5."""
+
+    def __init__(self, coins=(), uniforms=(), integers=()):
+        self.coins, self.uniforms, self.integers_ = list(coins), list(uniforms), list(integers)
+        self.calls = []
+
+    def random(self, size=None):
+        if size is not None:
+            self.calls.append(("fill", size))
+            return np.full(size, 0.5)
+        self.calls.append(("coin",))
+        return self.coins.pop(0)
+
+    def uniform(self, low, high):
+        self.calls.append(("uniform", low, high))
+        return self.uniforms.pop(0)
+
+    def integers(self, low, high):
+        self.calls.append(("integers", low, high))
+        return self.integers_.pop(0)
+
+
+def ctx(rng):
+    return BatchContext(epoch=0, num_epochs=1, step=0, total_steps=1, rng=rng)
+
+
+def target(boxes, labels):
+    return {"boxes": torch.tensor(boxes, dtype=torch.float32), "labels": torch.tensor(labels),
+            "weights": torch.ones(len(labels))}
+
+
+def test_random_erasing_draws_torchvisions_rectangle_and_fills_it():
+    """A 100 x 50 image (h 50, w 100). Area share 0.2 -> 1,000 px; log-aspect 0 -> ratio 1:
+    h = w = round(sqrt(1000)) = 32; top-left y 10, x 20: the rectangle x 20-52, y 10-42."""
+    trick = build_trick("random_erasing")
+    rng = Scripted(coins=[0.1], uniforms=[0.2, 0.0], integers=[10, 20])
+    img = torch.zeros(3, 50, 100)
+    tgt = target([[25, 12, 45, 40], [0, 0, 30, 30], [60, 5, 90, 45]], [1, 2, 3])
+    (out,), (t,) = trick.on_batch([img], [tgt], ctx(rng))
+    assert rng.calls == [("coin",), ("uniform", 0.02, 0.33), ("uniform", math.log(0.3), math.log(3.3)),
+                         ("integers", 0, 50 - 32 + 1), ("integers", 0, 100 - 32 + 1), ("fill", (3, 32, 32))]
+    assert (out[:, 10:42, 20:52] == 0.5).all() and out.sum() == 0.5 * 3 * 32 * 32
+    # the first box lies wholly inside: dropped with its label and weight; the others stay unchanged
+    assert t["boxes"].tolist() == [[0, 0, 30, 30], [60, 5, 90, 45]] and t["labels"].tolist() == [2, 3]
+    assert len(t["weights"]) == 2
+
+
+def test_random_erasing_retries_a_rectangle_that_does_not_fit_and_is_off_with_the_coin():
+    trick = build_trick("random_erasing", attempts=2)
+    # share 0.33 of 100 x 50 at aspect e^1.19 = 3.29: h = round(sqrt(1650 * 3.29)) = 74 > 50: retried
+    rng = Scripted(coins=[0.2], uniforms=[0.33, 1.19, 0.02, 0.0], integers=[0, 0])
+    (out,), _ = trick.on_batch([torch.zeros(3, 50, 100)], [target([[0, 0, 5, 5]], [1])], ctx(rng))
+    assert [c[0] for c in rng.calls] == ["coin", "uniform", "uniform", "uniform", "uniform", "integers", "integers",
+                                         "fill"]
+    # the second try: share 0.02 of 5,000 px = 100 px at ratio 1: 10 x 10 at the top-left corner
+    assert (out[:, 0:10, 0:10] == 0.5).all() and out.sum() == 0.5 * 3 * 100
+    off = Scripted(coins=[0.9])
+    img = torch.zeros(3, 50, 100)
+    (same,), _ = trick.on_batch([img], [target([[0, 0, 5, 5]], [1])], ctx(off))
+    assert same is img and off.calls == [("coin",)]
+
+
+def test_cutout_is_the_authors_clipped_square_of_half_the_shorter_side():
+    """50 x 100 image: L = 0.5 x 50 = 25, L//2 = 12. Centre (x 95, y 5): x 83-100 (clipped at 107),
+    y 0-17 (clipped at -7), filled with the ImageNet mean."""
+    trick = build_trick("cutout")
+    rng = Scripted(coins=[0.0], integers=[5, 95])
+    img = torch.ones(3, 50, 100)
+    tgt = target([[85, 2, 99, 15], [80, 0, 100, 20]], [1, 2])
+    (out,), (t,) = trick.on_batch([img], [tgt], ctx(rng))
+    assert rng.calls == [("coin",), ("integers", 0, 50), ("integers", 0, 100)]
+    mean = torch.tensor([0.485, 0.456, 0.406])
+    assert torch.equal(out[:, 0:17, 83:100], mean[:, None, None].expand(3, 17, 17))
+    assert out[:, 17:, :].eq(1).all() and out[:, :, :83].eq(1).all()
+    assert t["boxes"].tolist() == [[80, 0, 100, 20]] and t["labels"].tolist() == [2]  # the covered one dropped
+
+
+def test_erasing_arguments_are_checked_by_their_keys():
+    from ablate.tricks import TrickConfigError
+
+    with pytest.raises(TrickConfigError, match=r"tricks\.random_erasing\.p=1\.5"):
+        build_trick("random_erasing", p=1.5)
+    with pytest.raises(TrickConfigError, match=r"tricks\.random_erasing\.scale=\[0\.5, 0\.1\]"):
+        build_trick("random_erasing", scale=[0.5, 0.1])
+    with pytest.raises(TrickConfigError, match=r"tricks\.cutout\.size=0"):
+        build_trick("cutout", size=0)
+
+
+@pytest.mark.parametrize("name", ["random_erasing", "cutout"])
+def test_erasing_tricks_change_training(name):
+    really_on(name, model="fcos", p=1.0)
+
+
+def test_same_seed_same_erasure():
+    trick = build_trick("random_erasing", p=1.0)
+    imgs = [torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(0))]
+    tg = [target([[0, 0, 10, 10]], [1])]
+    a, _ = trick.on_batch(imgs, tg, batch_context(seed=3))
+    b, _ = trick.on_batch(imgs, tg, batch_context(seed=3))
+    c, _ = trick.on_batch(imgs, tg, batch_context(seed=4))
+    assert torch.equal(a[0], b[0]) and not torch.equal(a[0], c[0])
