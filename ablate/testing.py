@@ -26,7 +26,7 @@ from .models.losses import slot_holders
 from .tricks import BatchContext, Trick, build_tricks, lr_factor
 
 __all__ = ["trick_config", "build_trick", "model_config", "tiny_model", "tiny_batch", "batch_context",
-           "one_thread", "loss_history", "HookSpy", "really_on"]
+           "one_thread", "train_steps", "loss_history", "HookSpy", "really_on"]
 
 IMAGE_SIZE = 96
 
@@ -112,7 +112,7 @@ class HookSpy:
     """Counts the calls of the hooks a trick overrides, and the calls of whatever it put in the
     detector's slots (a loss set in on_model but never called is a silent no-op)."""
 
-    HOOKS = ("on_model", "on_lr_factor", "on_batch")
+    HOOKS = ("on_model", "on_lr_factor", "on_batch", "on_step", "eval_model")
 
     def __init__(self, trick: Trick):
         self.trick = trick
@@ -161,10 +161,11 @@ class HookSpy:
         return [h for h, n in {**self.calls, **{f"slot {s}": n for s, n in self.slot_calls.items()}}.items() if n == 0]
 
 
-def loss_history(model: str, tricks: Sequence[Trick] = (), steps: int = 3, seed: int = 0, lr: float = 1e-3,
-                 batch_size: int = 4) -> list[float]:
-    """The summed training loss of `steps` AdamW steps of the tiny `model` on tiny batches, with the
-    tricks' hooks called as the harness calls them (on_model, on_lr_factor, on_batch each step)."""
+def train_steps(model: str, tricks: Sequence[Trick] = (), steps: int = 3, seed: int = 0, lr: float = 1e-3,
+                batch_size: int = 4) -> tuple[list[float], nn.Module]:
+    """`steps` AdamW steps of the tiny `model` on tiny batches, the tricks' hooks called as the
+    harness calls them (on_model, on_lr_factor, on_batch, on_step); (the summed loss of each step,
+    the trained model)."""
     with one_thread():
         net = tiny_model(model, seed, tricks)
         factor = lr_factor(lambda step: 1.0, list(tricks), steps)
@@ -183,19 +184,34 @@ def loss_history(model: str, tricks: Sequence[Trick] = (), steps: int = 3, seed:
             loss.backward()
             optimizer.step()
             scheduler.step()
+            for trick in tricks:
+                trick.on_step(net, step + 1)
             history.append(float(loss.detach()))
-        return history
+        return history, net
+
+
+def loss_history(model: str, tricks: Sequence[Trick] = (), steps: int = 3, seed: int = 0, lr: float = 1e-3,
+                 batch_size: int = 4) -> list[float]:
+    """The summed training loss of each of `steps` steps (see train_steps)."""
+    return train_steps(model, tricks, steps, seed, lr, batch_size)[0]
 
 
 def really_on(name: str, model: str = "fcos", steps: int = 3, **overrides: Any) -> HookSpy:
     """Fails (AssertionError) unless the trick `name`, trained a few steps on `model`, called every
     hook it overrides, used every slot it set, and changed the loss history against the baseline's
-    from the same seed. Returns the spy with the counts."""
+    from the same seed, or, for a trick that picks the weights to evaluate (EMA), evaluates other
+    weights than the trained ones. Returns the spy with the counts."""
     trick = build_trick(name, model, **overrides)
     spy = HookSpy(trick)
-    with_trick = loss_history(model, [trick], steps)
+    with_trick, net = train_steps(model, [trick], steps)
+    if "eval_model" in spy.calls:
+        evaluated = trick.eval_model(net)
     silent = spy.never_ran()
     assert not silent, f"trick '{name}' on {model}: never ran: {', '.join(silent)}"
+    if "eval_model" in spy.calls:
+        differ = any(not torch.equal(a, b) for a, b in zip(evaluated.state_dict().values(), net.state_dict().values()))
+        assert differ, f"trick '{name}' on {model}: evaluates the trained weights themselves: it changes nothing"
+        return spy
     baseline = loss_history(model, [], steps)
     same = all(abs(a - b) <= 1e-6 * max(abs(b), 1e-12) for a, b in zip(with_trick, baseline))
     assert not same, f"trick '{name}' on {model}: the loss history is the baseline's ({baseline}): it changes nothing"

@@ -240,6 +240,8 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path) -> RunRecord:
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         first_epoch, step = state["epoch"] + 1, state["step"]
+        for trick in tricks:
+            trick.load_state_dict(state.get("tricks", {}).get(trick.name, {}))
         # Totals a checkpoint of an older version lacks start at zero.
         record.curve, totals = state["curve"], {**totals, **state["totals"]}
         log.info("resuming from %s after epoch %d", ckpt_path, state["epoch"] + 1)
@@ -293,6 +295,8 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path) -> RunRecord:
                 # (on CUDA, kernels still queued at this point are counted in the next step's).
                 totals["model_s"] += time.perf_counter() - t_model
                 step += 1
+                for trick in tricks:  # after the step (EMA); its cost is the harness's share
+                    trick.on_step(model, step)
                 totals["images"] += len(images)
                 if time_to_first_step is None:
                     time_to_first_step = time.perf_counter() - start
@@ -314,7 +318,7 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path) -> RunRecord:
                      **{k: v / max(n_batches, 1) for k, v in epoch_parts.items()}}
             if cfg.train.eval_every and (epoch + 1) % cfg.train.eval_every == 0 and epoch + 1 < cfg.train.epochs:
                 t_eval = time.perf_counter()
-                metrics, _, _ = evaluate_model(model, data, cfg, device, autocast)
+                metrics, _, _ = evaluate_model(evaluated(model, tricks), data, cfg, device, autocast)
                 totals["eval_s"] += time.perf_counter() - t_eval
                 point["val_mAP"] = metrics["mAP"]
             record.curve.append(point)
@@ -327,7 +331,8 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path) -> RunRecord:
                                             "code_fingerprint": record.code["fingerprint"],
                                             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                                            "curve": record.curve, "totals": totals})
+                                            "curve": record.curve, "totals": totals,
+                                            "tricks": {t.name: t.state_dict() for t in tricks}})
                 totals["checkpoint_s"] += time.perf_counter() - t_save
     except Diverged as e:
         log.error("run diverged: %s", e)
@@ -335,6 +340,7 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path) -> RunRecord:
 
     if record.status == "ok":
         t_eval = time.perf_counter()
+        model = evaluated(model, tricks)
         record.metrics, record.per_class_ap, detections = evaluate_model(model, data, cfg, device, autocast)
         totals["eval_s"] += time.perf_counter() - t_eval
         # A detector that collapsed still ends with status ok: say so beside it.
@@ -375,6 +381,13 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path) -> RunRecord:
     if not cfg.runtime.keep_checkpoint:
         ckpt_path.unlink(missing_ok=True)
     return record
+
+
+def evaluated(model: torch.nn.Module, tricks: list) -> torch.nn.Module:
+    """The model whose weights are evaluated: the trained one, unless a trick offers another (EMA)."""
+    for trick in tricks:
+        model = trick.eval_model(model)
+    return model
 
 
 def evaluate_model(model, data, cfg: DictConfig, device: torch.device, autocast) -> tuple[dict, dict, list]:

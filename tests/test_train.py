@@ -74,6 +74,27 @@ def test_a_run_killed_after_an_epoch_resumes_from_its_checkpoint_to_the_same_res
     assert [p.get("loss") for p in resumed.curve] == [p.get("loss") for p in whole.curve]
 
 
+def test_a_resumed_ema_run_ends_with_the_same_average(tmp_path, shapes_cache, monkeypatch):
+    """The EMA's state rides in the checkpoint: killed after epoch 2 and resumed, the evaluated
+    (averaged) weights, so the metrics, are the whole run's."""
+    overrides = ("train.epochs=3", "tricks=[ema]", "tricks.ema.tau=1")
+    whole = train_and_evaluate(make_cfg(shapes_cache, *overrides), tmp_path / "whole")
+    real_save = train_mod.save_checkpoint
+
+    def save_then_die(path, state):
+        real_save(path, state)
+        if state["epoch"] == 1:
+            assert state["tricks"]["ema"]["updates"] > 0
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train_and_evaluate(make_cfg(shapes_cache, *overrides), tmp_path / "killed")
+    monkeypatch.setattr(train_mod, "save_checkpoint", real_save)
+    resumed = train_and_evaluate(make_cfg(shapes_cache, *overrides), tmp_path / "killed")
+    assert resumed.metrics == whole.metrics
+
+
 def test_checkpoint_of_another_config_is_not_resumed(tmp_path, shapes_cache):
     train_and_evaluate(make_cfg(shapes_cache, "train.epochs=1"), tmp_path)
     (tmp_path / "result.json").unlink()

@@ -225,3 +225,48 @@ def test_cosine_replaces_the_step_schedule_and_a_warmup_multiplies_it_in_either_
 
 def test_cosine_really_changes_training():
     really_on("cosine", model="fcos")
+
+
+# ---------------------------------------------------------------- ema
+
+def test_ema_after_three_steps_by_hand():
+    """A 1-parameter model trained to w1, w2, w3: the average is w1 after the first step, then
+    d(2) ema + (1 - d(2)) w2, then d(3) ema + (1 - d(3)) w3, d(u) = decay (1 - exp(-u / tau))."""
+    from ablate.tricks.ema import EMA
+
+    ema = EMA(decay=0.9, tau=1.0)
+    model = torch.nn.Linear(1, 1, bias=False)
+    d = lambda u: 0.9 * (1 - math.exp(-u))  # noqa: E731
+    expected = None
+    for step, w in enumerate([1.0, 2.0, 4.0], start=1):
+        with torch.no_grad():
+            model.weight.fill_(w)
+        ema.on_step(model, step)
+        expected = w if expected is None else d(step) * expected + (1 - d(step)) * w
+        assert float(ema.eval_model(model).weight) == pytest.approx(expected)
+    assert expected == pytest.approx(d(3) * (d(2) * 1.0 + (1 - d(2)) * 2.0) + (1 - d(3)) * 4.0)
+    assert ema.eval_model(model) is not model and float(model.weight) == 4.0
+
+
+def test_ema_resumes_from_its_state():
+    from ablate.tricks.ema import EMA
+
+    model = torch.nn.Linear(1, 1, bias=False)
+    whole, first = EMA(decay=0.9, tau=1.0), EMA(decay=0.9, tau=1.0)
+    for step, w in enumerate([1.0, 2.0, 4.0, 8.0], start=1):
+        with torch.no_grad():
+            model.weight.fill_(w)
+        whole.on_step(model, step)
+        if step <= 2:
+            first.on_step(model, step)
+    resumed = EMA(decay=0.9, tau=1.0)
+    resumed.load_state_dict(first.state_dict())
+    for step, w in [(3, 4.0), (4, 8.0)]:
+        with torch.no_grad():
+            model.weight.fill_(w)
+        resumed.on_step(model, step)
+    assert float(resumed.eval_model(model).weight) == pytest.approx(float(whole.eval_model(model).weight))
+
+
+def test_ema_evaluates_other_weights_than_the_trained_ones():
+    really_on("ema", model="fcos", tau=1.0)

@@ -32,6 +32,7 @@ SLOTS = {
     "backbone_dropout": "structured dropout inserted in the backbone (on_model: DropBlock)",
     "activation": "the network's activation function (on_model: Mish)",
     "normalization": "the network's normalisation layers (on_model: frozen BN, GN, FRN)",
+    "weight_average": "the weights evaluated: an average of the trained ones (on_step, eval_model: EMA)",
 }
 # What to select instead when a trick does not fit the detector.
 FAMILY_EXAMPLES = {"one_stage": "model=fcos or model=retinanet", "two_stage": "model=faster_rcnn"}
@@ -166,3 +167,17 @@ class Trick:
     def on_batch(self, images: Images, targets: Targets, ctx: BatchContext) -> tuple[Images, Targets]:
         """Called on each training batch (float images in [0, 1] on the device, targets beside)."""
         return images, targets
+
+    def on_step(self, model: nn.Module, step: int) -> None:
+        """Called after each optimizer step (`step` steps taken so far), e.g. to update an average."""
+
+    def eval_model(self, model: nn.Module) -> nn.Module:
+        """The model to evaluate (each val pass and the final one): the trained one, or another."""
+        return model
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs of this trick (saved in each checkpoint); nothing by default."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restores what state_dict gave, when a run resumes from its checkpoint."""
