@@ -114,3 +114,25 @@ def test_same_seed_same_erasure():
     b, _ = trick.on_batch(imgs, tg, batch_context(seed=3))
     c, _ = trick.on_batch(imgs, tg, batch_context(seed=4))
     assert torch.equal(a[0], b[0]) and not torch.equal(a[0], c[0])
+
+
+# ---------------------------------------------------------------- multiscale (a batch-level trick too)
+
+def test_multiscale_draws_ultralytics_size_and_scales_the_boxes():
+    """Base 160 (the longer side): randrange(80, 240 + 32) // 32 * 32; a draw of 250 gives 224, factor
+    1.4: a 160 x 120 image becomes ceil(168 / 32) * 32 = 192 high and 224 wide."""
+    trick = build_trick("multiscale")
+    rng = Scripted(integers=[250])
+    img = torch.rand(3, 120, 160)
+    tgt = target([[16, 12, 80, 60]], [1])
+    (out,), (t,) = trick.on_batch([img], [tgt], ctx(rng))
+    assert rng.calls == [("integers", 80, 240 + 32)]
+    assert out.shape == (3, 192, 224)
+    assert t["boxes"][0].tolist() == pytest.approx([16 * 224 / 160, 12 * 192 / 120, 80 * 224 / 160, 60 * 192 / 120])
+    same = Scripted(integers=[175])  # 175 // 32 * 32 = 160: the base size, left as it is
+    (kept,), _ = trick.on_batch([img], [tgt], ctx(same))
+    assert kept is img
+
+
+def test_multiscale_changes_training():
+    really_on("multiscale", model="fcos")

@@ -26,6 +26,7 @@ SLOTS = {
     "batch_mix": "images of a batch mixed with each other (on_batch: MixUp, CutMix)",
     "batch_erase": "regions of each training image erased (on_batch: Cutout, random erasing)",
     "batch_color": "the training images' colours changed (on_batch: photometric distortion, grayscale)",
+    "batch_scale": "the size training batches are seen at (on_batch: multi-scale training, scale jitter)",
     "cls_loss": "the detector's classification loss (on_model, models/losses.py)",
     "box_loss": "the detector's box-regression loss (on_model, models/losses.py)",
     "roi_sampler": "the sampler of RoIs for the two-stage box head (on_model, models/losses.py)",
