@@ -1,5 +1,5 @@
-"""random_erasing and cutout against their definitions on literal regions, the boxes they drop, and a
-few training steps each (ablate/tricks/erasing.py)."""
+"""random_erasing, cutout, multiscale and scale_jitter against their definitions on literal regions and
+boxes, and a few training steps each."""
 import math
 
 import numpy as np
@@ -136,3 +136,26 @@ def test_multiscale_draws_ultralytics_size_and_scales_the_boxes():
 
 def test_multiscale_changes_training():
     really_on("multiscale", model="fcos")
+
+
+def test_scale_jitter_is_detectron2s_resize_crop_and_pad():
+    """Base 100 (a 100 x 50 image, w x h). r = 1.5: scale min(150/50, 150/100) = 1.5 -> 150 x 75;
+    fraction 0.4 of the spare room (50 wide, 0 high): x offset 20. The crop is x 20-120 of the
+    resized image, 75 high, padded with 0.5 to 100 x 100. A box at x 10-30 (15-45 resized) is clipped
+    to 0-25; one at x 0-8 (0-12 resized) is cropped away."""
+    trick = build_trick("scale_jitter")
+    rng = Scripted(uniforms=[1.5, 0.4])
+    img = torch.zeros(3, 50, 100)
+    img[:, :, 60:] = 1.0  # the right part: x >= 90 once resized
+    tgt = target([[10, 10, 30, 20], [0, 0, 8, 8]], [1, 2])
+    (out,), (t,) = trick.on_batch([img], [tgt], ctx(rng))
+    assert rng.calls == [("uniform", 0.1, 2.0), ("uniform", 0.0, 1.0)]
+    assert out.shape == (3, 100, 100)
+    assert (out[:, 75:, :] == 0.5).all()  # padded below the 75-px-high crop
+    assert (out[:, :75, :68] == 0).all() and (out[:, :75, 72:] == 1).all()  # x 90 resized is x 70 in the crop
+    assert t["boxes"][0].tolist() == pytest.approx([0, 15, 25, 30])
+    assert t["labels"].tolist() == [1]
+
+
+def test_scale_jitter_changes_training():
+    really_on("scale_jitter", model="fcos")
