@@ -104,6 +104,14 @@ def check_fraction(arg: str, value: Any) -> float:
     return check_number(arg, value, 0, 1)
 
 
+def check_interval(low_arg: str, low: Any, high_arg: str, high: Any) -> tuple[float, float]:
+    """(low, high) as positive numbers with low <= high, else TrickArgumentError naming both."""
+    low, high = check_number(low_arg, low, 0, low_open=True), check_number(high_arg, high, 0, low_open=True)
+    if high < low:
+        raise TrickArgumentError({low_arg: low, high_arg: high}, f"need {low_arg} <= {high_arg}")
+    return low, high
+
+
 def check_choice(arg: str, value: Any, choices: tuple | list) -> Any:
     """`value` when it is one of `choices`, else TrickArgumentError listing them."""
     if value not in choices:

@@ -7,17 +7,14 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .base import BatchContext, Images, Targets, Trick, TrickArgumentError, check_number
+from .base import BatchContext, Images, Targets, Trick, check_interval, check_number
 
 
 class MultiScale(Trick):
     claims = ("batch_scale",)
 
     def __init__(self, low: float, high: float, multiple: int):
-        self.low = check_number("low", low, 0, low_open=True)
-        self.high = check_number("high", high, 0, low_open=True)
-        if self.high < self.low:
-            raise TrickArgumentError({"low": low, "high": high}, "need low <= high")
+        self.low, self.high = check_interval("low", low, "high", high)
         self.multiple = check_number("multiple", multiple, 1, integer=True)
 
     def size(self, base: int, rng) -> int:

@@ -6,17 +6,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import BatchContext, Images, Targets, Trick, TrickArgumentError, check_fraction, check_number
+from .base import BatchContext, Images, Targets, Trick, check_fraction, check_interval
 
 
 class ScaleJitter(Trick):
     claims = ("batch_scale",)
 
     def __init__(self, min_scale: float, max_scale: float, pad_value: float):
-        self.min_scale = check_number("min_scale", min_scale, 0, low_open=True)
-        self.max_scale = check_number("max_scale", max_scale, 0, low_open=True)
-        if self.max_scale < self.min_scale:
-            raise TrickArgumentError({"min_scale": min_scale, "max_scale": max_scale}, "need min_scale <= max_scale")
+        self.min_scale, self.max_scale = check_interval("min_scale", min_scale, "max_scale", max_scale)
         self.pad_value = check_fraction("pad_value", pad_value)
 
     def jitter(self, img: torch.Tensor, tgt: dict, size: int, rng) -> tuple[torch.Tensor, dict]:
