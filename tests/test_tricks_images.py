@@ -159,3 +159,45 @@ def test_scale_jitter_is_detectron2s_resize_crop_and_pad():
 
 def test_scale_jitter_changes_training():
     really_on("scale_jitter", model="fcos")
+
+
+# ---------------------------------------------------------------- photometric
+
+def test_hsv_round_trip_and_opencvs_values_by_hand():
+    from ablate.tricks.photometric import hsv_to_rgb, rgb_to_hsv
+
+    px = torch.tensor([[1.0, 0.0, 0.0, 0.5], [0.0, 1.0, 0.25, 0.5], [0.0, 0.0, 0.75, 0.5]])[:, :, None]  # 4 pixels
+    hsv = rgb_to_hsv(px)
+    # red 0 deg, green 120, (0, .25, .75): V .75, S 1, H 240 + 60 (0 - .25) / .75 = 220; gray: H 0, S 0
+    assert hsv[0, :, 0].tolist() == pytest.approx([0.0, 120.0, 220.0, 0.0])
+    assert hsv[1, :, 0].tolist() == pytest.approx([1.0, 1.0, 1.0, 0.0])
+    assert hsv[2, :, 0].tolist() == pytest.approx([1.0, 1.0, 0.75, 0.5])
+    assert torch.allclose(hsv_to_rgb(hsv), px, atol=1e-6)
+
+
+class ScriptedPhoto(Scripted):
+    def __init__(self, flags, values):
+        super().__init__(integers=list(flags), uniforms=list(values))
+
+    def permutation(self, n):
+        self.calls.append(("permutation", n))
+        return np.array([2, 1, 0])
+
+
+def test_photometric_steps_in_mmdetections_order_by_hand():
+    trick = build_trick("photometric")
+    red = torch.tensor([1.0, 0.0, 0.0])[:, None, None].expand(3, 2, 2)
+    # mode 0 (contrast last), every flag on: brightness -0.5, contrast 2, saturation 0.5, hue +120, swap
+    rng = ScriptedPhoto(flags=[0, 1, 1, 1, 1, 1], values=[-0.5, 2.0, 0.5, 120.0])
+    (out,), _ = trick.on_batch([red], [{}], ctx(rng))
+    assert [c[0] for c in rng.calls] == ["integers"] * 6 + ["uniform"] * 4 + ["permutation"]
+    # (0.5, -0.5, -0.5): V .5, S (0.5 + 0.5) / 0.5 = 2 -> 1 after x 0.5 ... H 0 -> 120: green sector
+    # with V .5, S 1: (p, v, p) = (0, .5, 0); contrast x 2: (0, 1, 0); swapped (2, 1, 0): (0, 1, 0)
+    assert torch.allclose(out[:, 0, 0], torch.tensor([0.0, 1.0, 0.0]), atol=1e-6)
+    off = ScriptedPhoto(flags=[0, 0, 0, 0, 0, 0], values=[-0.5, 2.0, 0.5, 120.0])
+    (same,), _ = trick.on_batch([red], [{}], ctx(off))
+    assert torch.allclose(same, red)
+
+
+def test_photometric_changes_training():
+    really_on("photometric", model="fcos")
