@@ -201,3 +201,36 @@ def test_photometric_steps_in_mmdetections_order_by_hand():
 
 def test_photometric_changes_training():
     really_on("photometric", model="fcos")
+
+
+# ---------------------------------------------------------------- random_crop
+
+def test_random_crop_keeps_the_boxes_whose_centre_is_in_a_patch_of_enough_iou():
+    """A 100 x 100 image, boxes A (10-30) and B (60-90) squares. Mode index 2 -> min IoU 0.3 would
+    need IoU >= 0.3 with both: a 60 x 60 patch at (5, 5) has IoU 400/3600 = 0.11 with A: retried;
+    then mode 0 (index 6, any patch): the same patch, B's centre (75, 75) is outside, A's (20, 20)
+    in: A kept, shifted by (-5, -5), then the 60-px patch resized to 100 (x 5/3)."""
+    trick = build_trick("random_crop", attempts=1)
+    rng = Scripted(integers=[2, 6], uniforms=[60.0, 60.0, 5.0, 5.0, 60.0, 60.0, 5.0, 5.0])
+    img = torch.zeros(3, 100, 100)
+    img[:, 30:40, 30:40] = 1.0
+    tgt = target([[10, 10, 30, 30], [60, 60, 90, 90]], [1, 2])
+    (out,), (t,) = trick.on_batch([img], [tgt], ctx(rng))
+    assert rng.calls[0] == ("integers", 0, 7) and rng.calls[1] == ("uniform", 30.0, 100)
+    assert rng.calls[3] == ("uniform", 40.0, 1.0)  # numpy's uniform(w - new_w): low w - new_w, high 1
+    assert out.shape == (3, 100, 100)
+    assert t["labels"].tolist() == [1]
+    assert t["boxes"][0].tolist() == pytest.approx([5 * 5 / 3, 5 * 5 / 3, 25 * 5 / 3, 25 * 5 / 3])
+    # the bright square at 30-40 lands at (25-35) x 5/3 = 41.7-58.3
+    assert out[0, 45:55, 45:55].min() > 0.99 and out[0, :40, :40].max() < 0.01
+
+
+def test_random_crop_mode_1_keeps_the_image():
+    trick = build_trick("random_crop")
+    img = torch.rand(3, 50, 80)
+    (out,), (t,) = trick.on_batch([img], [target([[0, 0, 10, 10]], [1])], ctx(Scripted(integers=[0])))
+    assert out is img and t["labels"].tolist() == [1]
+
+
+def test_random_crop_changes_training():
+    really_on("random_crop", model="fcos")
