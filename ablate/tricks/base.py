@@ -100,6 +100,21 @@ def check_number(arg: str, value: Any, low: float | None = None, high: float | N
     return int(value) if integer else float(value)
 
 
+# The per-box entries of a target: what a data trick that drops boxes must drop together.
+PER_BOX_KEYS = ("labels", "weights")
+
+
+def with_boxes(target: dict, boxes: torch.Tensor, keep: torch.Tensor) -> dict:
+    """A copy of the target with these boxes (already transformed, one per kept box) and the other
+    per-box entries (labels, MixUp's weights) of the boxes `keep` selects."""
+    out = dict(target)
+    out["boxes"] = boxes
+    for key in PER_BOX_KEYS:
+        if key in target:
+            out[key] = target[key][keep]
+    return out
+
+
 def check_fraction(arg: str, value: Any) -> float:
     """`value` as a float when 0 <= value <= 1, else TrickArgumentError naming `arg`."""
     return check_number(arg, value, 0, 1)

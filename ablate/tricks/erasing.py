@@ -9,7 +9,7 @@ import math
 import numpy as np
 import torch
 
-from .base import BatchContext, Images, Targets, Trick, TrickArgumentError, check_fraction, check_number
+from .base import BatchContext, Images, Targets, Trick, TrickArgumentError, check_fraction, check_number, with_boxes
 
 Region = tuple[int, int, int, int]  # x0, y0, x1, y1: the pixels [x0, x1) x [y0, y1)
 
@@ -21,12 +21,7 @@ def without_covered_boxes(target: dict, region: Region) -> dict:
     covered = (boxes[:, 0] >= x0) & (boxes[:, 1] >= y0) & (boxes[:, 2] <= x1) & (boxes[:, 3] <= y1)
     if not covered.any():
         return target
-    keep = ~covered
-    out = dict(target)
-    for key in ("boxes", "labels", "weights"):
-        if key in target:
-            out[key] = target[key][keep]
-    return out
+    return with_boxes(target, boxes[~covered], ~covered)
 
 
 def erased(img: torch.Tensor, region: Region, fill: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import box_iou
 
-from .base import BatchContext, Images, Targets, Trick, TrickArgumentError, check_fraction, check_number
+from .base import BatchContext, Images, Targets, Trick, TrickArgumentError, check_fraction, check_number, with_boxes
 
 
 class RandomCrop(Trick):
@@ -68,12 +68,7 @@ class RandomCrop(Trick):
         nh, nw = max(1, round((y1 - y0) * scale)), max(1, round((x1 - x0) * scale))
         resized = F.interpolate(cropped[None], size=(nh, nw), mode="bilinear", align_corners=False)[0]
         kept = kept * torch.tensor([nw / (x1 - x0), nh / (y1 - y0)] * 2, dtype=kept.dtype, device=kept.device)
-        out = dict(tgt)
-        out["boxes"] = kept
-        for key in ("labels", "weights"):
-            if key in tgt:
-                out[key] = tgt[key][keep]
-        return resized, out
+        return resized, with_boxes(tgt, kept, keep)
 
     def on_batch(self, images: Images, targets: Targets, ctx: BatchContext) -> tuple[Images, Targets]:
         pairs = [self.crop(img, tgt, ctx.rng) for img, tgt in zip(images, targets)]

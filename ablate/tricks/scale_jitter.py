@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import BatchContext, Images, Targets, Trick, check_fraction, check_interval
+from .base import BatchContext, Images, Targets, Trick, check_fraction, check_interval, with_boxes
 
 
 class ScaleJitter(Trick):
@@ -36,12 +36,7 @@ class ScaleJitter(Trick):
         keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])  # cropped away entirely: dropped
         padded = img.new_full((img.shape[0], size, size), self.pad_value)
         padded[:, :ch, :cw] = img
-        out = dict(tgt)
-        out["boxes"] = boxes[keep]
-        for key in ("labels", "weights"):
-            if key in tgt:
-                out[key] = tgt[key][keep]
-        return padded, out
+        return padded, with_boxes(tgt, boxes[keep], keep)
 
     def on_batch(self, images: Images, targets: Targets, ctx: BatchContext) -> tuple[Images, Targets]:
         size = max(max(img.shape[1:]) for img in images)  # the base size: data.image_size
