@@ -234,3 +234,38 @@ def test_random_crop_mode_1_keeps_the_image():
 
 def test_random_crop_changes_training():
     really_on("random_crop", model="fcos")
+
+
+# ---------------------------------------------------------------- rotation
+
+def test_rotation_turns_pixels_and_boxes_the_same_way():
+    """A 4 x 4 image with its top-left 2 x 2 quadrant bright, turned 90 degrees counter-clockwise:
+    the quadrant is at the bottom left, and so is the box around it."""
+    trick = build_trick("rotation", min_size=0)
+    img = torch.zeros(1, 4, 4)
+    img[:, :2, :2] = 1.0
+    out, t = trick.rotate(img, target([[0, 0, 2, 2]], [1]), 90.0)
+    assert torch.allclose(out[0, 2:, :2], torch.ones(2, 2), atol=1e-5) and out[0, :2, :].abs().max() < 1e-5
+    assert t["boxes"][0].tolist() == pytest.approx([0, 2, 2, 4], abs=1e-5)
+
+
+def test_rotation_inflates_a_box_to_its_rotated_bounds():
+    from ablate.tricks.rotation import rotated_bounds
+
+    box = torch.tensor([[45.0, 45.0, 55.0, 55.0]])  # 10 x 10 at the centre of a 100 x 100 image
+    side = 10 * (math.cos(math.radians(10)) + math.sin(math.radians(10)))  # 11.58
+    assert rotated_bounds(box, 10.0, 50, 50)[0].tolist() == pytest.approx([50 - side / 2, 50 - side / 2,
+                                                                           50 + side / 2, 50 + side / 2])
+
+
+def test_rotation_draws_its_angle_and_drops_boxes_turned_out_of_the_image():
+    trick = build_trick("rotation")
+    rng = Scripted(coins=[0.0], uniforms=[10.0])
+    tgt = target([[0, 0, 3, 3], [40, 40, 60, 60]], [1, 2])  # the corner box is turned mostly outside
+    _, (t,) = trick.on_batch([torch.rand(3, 100, 100)], [tgt], ctx(rng))
+    assert rng.calls == [("coin",), ("uniform", -10, 10)]
+    assert t["labels"].tolist() == [2]
+
+
+def test_rotation_changes_training():
+    really_on("rotation", model="fcos")

@@ -28,6 +28,7 @@ SLOTS = {
     "batch_color": "the training images' colours changed (on_batch: photometric distortion, grayscale)",
     "batch_scale": "the size training batches are seen at (on_batch: multi-scale training, scale jitter)",
     "batch_crop": "a part of each training image cropped out (on_batch: SSD's random crop)",
+    "batch_geometry": "each training image warped, its boxes with it (on_batch: rotation)",
     "cls_loss": "the detector's classification loss (on_model, models/losses.py)",
     "box_loss": "the detector's box-regression loss (on_model, models/losses.py)",
     "roi_sampler": "the sampler of RoIs for the two-stage box head (on_model, models/losses.py)",

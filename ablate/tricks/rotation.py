@@ -1,0 +1,68 @@
+"""A small random rotation of each training image about its centre (the rotation part of
+mmdetection's RandomAffine, as YOLOX trains); each box becomes the axis-aligned bounds of its rotated
+corners, clipped to the image, and boxes left too small or too thin are dropped as mmdetection does."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .base import BatchContext, Images, Targets, Trick, check_fraction, check_number, with_boxes
+
+
+def rotated_bounds(boxes: torch.Tensor, degrees: float, cx: float, cy: float) -> torch.Tensor:
+    """The axis-aligned bounds of each box's four corners rotated by `degrees` (counter-clockwise as
+    seen on the image) about (cx, cy)."""
+    a = math.radians(degrees)
+    cos, sin = math.cos(a), math.sin(a)
+    x = boxes[:, [0, 2, 2, 0]] - cx
+    y = boxes[:, [1, 1, 3, 3]] - cy
+    # image y points down: a counter-clockwise turn on screen is x' = x cos + y sin, y' = -x sin + y cos
+    xr, yr = x * cos + y * sin + cx, -x * sin + y * cos + cy
+    return torch.stack([xr.min(1).values, yr.min(1).values, xr.max(1).values, yr.max(1).values], dim=1)
+
+
+class Rotation(Trick):
+    claims = ("batch_geometry",)
+
+    def __init__(self, p: float, max_degrees: float, fill: float, min_size: float, min_area_ratio: float,
+                 max_aspect_ratio: float):
+        self.p = check_fraction("p", p)
+        self.max_degrees = check_number("max_degrees", max_degrees, 0, 45)
+        self.fill = check_fraction("fill", fill)
+        self.min_size = check_number("min_size", min_size, 0)
+        self.min_area_ratio = check_fraction("min_area_ratio", min_area_ratio)
+        self.max_aspect_ratio = check_number("max_aspect_ratio", max_aspect_ratio, 1)
+
+    def rotate(self, img: torch.Tensor, tgt: dict, degrees: float) -> tuple[torch.Tensor, dict]:
+        h, w = img.shape[1:]
+        a = math.radians(degrees)
+        # grid_sample maps each output pixel to its source: the inverse rotation, in normalised
+        # coordinates scaled by the aspect ratio so the turn is a true rotation in pixels
+        theta = torch.tensor([[math.cos(a), -math.sin(a) * h / w, 0.0],
+                              [math.sin(a) * w / h, math.cos(a), 0.0]], dtype=img.dtype, device=img.device)
+        grid = F.affine_grid(theta[None], [1, *img.shape], align_corners=False)
+        out = F.grid_sample((img - self.fill)[None], grid, mode="bilinear", padding_mode="zeros",
+                            align_corners=False)[0] + self.fill
+        boxes = tgt["boxes"].reshape(-1, 4)
+        bounds = rotated_bounds(boxes, degrees, w / 2, h / 2)
+        clipped = torch.stack([bounds[:, 0].clamp(0, w), bounds[:, 1].clamp(0, h), bounds[:, 2].clamp(0, w),
+                               bounds[:, 3].clamp(0, h)], dim=1)
+        # mmdetection's RandomAffine filter (_filter_gt_bboxes): both sides > min_size, area above
+        # min_area_ratio of the original box's, aspect ratio below max_aspect_ratio
+        bw, bh = clipped[:, 2] - clipped[:, 0], clipped[:, 3] - clipped[:, 1]
+        area_before = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+        aspect = torch.maximum(bw / bh.clamp(min=1e-12), bh / bw.clamp(min=1e-12))
+        keep = ((bw > self.min_size) & (bh > self.min_size) & (bw * bh > self.min_area_ratio * area_before)
+                & (aspect < self.max_aspect_ratio))
+        return out, with_boxes(tgt, clipped[keep], keep)
+
+    def on_batch(self, images: Images, targets: Targets, ctx: BatchContext) -> tuple[Images, Targets]:
+        out_images, out_targets = [], []
+        for img, tgt in zip(images, targets):
+            if ctx.rng.random() < self.p:
+                img, tgt = self.rotate(img, tgt, ctx.rng.uniform(-self.max_degrees, self.max_degrees))
+            out_images.append(img)
+            out_targets.append(tgt)
+        return out_images, out_targets
