@@ -269,3 +269,59 @@ def test_rotation_draws_its_angle_and_drops_boxes_turned_out_of_the_image():
 
 def test_rotation_changes_training():
     really_on("rotation", model="fcos")
+
+
+# ---------------------------------------------------------------- mosaic
+
+class ScriptedMosaic:
+    def __init__(self, coins, partners, order, centres):
+        self.coins, self.partners, self.order, self.centres, self.calls = list(coins), partners, order, list(centres), []
+
+    def random(self):
+        self.calls.append(("coin",))
+        return self.coins.pop(0)
+
+    def integers(self, low, high, size=None):
+        self.calls.append(("integers", low, high, size))
+        return np.array(self.partners)
+
+    def permutation(self, n):
+        self.calls.append(("permutation", n))
+        return np.array(self.order)
+
+    def uniform(self, low, high):
+        self.calls.append(("uniform", low, high))
+        return self.centres.pop(0)
+
+
+def test_mosaic_places_four_images_around_the_centre_and_keeps_the_central_window():
+    """Four 8 x 8 images of values 0, 1, 2, 3, each with one box over all of it. Image 0 with
+    partners 1, 2, 3 in that order, centre (8, 8) on the 16 x 16 canvas: each image fills a
+    quadrant; the window [4, 12) shows a 4 x 4 corner of each, and each box is cut to that corner."""
+    trick = build_trick("mosaic", prob=0.5)
+    images = [torch.full((1, 8, 8), float(k)) for k in range(4)]
+    targets = [target([[0, 0, 8, 8]], [k + 1]) for k in range(4)]
+    # only the first image is mixed: the coins of the others say no
+    rng = ScriptedMosaic(coins=[0.1, 0.9, 0.9, 0.9], partners=[0, 1, 2], order=[0, 1, 2, 3], centres=[1.0, 1.0])
+    ctx_ = BatchContext(epoch=0, num_epochs=10, step=0, total_steps=1, rng=rng)
+    (out, *rest), (t, *_) = trick.on_batch(images, targets, ctx_)
+    assert rng.calls[:5] == [("coin",), ("integers", 0, 3, 3), ("permutation", 4), ("uniform", 0.5, 1.5),
+                             ("uniform", 0.5, 1.5)]
+    assert out.shape == (1, 8, 8)
+    assert out[0, :4, :4].eq(0).all() and out[0, :4, 4:].eq(1).all() and out[0, 4:, :4].eq(2).all()
+    assert out[0, 4:, 4:].eq(3).all()
+    assert t["boxes"].tolist() == [[0, 0, 4, 4], [4, 0, 8, 4], [0, 4, 4, 8], [4, 4, 8, 8]]
+    assert t["labels"].tolist() == [1, 2, 3, 4]
+    assert all(r is img for r, img in zip(rest, images[1:]))  # the others' coins said no
+
+
+def test_mosaic_is_off_for_the_last_tenth_of_training():
+    trick = build_trick("mosaic")
+    images = [torch.rand(3, 8, 8) for _ in range(2)]
+    out, _ = trick.on_batch(images, [target([[0, 0, 4, 4]], [1])] * 2,
+                            BatchContext(epoch=9, num_epochs=10, step=0, total_steps=1, rng=np.random.default_rng(0)))
+    assert out is images
+
+
+def test_mosaic_changes_training():
+    really_on("mosaic", model="fcos")

@@ -24,6 +24,7 @@ SLOTS = {
     "lr_warmup": "the warm-up ramp multiplied into the LR schedule (on_lr_factor)",
     "lr_schedule": "the main LR schedule's shape (on_lr_factor)",
     "batch_mix": "images of a batch mixed with each other (on_batch: MixUp, CutMix)",
+    "batch_mosaic": "several training images tiled into one (on_batch: Mosaic)",
     "batch_erase": "regions of each training image erased (on_batch: Cutout, random erasing)",
     "batch_color": "the training images' colours changed (on_batch: photometric distortion, grayscale)",
     "batch_scale": "the size training batches are seen at (on_batch: multi-scale training, scale jitter)",
@@ -114,6 +115,21 @@ def with_boxes(target: dict, boxes: torch.Tensor, keep: torch.Tensor) -> dict:
         if key in target:
             out[key] = target[key][keep]
     return out
+
+
+def clip_and_filter(target: dict, boxes: torch.Tensor, before: torch.Tensor, width: float, height: float,
+                    min_size: float, min_area_ratio: float, max_aspect_ratio: float) -> dict:
+    """The target with `boxes` (the transformed boxes, one per box of the target) clipped to the
+    image and filtered as mmdetection's RandomAffine does (_filter_gt_bboxes): both sides above
+    min_size, area above min_area_ratio of `before`'s (the boxes before the transform), aspect ratio
+    below max_aspect_ratio."""
+    clipped = torch.stack([boxes[:, 0].clamp(0, width), boxes[:, 1].clamp(0, height),
+                           boxes[:, 2].clamp(0, width), boxes[:, 3].clamp(0, height)], dim=1)
+    bw, bh = clipped[:, 2] - clipped[:, 0], clipped[:, 3] - clipped[:, 1]
+    area_before = (before[:, 2] - before[:, 0]) * (before[:, 3] - before[:, 1])
+    aspect = torch.maximum(bw / bh.clamp(min=1e-12), bh / bw.clamp(min=1e-12))
+    keep = (bw > min_size) & (bh > min_size) & (bw * bh > min_area_ratio * area_before) & (aspect < max_aspect_ratio)
+    return with_boxes(target, clipped[keep], keep)
 
 
 def check_fraction(arg: str, value: Any) -> float:

@@ -8,7 +8,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .base import BatchContext, Images, Targets, Trick, check_fraction, check_number, with_boxes
+from .base import BatchContext, Images, Targets, Trick, check_fraction, check_number, clip_and_filter
 
 
 def rotated_bounds(boxes: torch.Tensor, degrees: float, cx: float, cy: float) -> torch.Tensor:
@@ -46,17 +46,8 @@ class Rotation(Trick):
         out = F.grid_sample((img - self.fill)[None], grid, mode="bilinear", padding_mode="zeros",
                             align_corners=False)[0] + self.fill
         boxes = tgt["boxes"].reshape(-1, 4)
-        bounds = rotated_bounds(boxes, degrees, w / 2, h / 2)
-        clipped = torch.stack([bounds[:, 0].clamp(0, w), bounds[:, 1].clamp(0, h), bounds[:, 2].clamp(0, w),
-                               bounds[:, 3].clamp(0, h)], dim=1)
-        # mmdetection's RandomAffine filter (_filter_gt_bboxes): both sides > min_size, area above
-        # min_area_ratio of the original box's, aspect ratio below max_aspect_ratio
-        bw, bh = clipped[:, 2] - clipped[:, 0], clipped[:, 3] - clipped[:, 1]
-        area_before = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-        aspect = torch.maximum(bw / bh.clamp(min=1e-12), bh / bw.clamp(min=1e-12))
-        keep = ((bw > self.min_size) & (bh > self.min_size) & (bw * bh > self.min_area_ratio * area_before)
-                & (aspect < self.max_aspect_ratio))
-        return out, with_boxes(tgt, clipped[keep], keep)
+        return out, clip_and_filter(tgt, rotated_bounds(boxes, degrees, w / 2, h / 2), boxes, w, h, self.min_size,
+                                    self.min_area_ratio, self.max_aspect_ratio)
 
     def on_batch(self, images: Images, targets: Targets, ctx: BatchContext) -> tuple[Images, Targets]:
         out_images, out_targets = [], []
