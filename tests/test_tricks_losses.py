@@ -144,3 +144,42 @@ def test_softmax_focal_by_hand_and_its_cross_entropy_limit():
 def test_cls_loss_trick_trains_on_the_detectors_it_fits(name, model):
     spy = really_on(name, model=model)
     assert spy.slot_calls["cls_loss"] == 3
+
+
+# ---------------------------------------------------------------- ohem
+
+def test_ohem_takes_the_hardest_positives_and_negatives_within_the_quotas():
+    from ablate.tricks.ohem import OHEMSampler
+
+    labels = torch.tensor([1, 2, 1, 0, 0, 0, 0, 0])
+    losses = torch.tensor([0.1, 0.9, 0.5, 0.2, 0.8, 0.3, 0.7, 0.1])
+    (pos,), (neg,) = OHEMSampler(4, 0.5)([labels], [losses])
+    assert torch.where(pos)[0].tolist() == [1, 2] and torch.where(neg)[0].tolist() == [4, 6]
+    # few positives: the negatives fill the rest of the batch
+    (pos,), (neg,) = OHEMSampler(4, 0.5)([torch.tensor([1, 0, 0, 0, 0])], [torch.tensor([0.5, 0.1, 0.4, 0.3, 0.2])])
+    assert torch.where(pos)[0].tolist() == [0] and sorted(torch.where(neg)[0].tolist()) == [2, 3, 4]
+
+
+def test_ohem_ranks_the_proposals_by_the_current_heads_loss_in_a_training_forward(monkeypatch):
+    from ablate.tricks.ohem import OHEMSampler
+
+    model = tiny_model("faster_rcnn", tricks=[build_trick("ohem", "faster_rcnn")])
+    seen = []
+    real = OHEMSampler.__call__
+
+    def spy(self, labels, losses):
+        seen.append((torch.cat(labels).clone(), torch.cat(losses).clone()))
+        return real(self, labels, losses)
+
+    monkeypatch.setattr(OHEMSampler, "__call__", spy)
+    from ablate.testing import tiny_batch
+
+    images, targets = tiny_batch("faster_rcnn")
+    model.train()
+    model(images, targets)
+    (labels, losses), = seen
+    assert len(losses) == len(labels) > 64 and (losses >= 0).all() and losses.std() > 0
+
+
+def test_ohem_changes_training():
+    really_on("ohem", model="faster_rcnn")

@@ -529,10 +529,12 @@ class LossRoIHeads(LossSlots, RoIHeads):
             return self.fg_bg_sampler
         return {"cls_loss": CrossEntropyLoss, "box_loss": SmoothL1BoxLoss}[slot]()
 
-    def select_training_samples(self, proposals, targets):
-        if not getattr(self.fg_bg_sampler, "uses_iou", False):
+    def select_training_samples(self, proposals, targets, features=None, image_shapes=None):
+        uses_loss = getattr(self.fg_bg_sampler, "uses_loss", False)
+        if not (getattr(self.fg_bg_sampler, "uses_iou", False) or uses_loss):
             return super().select_training_samples(proposals, targets)
-        # torchvision's select_training_samples, with each proposal's max IoU given to the sampler
+        # torchvision's select_training_samples, with each proposal's max IoU (or its classification
+        # loss, for a sampler of hard examples) given to the sampler
         self.check_targets(targets)
         dtype, device = proposals[0].dtype, proposals[0].device
         gt_boxes = [t["boxes"].to(dtype) for t in targets]
@@ -541,7 +543,11 @@ class LossRoIHeads(LossSlots, RoIHeads):
         matched_idxs, labels = self.assign_targets_to_proposals(proposals, gt_boxes, gt_labels)
         max_ious = [box_iou(g, p).max(dim=0).values if g.numel() else p.new_zeros(len(p))
                     for g, p in zip(gt_boxes, proposals)]
-        pos_masks, neg_masks = self.fg_bg_sampler(labels, max_ious)
+        if uses_loss:
+            pos_masks, neg_masks = self.fg_bg_sampler(labels, self.proposal_losses(features, proposals, image_shapes,
+                                                                                  labels))
+        else:
+            pos_masks, neg_masks = self.fg_bg_sampler(labels, max_ious)
         matched_gt_boxes = []
         for i in range(len(proposals)):
             keep = torch.where(pos_masks[i] | neg_masks[i])[0]
@@ -551,12 +557,24 @@ class LossRoIHeads(LossSlots, RoIHeads):
         regression_targets = self.box_coder.encode(matched_gt_boxes, proposals)
         return proposals, matched_idxs, labels, regression_targets
 
+    @torch.no_grad()
+    def proposal_losses(self, features, proposals, image_shapes, labels) -> list[Tensor]:
+        """Per image, each proposal's classification loss (softmax cross-entropy against its label,
+        background for negatives) under the current weights, without gradient: what a hard-example
+        sampler ranks by (mmdetection's OHEMSampler.hard_mining)."""
+        logits, _ = self.box_predictor(self.box_head(self.box_roi_pool(features, proposals, image_shapes)))
+        ce = F.cross_entropy(logits.float(), torch.cat(labels).clamp(min=0), reduction="none")
+        return list(ce.split([len(p) for p in proposals]))
+
     def forward(self, features, proposals, image_shapes, targets=None):
         weighted = has_box_weights(targets)
-        if not self.training or (self.cls_loss is None and self.box_loss is None and not weighted):
+        hard = getattr(self.fg_bg_sampler, "uses_loss", False)
+        if not self.training or (self.cls_loss is None and self.box_loss is None and not weighted and not hard):
             return super().forward(features, proposals, image_shapes, targets)
-        # Training with a loss of our own or weighted boxes: torchvision's box branch, our losses.
-        proposals, matched_idxs, labels, regression_targets = self.select_training_samples(proposals, targets)
+        # Training with a loss of our own, weighted boxes or a sampler of hard examples: torchvision's
+        # box branch, our losses.
+        proposals, matched_idxs, labels, regression_targets = self.select_training_samples(
+            proposals, targets, features, image_shapes)
         box_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
         class_logits, box_regression = self.box_predictor(box_features)
         weights = torch.cat([box_weights_of(t, m, l > 0, class_logits.dtype)
