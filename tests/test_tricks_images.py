@@ -217,12 +217,24 @@ def test_random_crop_keeps_the_boxes_whose_centre_is_in_a_patch_of_enough_iou():
     tgt = target([[10, 10, 30, 30], [60, 60, 90, 90]], [1, 2])
     (out,), (t,) = trick.on_batch([img], [tgt], ctx(rng))
     assert rng.calls[0] == ("integers", 0, 7) and rng.calls[1] == ("uniform", 30.0, 100)
-    assert rng.calls[3] == ("uniform", 40.0, 1.0)  # numpy's uniform(w - new_w): low w - new_w, high 1
+    assert rng.calls[3] == ("uniform", 1.0, 40.0)  # numpy's uniform(w - new_w): between 1 and w - new_w
     assert out.shape == (3, 100, 100)
     assert t["labels"].tolist() == [1]
     assert t["boxes"][0].tolist() == pytest.approx([5 * 5 / 3, 5 * 5 / 3, 25 * 5 / 3, 25 * 5 / 3])
     # the bright square at 30-40 lands at (25-35) x 5/3 = 41.7-58.3
     assert out[0, 45:55, 45:55].min() > 0.99 and out[0, :40, :40].max() < 0.01
+
+
+def test_random_crop_with_a_real_generator_keeps_boxes_inside_its_patch():
+    trick = build_trick("random_crop")
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        img = torch.rand(3, 60, 80)
+        (out,), (t,) = trick.on_batch([img], [target([[10, 10, 40, 40], [50, 20, 75, 55]], [1, 2])], ctx(rng))
+        h, w = out.shape[1:]
+        assert max(h, w) == 80 and len(t["boxes"]) >= 1
+        b = t["boxes"]
+        assert (b[:, 0] >= 0).all() and (b[:, 2] <= w + 1e-4).all() and (b[:, 3] <= h + 1e-4).all()
 
 
 def test_random_crop_mode_1_keeps_the_image():

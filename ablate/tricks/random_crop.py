@@ -34,8 +34,8 @@ class RandomCrop(Trick):
                 new_w, new_h = rng.uniform(self.min_crop_size * w, w), rng.uniform(self.min_crop_size * h, h)
                 if new_h / new_w < 0.5 or new_h / new_w > 2:
                     continue
-                # numpy's uniform(x) as the reference calls it: low=x, high=1 (between 1 and x)
-                left, top = rng.uniform(w - new_w, 1.0), rng.uniform(h - new_h, 1.0)
+                # the reference's numpy uniform(x) is uniform(low=x, high=1): between 1 and x
+                left, top = rng.uniform(*sorted((w - new_w, 1.0))), rng.uniform(*sorted((h - new_h, 1.0)))
                 x0, y0, x1, y1 = int(left), int(top), int(left + new_w), int(top + new_h)
                 if x1 == x0 or y1 == y0:
                     continue
