@@ -245,7 +245,7 @@ def test_ema_after_three_steps_by_hand():
         expected = w if expected is None else d(step) * expected + (1 - d(step)) * w
         assert float(ema.eval_model(model).weight) == pytest.approx(expected)
     assert expected == pytest.approx(d(3) * (d(2) * 1.0 + (1 - d(2)) * 2.0) + (1 - d(3)) * 4.0)
-    assert ema.eval_model(model) is not model and float(model.weight) == 4.0
+    assert ema.eval_model(model) is not model and float(model.weight.detach()) == 4.0
 
 
 def test_ema_resumes_from_its_state():
