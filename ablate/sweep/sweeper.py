@@ -62,7 +62,8 @@ class AblationSweeper(Sweeper):
         rounds = [{"round": 1, "seeds": plan.min_seeds, "variants": sorted({j.variant for j in jobs})}]
         for seed in range(plan.min_seeds, plan.max_seeds):
             found, _ = find_records(sweep_dir)
-            decisions = decisions_from_records([r for _, r in found], variants, plan)
+            # only the seeds this round has: a relaunch finds later seeds on disk already
+            decisions = decisions_from_records([r for _, r in found if r.seed < seed], variants, plan)
             still_open = {d.variant for d in decisions if d.verdict == OPEN}
             if not still_open:
                 break
