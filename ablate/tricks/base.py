@@ -13,6 +13,7 @@ from typing import Any, Callable, ClassVar
 import numpy as np
 import torch
 from torch import nn
+from torchvision.ops import clip_boxes_to_image
 
 FAMILIES = ("one_stage", "two_stage")
 
@@ -123,8 +124,7 @@ def clip_and_filter(target: dict, boxes: torch.Tensor, before: torch.Tensor, wid
     image and filtered as mmdetection's RandomAffine does (_filter_gt_bboxes): both sides above
     min_size, area above min_area_ratio of `before`'s (the boxes before the transform), aspect ratio
     below max_aspect_ratio."""
-    clipped = torch.stack([boxes[:, 0].clamp(0, width), boxes[:, 1].clamp(0, height),
-                           boxes[:, 2].clamp(0, width), boxes[:, 3].clamp(0, height)], dim=1)
+    clipped = clip_boxes_to_image(boxes, (height, width))
     bw, bh = clipped[:, 2] - clipped[:, 0], clipped[:, 3] - clipped[:, 1]
     area_before = (before[:, 2] - before[:, 0]) * (before[:, 3] - before[:, 1])
     aspect = torch.maximum(bw / bh.clamp(min=1e-12), bh / bw.clamp(min=1e-12))

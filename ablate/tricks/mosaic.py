@@ -4,6 +4,7 @@ of the base size, as its RandomAffine cuts it (its random translation, scaling a
 from __future__ import annotations
 
 import torch
+from torchvision.ops import clip_boxes_to_image
 
 from .base import (BatchContext, Images, Targets, Trick, check_fraction, check_interval, check_number,
                    clip_and_filter, off_at_end)
@@ -57,8 +58,7 @@ class Mosaic(Trick):
             b = tgt["boxes"].reshape(-1, 4) + torch.tensor([x1p - x1c, y1p - y1c] * 2, dtype=tgt["boxes"].dtype,
                                                            device=tgt["boxes"].device)
             # mmdetection clips the mosaic's boxes to the canvas: they are "before" the window cut
-            b = torch.stack([b[:, 0].clamp(0, 2 * size), b[:, 1].clamp(0, 2 * size), b[:, 2].clamp(0, 2 * size),
-                             b[:, 3].clamp(0, 2 * size)], dim=1)
+            b = clip_boxes_to_image(b, (2 * size, 2 * size))
             before.append(b)
             parts["labels"].append(tgt["labels"])
             if weighted:

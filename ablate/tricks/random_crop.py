@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torchvision.ops import box_iou
+from torchvision.ops import box_iou, clip_boxes_to_image
 
 from .base import BatchContext, Images, Targets, Trick, TrickArgumentError, check_fraction, check_number, with_boxes
 
@@ -61,8 +61,7 @@ class RandomCrop(Trick):
         keep = keep.to(boxes.device)
         cropped = img[:, y0:y1, x0:x1]
         kept = boxes[keep] - torch.tensor([x0, y0, x0, y0], dtype=boxes.dtype, device=boxes.device)
-        kept = torch.stack([kept[:, 0].clamp(0, x1 - x0), kept[:, 1].clamp(0, y1 - y0), kept[:, 2].clamp(0, x1 - x0),
-                            kept[:, 3].clamp(0, y1 - y0)], dim=1)
+        kept = clip_boxes_to_image(kept, (y1 - y0, x1 - x0))
         # back to the base size (the longer side), as SSD resizes after cropping
         scale = max(h, w) / max(y1 - y0, x1 - x0)
         nh, nw = max(1, round((y1 - y0) * scale)), max(1, round((x1 - x0) * scale))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torchvision.ops import clip_boxes_to_image
 
 from .base import BatchContext, Images, Targets, Trick, check_fraction, check_interval, with_boxes
 
@@ -31,8 +32,7 @@ class ScaleJitter(Trick):
         img = img[:, oy:oy + size, ox:ox + size]
         boxes = boxes - torch.tensor([ox, oy, ox, oy], dtype=boxes.dtype, device=boxes.device)
         ch, cw = img.shape[1:]
-        boxes = torch.stack([boxes[:, 0].clamp(0, cw), boxes[:, 1].clamp(0, ch), boxes[:, 2].clamp(0, cw),
-                             boxes[:, 3].clamp(0, ch)], dim=1)
+        boxes = clip_boxes_to_image(boxes, (ch, cw))
         keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])  # cropped away entirely: dropped
         padded = img.new_full((img.shape[0], size, size), self.pad_value)
         padded[:, :ch, :cw] = img
