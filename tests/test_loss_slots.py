@@ -12,8 +12,8 @@ from ablate.tricks import SLOTS, Trick, TrickConflictError, check_compatible
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 MODELS = ["fcos", "retinanet", "faster_rcnn"]
-EXPECTED = {"fcos": {"cls_loss", "box_loss"}, "retinanet": {"cls_loss", "box_loss"},
-            "faster_rcnn": {"cls_loss", "box_loss", "roi_sampler"}}
+EXPECTED = {"fcos": {"cls_loss", "box_loss"}, "retinanet": {"cls_loss", "box_loss", "sample_weighting"},
+            "faster_rcnn": {"cls_loss", "box_loss", "roi_sampler", "sample_weighting"}}
 BOX_KEY = {"fcos": "bbox_regression", "retinanet": "bbox_regression", "faster_rcnn": "loss_box_reg"}
 
 

@@ -153,10 +153,11 @@ def test_ohem_takes_the_hardest_positives_and_negatives_within_the_quotas():
 
     labels = torch.tensor([1, 2, 1, 0, 0, 0, 0, 0])
     losses = torch.tensor([0.1, 0.9, 0.5, 0.2, 0.8, 0.3, 0.7, 0.1])
-    (pos,), (neg,) = OHEMSampler(4, 0.5)([labels], [losses])
+    (pos,), (neg,) = OHEMSampler(4, 0.5).hardest([labels], [losses])
     assert torch.where(pos)[0].tolist() == [1, 2] and torch.where(neg)[0].tolist() == [4, 6]
     # few positives: the negatives fill the rest of the batch
-    (pos,), (neg,) = OHEMSampler(4, 0.5)([torch.tensor([1, 0, 0, 0, 0])], [torch.tensor([0.5, 0.1, 0.4, 0.3, 0.2])])
+    (pos,), (neg,) = OHEMSampler(4, 0.5).hardest([torch.tensor([1, 0, 0, 0, 0])],
+                                                   [torch.tensor([0.5, 0.1, 0.4, 0.3, 0.2])])
     assert torch.where(pos)[0].tolist() == [0] and sorted(torch.where(neg)[0].tolist()) == [2, 3, 4]
 
 
@@ -165,13 +166,13 @@ def test_ohem_ranks_the_proposals_by_the_current_heads_loss_in_a_training_forwar
 
     model = tiny_model("faster_rcnn", tricks=[build_trick("ohem", "faster_rcnn")])
     seen = []
-    real = OHEMSampler.__call__
+    real = OHEMSampler.hardest
 
     def spy(self, labels, losses):
         seen.append((torch.cat(labels).clone(), torch.cat(losses).clone()))
         return real(self, labels, losses)
 
-    monkeypatch.setattr(OHEMSampler, "__call__", spy)
+    monkeypatch.setattr(OHEMSampler, "hardest", spy)
     from ablate.testing import tiny_batch
 
     images, targets = tiny_batch("faster_rcnn")

@@ -16,9 +16,16 @@ until a trick sets one), for a trick that wraps it.
 | cls_loss    | model.head (focal loss)     | model.head (focal loss)     | model.roi_heads (softmax CE)         |
 | box_loss    | model.head (GIoU, boxes)    | model.head (L1, deltas)     | model.roi_heads (smooth L1, deltas)  |
 | roi_sampler | -                           | -                           | model.roi_heads.fg_bg_sampler        |
+| sample_     | -                           | model.head                  | model.roi_heads                      |
+|  weighting  |                             |                             |                                      |
 | loss keys   | classification,             | classification,             | loss_objectness, loss_rpn_box_reg    |
 |             | bbox_regression,            | bbox_regression             | (RPN), loss_classifier, loss_box_reg |
 |             | bbox_ctrness                |                             | (RoI head)                           |
+
+sample_weighting re-weights the classification loss of each positive sample and may add loss terms
+(PISA's ISR-P and CARL): it gets a PositiveSamples and returns the new weights and the terms. A
+roi_sampler with `uses_outputs` gets the box head's outputs on every candidate (RoIOutputs) and may
+return a classification-loss weight per candidate. Both are described where they are defined.
 
 box_loss is the loss under `bbox_regression` / `loss_box_reg`: the final head's, not the RPN's
 (as mmdetection's bbox_head.loss_bbox). FCOS's centerness loss and the RPN's losses are no slot.
@@ -53,6 +60,8 @@ for losses computed per level as the GHM authors' code does; zeros for Faster R-
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -62,6 +71,47 @@ from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork
 from torchvision.ops import box_iou, generalized_box_iou_loss
+
+
+@dataclass
+class RoIOutputs:
+    """What a sampler with `uses_outputs = True` gets (OHEM, PISA's score-HLR): the box head's outputs
+    on every candidate RoI of each image (the ground-truth boxes added), under the current weights,
+    without gradient. It is called sampler(labels, outputs) with each image's labels (>= 1 positive,
+    0 negative, -1 ignored) and returns the positive and negative masks per image, and optionally
+    per image a weight for each candidate's classification loss (ScoreHLRSampler's label weights)."""
+    logits: list[Tensor]          # per image [N, C], class 0 the background
+    box_regression: list[Tensor]  # per image [N, C * 4], the class-specific deltas
+    proposals: list[Tensor]       # per image [N, 4]
+    box_coder: Any                # torchvision's BoxCoder of the head (decode_single)
+    cls_loss: Callable[[Tensor, Tensor, Tensor], Tensor]  # the head's classification loss (logits, labels, weights)
+
+
+@dataclass
+class PositiveSamples:
+    """What the sample_weighting slot gets (PISA's ISR-P and CARL): the positive samples of a batch.
+    The slot returns (the new classification-loss weight of each sample [P], extra loss terms by
+    name); the detector multiplies nothing else."""
+    logits: Tensor        # [P, K] sigmoid logits (one-stage) or [P, C] softmax logits (two-stage), with gradient
+    labels: Tensor        # [P] the column of `logits` of each sample's class
+    sigmoid: bool         # whether the scores are sigmoid (one-stage) or softmax (two-stage)
+    gt_ids: Tensor        # [P] the ground-truth box each sample is matched to, unique across the batch
+    pred_boxes: Tensor    # [P, 4] the predicted boxes, decoded (x1, y1, x2, y2), without gradient
+    target_boxes: Tensor  # [P, 4] the regression targets, decoded: the matched ground-truth boxes
+    cls_weights: Tensor   # [P] each sample's weight in the classification loss so far
+    box_weights: Tensor   # [P] each sample's weight in the box loss (its box's, MixUp's)
+    cls_loss: Callable[[Tensor], Tensor]  # the detector's classification loss of these samples, given weights, logits detached
+    box_loss: Callable[[Tensor], Tensor]  # the detector's box loss of these samples, given weights, normalised as the detector's
+
+
+def weigh_positives(weighting, samples: PositiveSamples, cls_weights: Tensor, pos: Tensor
+                    ) -> tuple[Tensor, dict[str, Tensor]]:
+    """cls_weights with the entries `pos` (the positives, in samples' order) replaced by what the
+    sample_weighting slot gives them, and the slot's extra loss terms."""
+    if len(pos) == 0:
+        return cls_weights, {}
+    new, extra = weighting(samples)
+    return cls_weights.index_put((pos,), new.to(cls_weights.dtype)), extra
 
 
 def has_box_weights(targets) -> bool:
@@ -198,6 +248,20 @@ class SmoothL1BoxLoss(nn.Module):
         return (per_sample * box_weights / normalizer).sum()
 
 
+def _overlap_and_areas(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Per pair of boxes a[i], b[i] (x1, y1, x2, y2): the area of their intersection, and each one's area."""
+    wh = (torch.min(a[:, 2:], b[:, 2:]) - torch.max(a[:, :2], b[:, :2])).clamp(min=0)
+    return (wh[:, 0] * wh[:, 1], (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1]),
+            (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]))
+
+
+def aligned_iou(a: Tensor, b: Tensor, eps: float = 1e-6) -> Tensor:
+    """The IoU of each pair a[i], b[i], the union floored at eps (mmdetection's bbox_overlaps with
+    is_aligned=True)."""
+    overlap, area_a, area_b = _overlap_and_areas(a, b)
+    return overlap / (area_a + area_b - overlap).clamp(min=eps)
+
+
 def iou_type_loss(pred: Tensor, target: Tensor, kind: str, eps: float) -> Tensor:
     """Per box [P]: the IoU-type loss of decoded boxes (x1, y1, x2, y2) against their targets, as
     mmdetection v3 computes it (mmdet/models/losses/iou_loss.py with bbox_overlaps):
@@ -207,12 +271,7 @@ def iou_type_loss(pred: Tensor, target: Tensor, kind: str, eps: float) -> Tensor
     - ciou: 1 − clamp(IoU − ρ²/c² − αv, −1, 1), v = 4/π² (atan(w_gt/h_gt) − atan(w/h))², eps added
       to the heights, α = v / (1 − IoU + v) without gradient and 0 unless IoU > 0.5 (the CIoU paper's
       TCYB version; torchvision's complete_box_iou_loss has no such gate)."""
-    lt = torch.max(pred[:, :2], target[:, :2])
-    rb = torch.min(pred[:, 2:], target[:, 2:])
-    wh = (rb - lt).clamp(min=0)
-    overlap = wh[:, 0] * wh[:, 1]
-    area_p = (pred[:, 2] - pred[:, 0]) * (pred[:, 3] - pred[:, 1])
-    area_t = (target[:, 2] - target[:, 0]) * (target[:, 3] - target[:, 1])
+    overlap, area_p, area_t = _overlap_and_areas(pred, target)
     enclose = (torch.max(pred[:, 2:], target[:, 2:]) - torch.min(pred[:, :2], target[:, :2])).clamp(min=0)
     if kind in ("iou", "giou"):
         union = (area_p + area_t - overlap).clamp(min=eps)
@@ -406,15 +465,18 @@ class RetinaNetLossHead(LossSlots, _LevelSizes, RetinaNetHead):
     """torchvision's RetinaNet head with a settable classification loss and box loss, and per-box
     weights on both."""
 
-    slot_attrs = {"cls_loss": "cls_loss", "box_loss": "box_loss"}
+    slot_attrs = {"cls_loss": "cls_loss", "box_loss": "box_loss", "sample_weighting": "sample_weighting"}
     detector = "retinanet"
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.cls_loss: nn.Module | None = None
         self.box_loss: nn.Module | None = None
+        self.sample_weighting = None
 
-    def default_loss(self, slot: str) -> nn.Module:
+    def default_loss(self, slot: str) -> nn.Module | None:
+        if slot == "sample_weighting":
+            return None
         return {"cls_loss": FocalLoss, "box_loss": L1BoxLoss}[slot]()
 
     def forward(self, x):
@@ -422,7 +484,8 @@ class RetinaNetLossHead(LossSlots, _LevelSizes, RetinaNetHead):
         return super().forward(x)
 
     def compute_loss(self, targets, head_outputs, anchors, matched_idxs):
-        if self.cls_loss is None and self.box_loss is None and not has_box_weights(targets):
+        if (self.cls_loss is None and self.box_loss is None and self.sample_weighting is None
+                and not has_box_weights(targets)):
             return super().compute_loss(targets, head_outputs, anchors, matched_idxs)
         ignore = self.classification_head.BETWEEN_THRESHOLDS
         cls_logits = head_outputs["cls_logits"]
@@ -432,6 +495,8 @@ class RetinaNetLossHead(LossSlots, _LevelSizes, RetinaNetHead):
         box_fn = self.box_loss if self.box_loss is not None else L1BoxLoss()
         cls_parts = {k: [] for k in ("logits", "targets", "weights", "normalizer", "levels")}
         box_parts = {k: [] for k in ("pred", "target", "weights", "normalizer", "levels")}
+        pos_parts = {k: [] for k in ("in_cls", "labels", "gt_ids", "pred_boxes", "target_boxes")}
+        gt_offset = 0
         for t, logits_i, reg_i, anchors_i, matched, (targets_i, weights_i, fg, valid) in zip(
                 targets, cls_logits, head_outputs["bbox_regression"], anchors, matched_idxs, samples):
             # torchvision: per image, sum / max(1, foreground), then the mean over images
@@ -450,12 +515,34 @@ class RetinaNetLossHead(LossSlots, _LevelSizes, RetinaNetHead):
             box_parts["weights"].append(weights_i[fg])
             box_parts["normalizer"].append(weights_i.new_full((int(fg.sum()),), norm))
             box_parts["levels"].append(levels[fg])
+            if self.sample_weighting is not None:
+                pos_parts["in_cls"].append(fg[valid])
+                pos_parts["labels"].append(t["labels"][matched[fg]])
+                pos_parts["gt_ids"].append(matched[fg] + gt_offset)
+                pos_parts["pred_boxes"].append(coder.decode_single(reg_i[fg].detach(), anchors_i[fg]))
+                pos_parts["target_boxes"].append(t["boxes"][matched[fg]])
+                gt_offset += len(t["boxes"])
         cls_fn = self.cls_loss if self.cls_loss is not None else FocalLoss()
         if self.box_loss is None and self.regression_head._loss_type != "l1":
             raise ValueError(f"per-box weights need RetinaNet's l1 box loss; this head uses "
                              f"{self.regression_head._loss_type!r}")
-        return {"classification": cls_fn(*(torch.cat(v) for v in cls_parts.values())),
-                "bbox_regression": box_fn(*(torch.cat(v) for v in box_parts.values()))}
+        logits, cls_targets, cls_weights, cls_norm, cls_levels = (torch.cat(v) for v in cls_parts.values())
+        pred, target, box_weights, box_norm, box_levels = (torch.cat(v) for v in box_parts.values())
+        extra = {}
+        if self.sample_weighting is not None:
+            pos = torch.where(torch.cat(pos_parts["in_cls"]))[0]
+            ones = cls_norm.new_ones(len(pos))
+            samples = PositiveSamples(
+                logits=logits[pos], labels=torch.cat(pos_parts["labels"]), sigmoid=True,
+                gt_ids=torch.cat(pos_parts["gt_ids"]), pred_boxes=torch.cat(pos_parts["pred_boxes"]),
+                target_boxes=torch.cat(pos_parts["target_boxes"]), cls_weights=cls_weights[pos],
+                box_weights=box_weights,
+                # mmdetection's ratio sums the per-sample losses: no normalizer
+                cls_loss=lambda w: cls_fn(logits[pos].detach(), cls_targets[pos], w, ones, cls_levels[pos]),
+                box_loss=lambda w: box_fn(pred, target, w, box_norm, box_levels))
+            cls_weights, extra = weigh_positives(self.sample_weighting, samples, cls_weights, pos)
+        return {"classification": cls_fn(logits, cls_targets, cls_weights, cls_norm, cls_levels),
+                "bbox_regression": box_fn(pred, target, box_weights, box_norm, box_levels), **extra}
 
 
 class LossRPN(RegionProposalNetwork):
@@ -504,7 +591,8 @@ class LossRoIHeads(LossSlots, RoIHeads):
     weights on both RoI losses, and a sampler that may take each proposal's largest IoU with the
     ground truth."""
 
-    slot_attrs = {"cls_loss": "cls_loss", "box_loss": "box_loss", "roi_sampler": "fg_bg_sampler"}
+    slot_attrs = {"cls_loss": "cls_loss", "box_loss": "box_loss", "roi_sampler": "fg_bg_sampler",
+                  "sample_weighting": "sample_weighting"}
     detector = "faster_rcnn"
 
     @classmethod
@@ -523,67 +611,100 @@ class LossRoIHeads(LossSlots, RoIHeads):
         super().__init__(*args, **kwargs)
         self.cls_loss: nn.Module | None = None
         self.box_loss: nn.Module | None = None
+        self.sample_weighting = None
 
-    def default_loss(self, slot: str) -> nn.Module:
+    def default_loss(self, slot: str) -> nn.Module | None:
         if slot == "roi_sampler":
             return self.fg_bg_sampler
+        if slot == "sample_weighting":
+            return None
         return {"cls_loss": CrossEntropyLoss, "box_loss": SmoothL1BoxLoss}[slot]()
 
     def select_training_samples(self, proposals, targets, features=None, image_shapes=None):
-        uses_loss = getattr(self.fg_bg_sampler, "uses_loss", False)
-        if not (getattr(self.fg_bg_sampler, "uses_iou", False) or uses_loss):
-            return super().select_training_samples(proposals, targets)
-        # torchvision's select_training_samples, with each proposal's max IoU (or its classification
-        # loss, for a sampler of hard examples) given to the sampler
+        return self.sample_rois(proposals, targets, features, image_shapes)[:4]
+
+    def sample_rois(self, proposals, targets, features=None, image_shapes=None):
+        """torchvision's select_training_samples, giving the sampler what it declares it uses: each
+        proposal's largest IoU with the ground truth (uses_iou) or the box head's outputs on every
+        proposal (uses_outputs); plus, per sampled RoI, a weight of its classification loss where
+        the sampler gives one (else None)."""
+        uses_iou = getattr(self.fg_bg_sampler, "uses_iou", False)
+        uses_outputs = getattr(self.fg_bg_sampler, "uses_outputs", False)
+        if not (uses_iou or uses_outputs):
+            return (*super().select_training_samples(proposals, targets), None)
         self.check_targets(targets)
         dtype, device = proposals[0].dtype, proposals[0].device
         gt_boxes = [t["boxes"].to(dtype) for t in targets]
         gt_labels = [t["labels"] for t in targets]
         proposals = self.add_gt_proposals(proposals, gt_boxes)
         matched_idxs, labels = self.assign_targets_to_proposals(proposals, gt_boxes, gt_labels)
-        max_ious = [box_iou(g, p).max(dim=0).values if g.numel() else p.new_zeros(len(p))
-                    for g, p in zip(gt_boxes, proposals)]
-        if uses_loss:
-            pos_masks, neg_masks = self.fg_bg_sampler(labels, self.proposal_losses(features, proposals, image_shapes,
-                                                                                  labels))
+        if uses_outputs:
+            sampled = self.fg_bg_sampler(labels, self.roi_outputs(features, proposals, image_shapes))
         else:
-            pos_masks, neg_masks = self.fg_bg_sampler(labels, max_ious)
-        matched_gt_boxes = []
+            max_ious = [box_iou(g, p).max(dim=0).values if g.numel() else p.new_zeros(len(p))
+                        for g, p in zip(gt_boxes, proposals)]
+            sampled = self.fg_bg_sampler(labels, max_ious)
+        pos_masks, neg_masks = sampled[:2]
+        label_weights = sampled[2] if len(sampled) > 2 else None
+        matched_gt_boxes, kept_weights = [], []
         for i in range(len(proposals)):
             keep = torch.where(pos_masks[i] | neg_masks[i])[0]
             proposals[i], labels[i], matched_idxs[i] = proposals[i][keep], labels[i][keep], matched_idxs[i][keep]
             gt = gt_boxes[i] if gt_boxes[i].numel() else torch.zeros((1, 4), dtype=dtype, device=device)
             matched_gt_boxes.append(gt[matched_idxs[i]])
+            if label_weights is not None:
+                kept_weights.append(label_weights[i][keep])
         regression_targets = self.box_coder.encode(matched_gt_boxes, proposals)
-        return proposals, matched_idxs, labels, regression_targets
+        return proposals, matched_idxs, labels, regression_targets, (kept_weights or None)
 
     @torch.no_grad()
-    def proposal_losses(self, features, proposals, image_shapes, labels) -> list[Tensor]:
-        """Per image, each proposal's classification loss (softmax cross-entropy against its label,
-        background for negatives) under the current weights, without gradient: what a hard-example
-        sampler ranks by (mmdetection's OHEMSampler.hard_mining)."""
-        logits, _ = self.box_predictor(self.box_head(self.box_roi_pool(features, proposals, image_shapes)))
-        ce = F.cross_entropy(logits.float(), torch.cat(labels).clamp(min=0), reduction="none")
-        return list(ce.split([len(p) for p in proposals]))
+    def roi_outputs(self, features, proposals, image_shapes) -> RoIOutputs:
+        """The box head's outputs on every proposal of each image under the current weights, without
+        gradient: what a sampler of hard or prime examples ranks by (mmdetection's OHEMSampler and
+        ScoreHLRSampler forward the candidates through the box head the same way)."""
+        logits, box_regression = self.box_predictor(self.box_head(self.box_roi_pool(features, proposals, image_shapes)))
+        sizes = [len(p) for p in proposals]
+        return RoIOutputs(list(logits.float().split(sizes)), list(box_regression.float().split(sizes)), proposals,
+                          self.box_coder, self.cls_loss if self.cls_loss is not None else CrossEntropyLoss())
 
     def forward(self, features, proposals, image_shapes, targets=None):
         weighted = has_box_weights(targets)
-        hard = getattr(self.fg_bg_sampler, "uses_loss", False)
-        if not self.training or (self.cls_loss is None and self.box_loss is None and not weighted and not hard):
+        own_sampler = getattr(self.fg_bg_sampler, "uses_outputs", False)
+        if not self.training or (self.cls_loss is None and self.box_loss is None and self.sample_weighting is None
+                                 and not weighted and not own_sampler):
             return super().forward(features, proposals, image_shapes, targets)
-        # Training with a loss of our own, weighted boxes or a sampler of hard examples: torchvision's
-        # box branch, our losses.
-        proposals, matched_idxs, labels, regression_targets = self.select_training_samples(
+        # Training with a loss of our own, weighted boxes, a sampler that runs the head or samples
+        # re-weighted by importance: torchvision's box branch, our losses.
+        proposals, matched_idxs, labels, regression_targets, label_weights = self.sample_rois(
             proposals, targets, features, image_shapes)
         box_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
         class_logits, box_regression = self.box_predictor(box_features)
         weights = torch.cat([box_weights_of(t, m, l > 0, class_logits.dtype)
                              for t, m, l in zip(targets, matched_idxs, labels)])
+        cls_weights = weights if label_weights is None else weights * torch.cat(label_weights).to(weights.dtype)
+        loss_fn = self.cls_loss if self.cls_loss is not None else CrossEntropyLoss()
+        labels_cat = torch.cat(labels)
+        extra = {}
+        if self.sample_weighting is not None:
+            pos = torch.where(labels_cat > 0)[0]
+            offsets = torch.tensor([0] + [len(t["boxes"]) for t in targets][:-1], device=pos.device).cumsum(0)
+            gt_ids = torch.cat([m + o for m, o in zip(matched_idxs, offsets)])[pos]
+            num_classes = class_logits.shape[-1]
+            deltas = box_regression.reshape(len(labels_cat), num_classes, 4)[pos, labels_cat[pos]]
+            all_proposals = torch.cat(proposals)[pos]
+            samples = PositiveSamples(
+                logits=class_logits[pos], labels=labels_cat[pos], sigmoid=False, gt_ids=gt_ids,
+                pred_boxes=self.box_coder.decode_single(deltas.detach(), all_proposals),
+                target_boxes=self.box_coder.decode_single(torch.cat(regression_targets)[pos], all_proposals),
+                cls_weights=cls_weights[pos], box_weights=weights[pos],
+                cls_loss=lambda w: loss_fn(class_logits[pos].detach(), labels_cat[pos], w),
+                box_loss=lambda w: self.box_loss_of(box_regression, proposals, matched_idxs, labels,
+                                                    regression_targets, targets, weights.index_put((pos,), w)))
+            cls_weights, extra = weigh_positives(self.sample_weighting, samples, cls_weights, pos)
         loss_box_reg = self.box_loss_of(box_regression, proposals, matched_idxs, labels, regression_targets,
                                         targets, weights)
-        loss_fn = self.cls_loss if self.cls_loss is not None else CrossEntropyLoss()
-        loss_classifier = loss_fn(class_logits, torch.cat(labels), weights)
-        return [], {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}
+        loss_classifier = loss_fn(class_logits, labels_cat, cls_weights)
+        return [], {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg, **extra}
 
     def box_loss_of(self, box_regression, proposals, matched_idxs, labels, regression_targets, targets,
                     weights) -> Tensor:

@@ -34,6 +34,8 @@ SLOTS = {
     "cls_loss": "the detector's classification loss (on_model, models/losses.py)",
     "box_loss": "the detector's box-regression loss (on_model, models/losses.py)",
     "roi_sampler": "the sampler of RoIs for the two-stage box head (on_model, models/losses.py)",
+    "sample_weighting": "the classification-loss weights of positive samples by importance, and loss terms "
+                        "added for it (on_model, models/losses.py: PISA's ISR-P and CARL)",
     "backbone_dropout": "structured dropout inserted in the backbone (on_model: DropBlock)",
     "activation": "the network's activation function (on_model: Mish)",
     "normalization": "the network's normalisation layers (on_model: frozen BN, GN, FRN)",
