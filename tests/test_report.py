@@ -362,13 +362,24 @@ def test_import_does_not_pull_torch():
 def test_the_header_warns_when_the_runs_were_made_by_different_code(tmp_path):
     root = tmp_path / "runs" / "sw"
     records = [make_record("baseline", seed=s) for s in (0, 1)] + [make_record("mixup", seed=s) for s in (0, 1)]
-    for r in records:
-        r.code = {"fingerprint": "aaaa11112222", "files": {}, "versions": {}}
+    core = {"ablate/train.py": "t1"}
+    for r in records[:2]:
+        r.code = {"fingerprint": "aaaa11112222", "files": dict(core), "versions": {"torch": "2.4"}}
+    for r in records[2:]:  # the trick's own file too: another fingerprint, but no code changed
+        r.code = {"fingerprint": "cccc55556666", "files": {**core, "ablate/tricks/mixup.py": "m1"},
+                  "versions": {"torch": "2.4"}}
     write_all(root, records)
     same = build_report([root], tmp_path / "same").read_text()
     assert "versions of the code" not in same
-    records[2].code = {"fingerprint": "bbbb33334444", "files": {}, "versions": {}}
+    records[2].code = {"fingerprint": "bbbb33334444", "files": {"ablate/train.py": "t2", "ablate/tricks/mixup.py": "m1"},
+                       "versions": {"torch": "2.5"}}
     write_all(root, records[2:3])
     mixed = build_report([root], tmp_path / "mixed").read_text()
-    assert ("The runs were made by 2 versions of the code they depend on (fingerprints aaaa11112222, bbbb33334444"
-            in mixed.split("## Summary")[0])
+    assert ("The runs were made by different versions of the code they depend on (ablate/train.py: 2 versions, "
+            "torch (version): 2 versions; see each record's `code`)" in mixed.split("## Summary")[0])
+    # records whose fingerprint lists no files are compared by the whole fingerprint
+    for r, fp in zip(records, ("a", "a", "b", "b")):
+        r.code = {"fingerprint": fp, "files": {}, "versions": {}}
+    write_all(root, records)
+    old = build_report([root], tmp_path / "old").read_text()
+    assert "(the code (fingerprint without its files): 2 versions;" in old

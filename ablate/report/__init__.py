@@ -77,7 +77,7 @@ def build_report(runs_dirs: list[Path], out_dir: Path, title: str | None = None)
     plot_pareto(table, out_dir / "pareto.png", title)
     plot_per_class(per_class_deltas(records, table), out_dir / "per_class.png", title)
     atomic_write_text(out_dir / "table.csv", table.to_csv(index=False, float_format="%.10g"))
-    atomic_write_text(out_dir / "runs.csv", runs.to_csv(index=False, float_format="%.10g"))
+    atomic_write_text(out_dir / "runs.csv", runs.drop(columns=["code_files"]).to_csv(index=False, float_format="%.10g"))
     report = out_dir / "report.md"
     adaptive = adaptive_lines(runs_dirs, records)
     atomic_write_text(report, render_markdown(title, table, runs, errors, runs_dirs, plots=tuple(PLOTS),

@@ -16,7 +16,7 @@ import pandas as pd
 
 from ablate.report.stats import (ALPHA, CUMULATIVE, POWER, TARGET_DELTA, compare, cumulative_steps, detect_design,
                                  detectable_change, factorial_effects, pooled_std, seeds_needed, seeds_needed_z)
-from ablate.report.table import (COST_HEADERS, DASH, DELTA_HEADER, HEALTH_HEADER, NA, TABLE_METRICS, WARN,
+from ablate.report.table import (mixed_code, COST_HEADERS, DASH, DELTA_HEADER, HEALTH_HEADER, NA, TABLE_METRICS, WARN,
                                  display_table, fmt_bounds, fmt_ci, fmt_delta, fmt_interval, fmt_points, metrics_table,
                                  seed_values, variant_label)
 from ablate.results import STATUSES
@@ -104,11 +104,11 @@ def header_paragraph(table: pd.DataFrame, runs: pd.DataFrame, n_unreadable: int)
     commits = sorted({c[:10] for c in runs["git_commit"] if c})
     if len(commits) > 1:
         text += f" The runs come from {len(commits)} git commits ({', '.join(commits)}): check they are comparable."
-    codes = sorted({c for c in runs.get("code", []) if c})
-    if len(codes) > 1:
-        text += (f" The runs were made by {len(codes)} versions of the code they depend on (fingerprints "
-                 f"{', '.join(codes)}; see each record's `code`): a change between runs of different code mixes "
-                 "the trick's effect with the code's.")
+    mixed = mixed_code(runs)
+    if mixed:
+        text += (f" The runs were made by different versions of the code they depend on ("
+                 f"{', '.join(f'{name}: {n} versions' for name, n in mixed.items())}; see each record's `code`): a "
+                 "change between runs of different code mixes the trick's effect with the code's.")
     if n_unreadable:
         text += f" {_plural(n_unreadable, 'record')} could not be read (listed below)."
     return text

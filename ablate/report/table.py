@@ -222,14 +222,37 @@ def runs_table(records: Sequence[RunRecord], paths: Sequence[Path | str | None] 
         row["created_at"] = record.created_at
         row["git_commit"] = record.git_commit or ""
         row["code"] = (record.code or {}).get("fingerprint", "") if isinstance(record.code, dict) else ""
+        row["code_files"] = code_files(record.code)
         row["error"] = last_line(record.error)
         row["health_messages"] = health_messages(record)
         row["run_dir"] = str(Path(path).parent) if path is not None else ""
         rows.append(row)
     columns = ["variant", "tricks", "seed", "status", "health", "base_hash", "config_hash", "sweep", *TABLE_METRICS,
                "train_s", "images_per_s", "inference_ms", "params_M", "flops_G", "peak_memory_mb",
-               "device", "created_at", "git_commit", "code", "error", "health_messages", "run_dir"]
+               "device", "created_at", "git_commit", "code", "code_files", "error", "health_messages", "run_dir"]
     return pd.DataFrame(rows, columns=columns)
+
+
+def code_files(code: Any) -> dict[str, str]:
+    """What a record's code fingerprint covers, file by file and package by package ({name: hash or
+    version}); for a record whose fingerprint lists no files, the whole fingerprint under one name."""
+    if not isinstance(code, dict):
+        return {}
+    files = {**(code.get("files") or {}), **{f"{k} (version)": v for k, v in (code.get("versions") or {}).items()}}
+    if not files and code.get("fingerprint"):
+        files = {"the code (fingerprint without its files)": code["fingerprint"]}
+    return files
+
+
+def mixed_code(runs: pd.DataFrame) -> dict[str, int]:
+    """The files (and package versions) that differ between runs that depend on them: name ->
+    number of versions. Runs of different tricks depend on different trick files, so their whole
+    fingerprints differ without any code having changed; a file in two versions is a real change."""
+    seen: dict[str, set] = {}
+    for files in runs.get("code_files", []):
+        for name, value in (files or {}).items():
+            seen.setdefault(name, set()).add(value)
+    return {name: len(values) for name, values in sorted(seen.items()) if len(values) > 1}
 
 
 def _flatten(config: Any, prefix: str = "") -> dict[str, Any]:
