@@ -19,7 +19,7 @@ from ablate.models.losses import CrossEntropyLoss, FocalLoss, smooth_binary_targ
 from ablate.tricks import TrickConflictError, build_tricks
 from ablate.tricks.dropblock import DropBlock, FittedDropBlock2d
 from ablate.tricks.ghm import GHMCLoss, GHMRLoss
-from ablate.tricks.mish import ACTIVATIONS, Mish, MishP6P7, MishTwoMLPHead
+from ablate.tricks.activation import ACTIVATIONS, Activation, ActP6P7, ActTwoMLPHead
 from ablate.tricks.mixup import MixUp
 
 MODELS = ["fcos", "retinanet", "faster_rcnn"]
@@ -376,7 +376,8 @@ def test_dropblock_is_off_in_eval_and_leaves_the_network_as_it_was():
 # ---------------------------------------------------------------- Mish
 
 def activations(module):
-    return [m for m in module.modules() if isinstance(m, ACTIVATIONS)]
+    """The activation modules under `module` other than Mish."""
+    return [m for m in module.modules() if isinstance(m, ACTIVATIONS) and not isinstance(m, nn.Mish)]
 
 
 def test_mish_backbone_only_leaves_neck_and_head_and_changes_outputs():
@@ -388,7 +389,7 @@ def test_mish_backbone_only_leaves_neck_and_head_and_changes_outputs():
     assert activations(model.backbone.body) == []
     assert sum(isinstance(m, nn.Mish) for m in model.backbone.body.modules()) == 9  # stem + 4 stages x 2
     assert len(activations(model.head)) > 0
-    assert not isinstance(model.backbone.fpn.extra_blocks, MishP6P7)
+    assert not isinstance(model.backbone.fpn.extra_blocks, ActP6P7)
     model.load_state_dict(before.state_dict())  # no parameter added or renamed
     x = torch.rand(1, 3, 96, 96)
     model.eval(), before.eval()
@@ -404,9 +405,9 @@ def test_mish_everywhere_leaves_no_other_activation(name):
     model = trick.on_model(model)
     assert activations(model) == []
     if name == "faster_rcnn":
-        assert isinstance(model.roi_heads.box_head, MishTwoMLPHead)
+        assert isinstance(model.roi_heads.box_head, ActTwoMLPHead)
     else:
-        assert isinstance(model.backbone.fpn.extra_blocks, MishP6P7)
+        assert isinstance(model.backbone.fpn.extra_blocks, ActP6P7)
     model.load_state_dict(before.state_dict())
     images, _ = tiny_batch(name)
     model.eval(), before.eval()
@@ -418,7 +419,7 @@ def test_mish_everywhere_leaves_no_other_activation(name):
 
 def test_mish_rejects_unknown_parts():
     with pytest.raises(ValueError, match=r"parts=\['body'\]: choose among"):
-        Mish(parts=["body"])
+        Activation(kind="mish", parts=["body"])
 
 
 # ---------------------------------------------------------------- fits and slots
