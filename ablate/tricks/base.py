@@ -38,6 +38,7 @@ SLOTS = {
                         "added for it (on_model, models/losses.py: PISA's ISR-P and CARL)",
     "backbone_dropout": "structured dropout inserted in the backbone (on_model: DropBlock)",
     "activation": "the network's activation function (on_model: Mish)",
+    "last_level_block": "a block added on the backbone's last pyramid level, C5 (on_model: SPP, ASPP, RFB, SAM)",
     "normalization": "the network's normalisation layers (on_model: frozen BN, GN, FRN)",
     "weight_average": "the weights evaluated: an average of the trained ones (on_step, eval_model: EMA)",
 }
