@@ -94,3 +94,11 @@ def test_arguments_are_checked_by_kind():
         build_trick("leaky_relu", negative_slope=1.5)
     with pytest.raises(TrickConfigError, match=r"tricks.swish.kind='gelu': choose one of"):
         build_trick("swish", kind="gelu")
+
+
+@pytest.mark.parametrize("order", [["leaky_relu", "dropout"], ["dropout", "leaky_relu"]])
+def test_an_activation_trick_and_dropout_keep_each_other_in_the_box_head(order):
+    model = tiny_model("faster_rcnn", tricks=[build_trick(name, "faster_rcnn") for name in order])
+    head = model.roi_heads.box_head
+    assert isinstance(head.act6, nn.LeakyReLU) and isinstance(head.act7, nn.LeakyReLU)
+    assert any(isinstance(m, nn.Dropout) for m in head.modules())
