@@ -108,18 +108,25 @@ def main() -> None:
             from ablate.tricks import TrickConflictError
 
             models, kind = trick_kind(name)
+            r = None
             for model in models:  # the first detector the trick applies to (giou is FCOS's own loss)
                 try:
                     r = paired_steps(name, model, args.steps, cache)
                     break
                 except TrickConflictError as e:
                     print(f"  {name} on {model}: not applicable ({e})", flush=True)
-            rows.append((name, kind, model, r))
+            rows.append((name, kind, model if r else ", ".join(models), r))
+            if r is None:  # e.g. droppath on the default tiny backbone, which has no residual blocks
+                print(f"  {name}: not applicable on any default baseline", flush=True)
+                continue
             print(f"  {name} on {model}: step time x{r['ratio']:.3f} of the baseline's (median of {r['steps']} "
                   f"paired steps); {100 * r['hook']:.2f}% of its step in batch hooks", flush=True)
     print("\ntrick | kind | baseline | step time / baseline's | share of its step in its batch hook")
     print("---|---|---|---|---")
     for name, kind, model, r in rows:
+        if r is None:
+            print(f"{name} | {kind} | {model} | not applicable | -")
+            continue
         share = f"{100 * r['hook']:.2f}%" if kind == "batch" else "no batch hook (model, loss or schedule)"
         print(f"{name} | {kind} | {model} | {r['ratio']:.3f} | {share}")
 
