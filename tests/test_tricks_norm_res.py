@@ -1,0 +1,170 @@
+"""Normalisation and skip-connection tricks of issue 11, part 2: sync_bn, weighted_residual, cbn, csp."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+from torchvision.models.resnet import BasicBlock
+
+import ablate.tricks.sync_bn as sync_bn
+from ablate.testing import build_trick, model_config, really_on, tiny_batch, tiny_model, trick_config
+from ablate.tricks import TrickConflictError, build_tricks
+from ablate.tricks.weighted_residual import WeightedResidualBlock, normalized
+# the shared helpers and the resnet18 fixture (detectors on resnet18 from scratch, not the tiny backbone)
+from test_tricks_norm_reg import MODELS, count, detects, resnet18  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def calls_in_training(model, name, kind):
+    """How many times modules of type `kind` ran in one training forward of the detector."""
+    calls = []
+    handles = [m.register_forward_hook(lambda *_: calls.append(1)) for m in model.modules() if isinstance(m, kind)]
+    images, targets = tiny_batch(name)
+    model.train()
+    model(images, targets)
+    for h in handles:
+        h.remove()
+    return len(calls)
+
+
+# ---------------------------------------------------------------- SyncBatchNorm
+
+def test_sync_bn_is_not_applicable_in_one_process():
+    with pytest.raises(TrickConflictError, match=r"'sync_bn' is not applicable: sync_bn needs a run on several "
+                                                 r"processes \(torch.distributed, world size > 1\); this run trains in one"):
+        build_trick("sync_bn").on_model(tiny_model("fcos"))
+
+
+def test_sync_bn_is_not_applicable_in_a_process_group_of_one(tmp_path):
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        assert sync_bn.world_size() == 1
+        with pytest.raises(TrickConflictError, match="world size > 1"):
+            build_trick("sync_bn").on_model(tiny_model("fcos"))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_sync_bn_converts_every_trainable_batchnorm_with_several_processes(name, monkeypatch):
+    before = tiny_model(name)
+    monkeypatch.setattr(sync_bn, "world_size", lambda: 2)
+    trick = build_trick("sync_bn", name)
+    model = trick.on_model(tiny_model(name))
+    body = model.backbone.body
+    assert trick.converted == 9 and count(model, nn.SyncBatchNorm) == 9 and count(body, nn.BatchNorm2d) == 0
+    assert torch.equal(body.layer1[0][1].weight, before.backbone.body.layer1[0][1].weight)
+    assert model.state_dict().keys() == before.state_dict().keys()
+
+
+def test_sync_bn_conversion_keeps_statistics():
+    bn = nn.BatchNorm2d(3)
+    bn.running_mean.fill_(0.5)
+    net, n = sync_bn.to_sync_batchnorm(nn.Sequential(nn.Conv2d(3, 3, 1), bn))
+    assert n == 1 and isinstance(net[1], nn.SyncBatchNorm) and torch.equal(net[1].running_mean, torch.full((3,), 0.5))
+
+
+def test_sync_bn_claims_normalization():
+    with pytest.raises(TrickConflictError, match="'group_norm' and 'sync_bn' both claim the 'normalization' slot"):
+        build_tricks(trick_config("group_norm", "sync_bn"), model_config("fcos"))
+
+
+# ---------------------------------------------------------------- weighted residual connections
+
+def identity_block() -> BasicBlock:
+    """A one-channel BasicBlock whose convs are the identity and BNs (eval) divide by sqrt(1 + eps)."""
+    block = BasicBlock(1, 1)
+    with torch.no_grad():
+        for conv in (block.conv1, block.conv2):
+            conv.weight.zero_()
+            conv.weight[0, 0, 1, 1] = 1.0
+    return block.eval()
+
+
+def test_weighted_residual_is_w_f_times_the_branch_plus_w_s_times_the_shortcut():
+    block = identity_block()
+    x = torch.tensor([1.0, 2.0, -3.0, 4.0]).view(1, 1, 2, 2)
+    s = 1 / math.sqrt(1 + 1e-5)  # each eval BN: x / sqrt(1 + eps)
+    branch = torch.relu(x * s) * s  # F(x) = bn2(conv2(relu(bn1(conv1 x))))
+    wrapped = WeightedResidualBlock(block, 1, "per_feature", "none")
+    assert torch.allclose(wrapped(x), torch.relu(branch + x))  # weights start at 1: the plain block
+    assert torch.allclose(wrapped(x), block(x))
+    with torch.no_grad():
+        wrapped.weight.copy_(torch.tensor([2.0, 0.5]))
+    expected = [max(2 * b + 0.5 * v, 0.0) for b, v in zip(branch.flatten().tolist(), x.flatten().tolist())]
+    assert wrapped(x).flatten().tolist() == pytest.approx(expected, abs=1e-6)  # [2.5, 5, -1.5 -> 0, 10]
+    assert expected[2] == 0.0 and expected[3] == pytest.approx(2 * 4 * s * s + 2)
+
+
+def test_weighted_residual_normalisations_are_darknets():
+    w = torch.tensor([3.0, 1.0])
+    assert normalized(w, "relu").tolist() == pytest.approx([3 / 4.0001, 1 / 4.0001])
+    assert normalized(torch.tensor([-1.0, 1.0]), "relu").tolist() == pytest.approx([0.0, 1 / 1.0001])
+    # softmax: exp(w - max) / (1e-4 + sum): [0, ln 3] -> [1/3, 1] / (4/3 + 1e-4)
+    assert normalized(torch.tensor([0.0, math.log(3)]), "softmax").tolist() == pytest.approx(
+        [1 / 3 / (4 / 3 + 1e-4), 1 / (4 / 3 + 1e-4)])
+    per_channel = normalized(torch.tensor([[1.0, 0.0], [1.0, 2.0]]), "relu")  # [2 inputs, 2 channels]
+    assert per_channel.flatten().tolist() == pytest.approx([1 / 2.0001, 0.0, 1 / 2.0001, 2 / 2.0001])
+
+
+def test_weighted_residual_per_channel_weights_each_channel():
+    block = BasicBlock(2, 2).eval()
+    wrapped = WeightedResidualBlock(block, 2, "per_channel", "none")
+    assert wrapped.weight.shape == (2, 2)
+    x = torch.rand(1, 2, 3, 3)
+    with torch.no_grad():
+        wrapped.weight.copy_(torch.tensor([[0.0, 0.0], [1.0, 3.0]]))  # branch off, shortcut x1 and x3
+        assert torch.allclose(wrapped(x), x * torch.tensor([1.0, 3.0]).view(1, 2, 1, 1))
+
+
+@pytest.mark.usefixtures("resnet18")
+def test_weighted_residual_wraps_every_block_of_resnet18():
+    model = tiny_model("retinanet", tricks=[build_trick("weighted_residual", "retinanet")])
+    blocks = [m for m in model.backbone.body.modules() if isinstance(m, WeightedResidualBlock)]
+    assert len(blocks) == 8 and all(isinstance(b.block, BasicBlock) and b.weight.tolist() == [1, 1] for b in blocks)
+    assert all(b.weight.requires_grad for b in blocks)
+    assert calls_in_training(model, "retinanet", WeightedResidualBlock) == 8
+
+
+def test_weighted_residual_on_a_backbone_without_residual_blocks_says_so():
+    with pytest.raises(TrickConflictError, match="'weighted_residual' does not fit this backbone.*resnet18"):
+        build_trick("weighted_residual", "fcos").on_model(tiny_model("fcos"))
+
+
+@pytest.mark.usefixtures("resnet18")
+def test_weighted_residual_with_frn_and_droppath():
+    model = tiny_model("fcos", tricks=[build_trick("weighted_residual", "fcos"), build_trick("frn", "fcos"),
+                                       build_trick("droppath", "fcos")])
+    assert count(model.backbone.body, WeightedResidualBlock) == 8
+    detects(model, "fcos")
+
+
+@pytest.mark.usefixtures("resnet18")
+@pytest.mark.parametrize("name", MODELS)
+def test_weighted_residual_trains_on_each_detector(name):
+    model = tiny_model(name, tricks=[build_trick("weighted_residual", name, weights_normalization="softmax")])
+    detects(model, name)
+    spy = really_on("weighted_residual", model=name, weights_normalization="softmax")
+    assert spy.calls["on_model"] == 1
+
+
+def test_weighted_residual_on_mobilenet_v3_weights_the_identity_shortcut_blocks():
+    from torchvision.models.mobilenetv3 import InvertedResidual
+
+    from ablate.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(model_config("fcos", backbone="mobilenet_v3"), num_classes=2, image_size=96)
+    residual = sum(isinstance(m, InvertedResidual) and m.use_res_connect for m in model.backbone.body.modules())
+    build_trick("weighted_residual", "fcos").on_model(model)
+    assert residual == 10 and count(model.backbone.body, WeightedResidualBlock) == residual
+    x = torch.rand(1, 40, 6, 6)
+    block = next(m for m in model.backbone.body.modules() if isinstance(m, WeightedResidualBlock)
+                 and m.block.out_channels == 40).eval()
+    with torch.no_grad():
+        block.weight.copy_(torch.tensor([0.5, 2.0]))
+        assert torch.allclose(block(x), 0.5 * block.block.block(x) + 2 * x)
+    detects(model, "fcos")
