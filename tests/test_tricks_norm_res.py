@@ -11,6 +11,7 @@ from torchvision.models.resnet import BasicBlock
 import ablate.tricks.sync_bn as sync_bn
 from ablate.testing import build_trick, model_config, really_on, tiny_batch, tiny_model, trick_config
 from ablate.tricks import TrickConflictError, build_tricks
+from ablate.tricks.cbn import CrossIterationBatchNorm2d
 from ablate.tricks.weighted_residual import WeightedResidualBlock, normalized
 # the shared helpers and the resnet18 fixture (detectors on resnet18 from scratch, not the tiny backbone)
 from test_tricks_norm_reg import MODELS, count, detects, resnet18  # noqa: F401
@@ -168,3 +169,105 @@ def test_weighted_residual_on_mobilenet_v3_weights_the_identity_shortcut_blocks(
         block.weight.copy_(torch.tensor([0.5, 2.0]))
         assert torch.allclose(block(x), 0.5 * block.block.block(x) + 2 * x)
     detects(model, "fcos")
+
+
+# ---------------------------------------------------------------- cross-iteration BatchNorm
+
+def cbn_layer(window: int = 2):
+    conv = nn.Conv2d(1, 1, 1, bias=False)
+    layer = CrossIterationBatchNorm2d(nn.BatchNorm2d(1), conv, window).train()
+    return conv, layer
+
+
+def test_cbn_compensates_the_last_iterations_statistics_by_hand():
+    conv, layer = cbn_layer(window=2)
+    with torch.no_grad():
+        conv.weight.fill_(1.0)
+    x1 = torch.ones(1, 1, 2, 2)  # iteration 1, W = 1: mu = 1, nu = E[x^2] = 1; dmu/dW = 1, dnu/dW = 2 W E[in^2] = 2
+    layer(conv(x1))
+    with torch.no_grad():
+        conv.weight.fill_(3.0)  # an optimizer step: W 1 -> 3
+    x2 = torch.tensor([0.0, 2.0, 4.0, 6.0]).view(1, 1, 2, 2)  # iteration 2: conv out 0, 6, 12, 18
+    out = layer(conv(x2))
+    # iteration 1 compensated to W = 3: mu = 1 + 1 * 2 = 3, nu = 1 + 2 * 2 = 5 < mu^2 = 9 -> max: 9
+    # iteration 2: mu = 9, nu = E[(3 x2)^2] = 9 * 14 = 126
+    mean, nu = (3 + 9) / 2, (9 + 126) / 2  # 6, 67.5
+    var = nu - mean ** 2  # 31.5
+    expected = [(v - mean) / math.sqrt(var + 1e-5) for v in (0.0, 6.0, 12.0, 18.0)]
+    assert out.flatten().tolist() == pytest.approx(expected, abs=1e-5)
+    plain = nn.BatchNorm2d(1).train()(conv(x2))  # BN: mean 9, variance 45
+    assert not torch.allclose(out, plain, atol=1e-2)
+    assert len(layer.past) == 1  # window 2: the current iteration and one before
+
+
+def test_cbn_gradient_flows_through_the_current_batch_only():
+    conv, layer = cbn_layer(window=3)
+    for w in (1.0, 2.0):
+        with torch.no_grad():
+            conv.weight.fill_(w)
+        x = torch.rand(2, 1, 3, 3)
+        layer(conv(x)).square().sum().backward()
+    assert all(not t.requires_grad for entry in layer.past for t in entry) and len(layer.past) == 2
+    assert conv.weight.grad is not None and layer.weight.grad is not None
+
+
+def test_cbn_is_plain_batchnorm_during_the_burn_in_and_in_eval():
+    conv, layer = cbn_layer(window=4)
+    layer.burnin_steps = 2
+    bn = nn.BatchNorm2d(1).train()
+    for step in range(2):
+        layer.step = step
+        x = conv(torch.rand(2, 1, 3, 3))
+        assert torch.allclose(layer(x), bn(x), atol=1e-6) and layer.past == []
+    assert torch.allclose(layer.running_mean, bn.running_mean) and torch.allclose(layer.running_var, bn.running_var)
+    layer.step = 2
+    x = conv(torch.rand(2, 1, 3, 3))
+    layer(x), bn(x)  # the running statistics (for eval) follow the current batch, as BN's
+    assert len(layer.past) == 1
+    layer.eval()
+    x = conv(torch.rand(2, 1, 3, 3))
+    assert torch.allclose(layer(x), bn.eval()(x), atol=1e-6)
+
+
+def test_cbn_defaults_and_burn_in_from_the_run_length():
+    trick = build_trick("cbn")
+    assert trick.window == 4 and trick.burnin_fraction == pytest.approx(0.667)
+    tiny_model("fcos", tricks=[trick])
+    trick.on_lr_factor(lambda s: 1.0, 120)
+    assert {layer.burnin_steps for layer in trick.layers} == {80}
+    trick.on_step(None, 81)
+    assert {layer.step for layer in trick.layers} == {81} and trick.state_dict() == {"step": 81}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_cbn_replaces_each_bn_after_a_conv_of_the_tiny_backbone(name):
+    trick = build_trick("cbn", name, burnin_fraction=0.0)
+    model = tiny_model(name, tricks=[trick])
+    assert len(trick.layers) == 9 and count(model.backbone.body, nn.BatchNorm2d) == 0
+    assert calls_in_training(model, name, CrossIterationBatchNorm2d) == 9
+    calls_in_training(model, name, CrossIterationBatchNorm2d)
+    assert all(len(layer.past) == 2 for layer in trick.layers)  # two training forwards at step 0
+    detects(model, name)
+
+
+@pytest.mark.usefixtures("resnet18")
+def test_cbn_on_resnet18_covers_the_stem_blocks_and_shortcuts():
+    trick = build_trick("cbn", "fcos", burnin_fraction=0.0)
+    model = tiny_model("fcos", tricks=[trick])
+    body = model.backbone.body
+    assert len(trick.layers) == 1 + 8 * 2 + 3 and count(body, nn.BatchNorm2d) == 0
+    assert body.layer2[0].bn1.conv_weight is body.layer2[0].conv1.weight
+    assert body.layer2[0].downsample[1].conv_weight is body.layer2[0].downsample[0].weight
+    detects(model, "fcos")
+
+
+def test_cbn_refuses_a_pretrained_backbone():
+    from test_tricks_norm_reg import frozen
+
+    with pytest.raises(TrickConflictError, match="'cbn' does not fit a pretrained backbone.*pretrained=false"):
+        build_trick("cbn", "fcos").on_model(frozen(tiny_model("fcos")))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_cbn_trains_on_each_detector(name):
+    really_on("cbn", model=name, burnin_fraction=0.0)
