@@ -12,6 +12,7 @@ import ablate.tricks.sync_bn as sync_bn
 from ablate.testing import build_trick, model_config, really_on, tiny_batch, tiny_model, trick_config
 from ablate.tricks import TrickConflictError, build_tricks
 from ablate.tricks.cbn import CrossIterationBatchNorm2d
+from ablate.tricks.csp import CSPStage
 from ablate.tricks.weighted_residual import WeightedResidualBlock, normalized
 # the shared helpers and the resnet18 fixture (detectors on resnet18 from scratch, not the tiny backbone)
 from test_tricks_norm_reg import MODELS, count, detects, resnet18  # noqa: F401
@@ -271,3 +272,63 @@ def test_cbn_refuses_a_pretrained_backbone():
 @pytest.mark.parametrize("name", MODELS)
 def test_cbn_trains_on_each_detector(name):
     really_on("cbn", model=name, burnin_fraction=0.0)
+
+
+# ---------------------------------------------------------------- cross stage partial stages
+
+def test_csp_splits_runs_the_blocks_on_one_part_and_concatenates():
+    stage = nn.Sequential(BasicBlock(8, 16, stride=2, downsample=nn.Sequential(nn.Conv2d(8, 16, 1, 2), nn.BatchNorm2d(16))),
+                          BasicBlock(16, 16), BasicBlock(16, 16))
+    csp = CSPStage(stage, 0.5).eval()
+    assert csp.split == (8, 8) and csp.down is stage[0]
+    assert len(csp.blocks) == 2 and all(b.conv1.in_channels == 8 and b.conv2.out_channels == 8 for b in csp.blocks)
+    seen = {}
+    csp.transition.register_forward_hook(lambda m, i, o: seen.update(cat=i[0], out=o))
+    x = torch.rand(2, 8, 8, 8)
+    with torch.no_grad():
+        out = csp(x)
+        down = stage[0](x)
+        part = csp.transition_b(csp.blocks(down[:, 8:]))
+    assert out.shape == (2, 16, 4, 4) and seen["cat"].shape == (2, 16, 4, 4)
+    assert torch.equal(seen["cat"][:, :8], down[:, :8])  # the first part goes straight on
+    assert torch.allclose(seen["cat"][:, 8:], part)  # the second through the blocks and transition_b
+    assert torch.equal(out, seen["out"])
+
+
+def test_csp_bottleneck_stage_widths():
+    from torchvision.models.resnet import Bottleneck
+
+    stage = nn.Sequential(Bottleneck(64, 64, downsample=nn.Sequential(nn.Conv2d(64, 256, 1), nn.BatchNorm2d(256))),
+                          Bottleneck(256, 64), Bottleneck(256, 64))
+    csp = CSPStage(stage, 0.5)
+    assert [(b.conv1.in_channels, b.conv1.out_channels, b.conv3.out_channels) for b in csp.blocks] == [(128, 32, 128)] * 2
+    assert csp(torch.rand(1, 64, 8, 8)).shape == (1, 256, 8, 8)
+
+
+@pytest.mark.usefixtures("resnet18")
+@pytest.mark.parametrize("name", MODELS)
+def test_csp_on_resnet18_each_detector(name):
+    before = tiny_model(name)
+    model = tiny_model(name, tricks=[build_trick("csp", name)])
+    body = model.backbone.body
+    assert [n for n, c in body.named_children() if isinstance(c, CSPStage)] == ["layer1", "layer2", "layer3", "layer4"]
+    x = torch.rand(1, 3, 96, 96)
+    model.eval(), before.eval()
+    with torch.no_grad():  # same pyramid shapes as the plain ResNet's
+        assert [v.shape for v in model.backbone(x).values()] == [v.shape for v in before.backbone(x).values()]
+    assert calls_in_training(model, name, CSPStage) == 4
+    detects(model, name)
+    really_on("csp", model=name)
+
+
+def test_csp_needs_resnet_stages():
+    with pytest.raises(TrickConflictError, match="'csp' does not fit this backbone.*resnet18"):
+        build_trick("csp", "fcos").on_model(tiny_model("fcos"))
+
+
+@pytest.mark.usefixtures("resnet18")
+def test_csp_refuses_a_pretrained_backbone():
+    from test_tricks_norm_reg import frozen
+
+    with pytest.raises(TrickConflictError, match="'csp' does not fit a pretrained backbone"):
+        build_trick("csp", "fcos").on_model(frozen(tiny_model("fcos")))
