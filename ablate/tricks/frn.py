@@ -124,6 +124,17 @@ def replace_with_frn(module: nn.Module, eps: float) -> int:
     return count
 
 
+def refuse_frozen_bn(body: nn.Module, trick: str, what: str) -> None:
+    """TrickConflictError (n/a) when `body` is a pretrained backbone's, with frozen ImageNet BatchNorm
+    that a normalisation trick replacing BN (`what`) would discard."""
+    from . import TrickConflictError
+
+    if any(isinstance(m, FrozenBatchNorm2d) for m in body.modules()):
+        raise TrickConflictError(f"trick '{trick}' does not fit a pretrained backbone (frozen ImageNet "
+                                 f"BatchNorm, which {what} would discard); train it from scratch with "
+                                 "model.backbone.pretrained=false")
+
+
 class FRN(Trick):
     claims = ("normalization",)
 
@@ -131,13 +142,8 @@ class FRN(Trick):
         self.eps = check_number("eps", eps, 0, low_open=True)
 
     def on_model(self, model: nn.Module) -> nn.Module:
-        from . import TrickConflictError
-
         body = model.backbone.body
-        if any(isinstance(m, FrozenBatchNorm2d) for m in body.modules()):
-            raise TrickConflictError(f"trick '{self.name or 'frn'}' does not fit a pretrained backbone (frozen "
-                                     "ImageNet BatchNorm, which FRN would discard); train it from scratch with "
-                                     "model.backbone.pretrained=false")
+        refuse_frozen_bn(body, self.name or "frn", "FRN")
         if replace_with_frn(body, self.eps) == 0:
             raise ValueError(f"tricks.{self.name}: the backbone has no BatchNorm2d to replace")
         return model

@@ -1,0 +1,54 @@
+"""Synchronized BatchNorm (torch.nn.SyncBatchNorm; Peng et al., CVPR 2018, "MegDet"): the batch
+statistics of every trainable BatchNorm computed over the whole batch of all processes that train
+together, not over each process's share of it.
+
+It applies only where a run trains on several processes: torch.distributed initialised with a
+world size above 1. A run of this harness trains in one process today (multi-process training is
+a later issue), so the trick is then not applicable (TrickConflictError: n/a in a sweep, the reason
+in the record), never a silent copy of the baseline. Where it applies, every nn.BatchNorm2d of the
+detector is converted with torch.nn.SyncBatchNorm.convert_sync_batchnorm (the statistics and affine
+parameters kept); torchvision's FrozenBatchNorm2d (a pretrained backbone's) is no _BatchNorm and
+stays, as it has no batch statistics to synchronise.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .base import Trick
+
+NOT_APPLICABLE = ("sync_bn needs a run on several processes (torch.distributed, world size > 1); "
+                  "this run trains in one")
+
+
+def world_size() -> int:
+    """The number of processes training together: 1 unless torch.distributed is initialised."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size()
+    return 1
+
+
+def to_sync_batchnorm(model: nn.Module) -> tuple[nn.Module, int]:
+    """The model with each trainable BatchNorm converted to SyncBatchNorm, and how many were."""
+    count = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) and not isinstance(m, nn.SyncBatchNorm)
+                for m in model.modules())
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model), count
+
+
+class SyncBN(Trick):
+    claims = ("normalization",)
+
+    def __init__(self):
+        self.converted = 0
+
+    def on_model(self, model: nn.Module) -> nn.Module:
+        from . import TrickConflictError
+
+        if world_size() <= 1:
+            raise TrickConflictError(f"trick '{self.name or 'sync_bn'}' is not applicable: {NOT_APPLICABLE}")
+        model, self.converted = to_sync_batchnorm(model)
+        if self.converted == 0:
+            raise TrickConflictError(f"trick '{self.name or 'sync_bn'}' is not applicable: the detector has no "
+                                     "trainable BatchNorm (a pretrained backbone's is frozen); train from scratch "
+                                     "with model.backbone.pretrained=false")
+        return model
