@@ -1,19 +1,21 @@
-"""The neck tricks (pan, bifpn, balanced_fpn, asff) against hand-computed cases of their papers'
+"""The neck tricks (pan, bifpn, balanced_fpn, asff, nas_fpn) against hand-computed cases of their papers'
 definitions, their outputs on each detector against the baseline FPN's, and a few training steps."""
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ablate.models.necks import (ASFFLevel, BalancedFeaturePyramid, BiFPNLayer, FastFusion, NeckFPN, NonLocal2d,
-                                 PANPath, max_pool_same)
+from ablate.models.necks import (ASFFLevel, BalancedFeaturePyramid, BiFPNLayer, FastFusion, MergingCell, NASFPNCell,
+                                 NeckFPN, NonLocal2d, PANPath, max_pool_same, resize_to)
 from ablate.testing import build_trick, model_config, really_on, tiny_batch, tiny_model, trick_config
 from ablate.tricks import TrickConfigError, TrickConflictError, build_tricks
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-KINDS = ["pan", "bifpn", "balanced_fpn", "asff"]
+KINDS = ["pan", "bifpn", "balanced_fpn", "asff", "nas_fpn"]
 MODELS = ["fcos", "retinanet", "faster_rcnn"]
+# (kind, model) pairs the trick fits: NAS-FPN's published cell is on P3-P7, the one-stage pyramid
+FITTING = [(k, m) for k in KINDS for m in MODELS if not (k == "nas_fpn" and m == "faster_rcnn")]
 
 
 def centre(conv: nn.Conv2d, value: float, bias: float = 0.0) -> None:
@@ -138,8 +140,7 @@ def test_asff_weights_sum_to_one_per_position_and_fuse():
         assert torch.allclose(fine.resized(levels)[2], F.interpolate(fine.resize[2](levels[2]), size=(8, 8)))
 
 
-@pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("kind,model", FITTING)
 def test_the_neck_keeps_the_pyramid_and_runs_in_training(kind, model):
     net = tiny_model(model, tricks=[build_trick(kind, model)])
     base = tiny_model(model)
@@ -178,10 +179,43 @@ def test_extra_levels_are_built_from_the_path_or_fused_by_it():
     assert tiny_model("retinanet", tricks=[build_trick("balanced_fpn", "retinanet")]).backbone.fpn.path.refine_index == 1
 
 
-@pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("kind,model", FITTING)
 def test_neck_trains(kind, model):
     really_on(kind, model=model)
+
+
+def test_nas_fpn_merging_cells_and_resampling_by_hand():
+    x1 = torch.tensor([[1.0, 2.0], [3.0, 4.0]]).view(1, 1, 2, 2)
+    x2 = torch.tensor([[0.0, 2.0], [-2.0, 4.0]]).view(1, 1, 2, 2)
+    # global pooling: x2 + sigmoid(mean of x2 per channel) * x1 (Fig. 4); mean 1
+    assert torch.allclose(MergingCell("gp", None)(x1, x2, (2, 2)), x2 + torch.sigmoid(torch.tensor(1.0)) * x1)
+    assert torch.allclose(MergingCell("sum", None)(x1, x2, (4, 4)),
+                          (x1 + x2).repeat_interleave(2, -1).repeat_interleave(2, -2))  # nearest up
+    cell = MergingCell("sum", 1).eval()  # then ReLU, 3x3 conv, BN
+    centre(cell.conv[1], 2.0)
+    assert torch.allclose(cell(x1, -x2, (2, 2)), 2 * torch.relu(x1 - x2) / (1 + 1e-5) ** 0.5)
+    # down: max-pooled by the integer ratio, after zero padding to a multiple (10 -> 3: 1 before, 1 after)
+    x = torch.arange(100.0).view(1, 1, 10, 10) - 50
+    assert torch.equal(resize_to(x, (5, 5)), F.max_pool2d(x, 2))
+    padded = F.pad(x, (1, 1, 1, 1))
+    assert torch.equal(resize_to(x, (3, 3)), F.max_pool2d(padded, 4))
+    assert resize_to(x, (3, 3))[0, 0, 0, 0] == 0  # the zero padding wins over the negative corner
+
+
+def test_nas_fpn_cell_wiring():
+    """The published cell's graph: which inputs reach which outputs (a hook records each merge's inputs)."""
+    cell = NASFPNCell(2).eval()
+    order = []
+    for name, merge in cell.cells.items():
+        merge.register_forward_hook(lambda m, i, o, n=name: order.append((n, tuple(i[2]))))
+    levels = [torch.randn(1, 2, s, s) for s in (16, 8, 4, 2, 1)]
+    with torch.no_grad():
+        out = cell(levels)
+    assert [o.shape for o in out] == [x.shape for x in levels]
+    assert order == [("gp_64_4", (8, 8)), ("sum_44_4", (8, 8)), ("sum_43_3", (16, 16)), ("sum_34_4", (8, 8)),
+                     ("gp_43_5", (4, 4)), ("sum_55_5", (4, 4)), ("gp_54_7", (1, 1)), ("sum_77_7", (1, 1)),
+                     ("gp_75_6", (2, 2))]
+    assert cell.cells["gp_43_5"].conv is None and cell.cells["gp_54_7"].conv is None
 
 
 def test_two_necks_conflict_and_arguments_are_checked():
@@ -191,6 +225,8 @@ def test_two_necks_conflict_and_arguments_are_checked():
         build_trick("bifpn", num_layers=0)
     with pytest.raises(TrickConfigError, match=r"tricks.pan.*pan takes \['relu'\]"):
         build_trick("pan", eps=1.0)
+    with pytest.raises(TrickConflictError, match="nas_fpn' does not fit model=faster_rcnn"):
+        build_trick("nas_fpn", "faster_rcnn")
     with pytest.raises(ValueError, match="refine_level=9"):
         tiny_model("fcos", tricks=[build_trick("balanced_fpn", refine_level=9)])
 

@@ -11,6 +11,7 @@ of the same shapes. The paths:
 - `BiFPNLayer`: one EfficientDet BiFPN layer with fast normalised fusion (Tan et al. 2020, sec. 3).
 - `BalancedFeaturePyramid`: Libra R-CNN's integrate, refine (non-local), strengthen (Pang et al. 2019, sec. 3.2).
 - `ASFF`: adaptively spatial feature fusion (Liu et al. 2019), one fusion per level.
+- `NASFPN`: the published NAS-FPN cell over P3-P7, stacked (Ghiasi et al. 2019).
 """
 from __future__ import annotations
 
@@ -49,10 +50,11 @@ class NeckFPN(FeaturePyramidNetwork):
         return OrderedDict(zip(names, results))
 
 
-def _fpn_init(conv: nn.Conv2d) -> nn.Conv2d:
-    """torchvision's FPN initialisation: kaiming_uniform_(a=1), zero bias."""
+def _fpn_init(conv: nn.Conv2d, bias: bool = True) -> nn.Conv2d:
+    """torchvision's FPN initialisation, kaiming_uniform_(a=1) and zero bias (mmcv's caffe2_xavier_init)."""
     nn.init.kaiming_uniform_(conv.weight, a=1)
-    nn.init.zeros_(conv.bias)
+    if bias:
+        nn.init.zeros_(conv.bias)
     return conv
 
 
@@ -264,3 +266,72 @@ class ASFF(nn.Module):
 
     def forward(self, levels: list[Tensor]) -> list[Tensor]:
         return [fusion(levels) for fusion in self.fusions]
+
+
+def resize_to(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """NAS-FPN's resampling of a merging cell's input (mmcv's BaseMergeCell._resize): unchanged at the
+    size, nearest up to a larger one, to a smaller one max-pooled by the integer ratio after padding
+    with zeros (split, the odd cell after) to a multiple of the target size."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    if x.shape[-2] < size[0] or x.shape[-1] < size[1]:
+        return F.interpolate(x, size=size, mode="nearest")
+    pad_h, pad_w = -x.shape[-2] % size[0], -x.shape[-1] % size[1]
+    if pad_h or pad_w:
+        x = F.pad(x, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))
+    kernel = (x.shape[-2] // size[0], x.shape[-1] // size[1])
+    return F.max_pool2d(x, kernel, kernel)
+
+
+class MergingCell(nn.Module):
+    """A NAS-FPN merging cell (Ghiasi et al. 2019, sec. 3.1, Fig. 3): both inputs resized to the output
+    size, a binary op, sum (x1 + x2) or global pooling (x2 + sigmoid(avgpool(x2)) * x1, Fig. 4), then,
+    with a conv, ReLU, 3x3 conv (no bias) and BN."""
+
+    def __init__(self, op: str, channels: int | None):
+        super().__init__()
+        self.op = op
+        self.conv = None if channels is None else nn.Sequential(
+            nn.ReLU(), _fpn_init(nn.Conv2d(channels, channels, 3, 1, 1, bias=False), bias=False),
+            nn.BatchNorm2d(channels))
+
+    def forward(self, x1: Tensor, x2: Tensor, size: tuple[int, int]) -> Tensor:
+        x1, x2 = resize_to(x1, size), resize_to(x2, size)
+        x = x1 + x2 if self.op == "sum" else x2 + torch.sigmoid(F.adaptive_avg_pool2d(x2, 1)) * x1
+        return x if self.conv is None else self.conv(x)
+
+
+class NASFPNCell(nn.Module):
+    """One NAS-FPN cell over P3-P7, the published 7-stack architecture's cell (Ghiasi et al. 2019,
+    Fig. 7f; mmdetection's NASFPN, names as there: gp_64_4 is a global-pooling cell of P6 and P4 to
+    P4's size):
+    P4_1 = gp(P6, P4); P4_2 = sum(P4_1, P4); P3' = sum(P4_2, P3); P4' = sum(P3', P4_2);
+    P5' = sum(P5, gp(P4', P3') without conv); P7' = sum(P7, gp(P5', P4_2) without conv); P6' = gp(P7', P5')."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.cells = nn.ModuleDict({
+            "gp_64_4": MergingCell("gp", channels), "sum_44_4": MergingCell("sum", channels),
+            "sum_43_3": MergingCell("sum", channels), "sum_34_4": MergingCell("sum", channels),
+            "gp_43_5": MergingCell("gp", None), "sum_55_5": MergingCell("sum", channels),
+            "gp_54_7": MergingCell("gp", None), "sum_77_7": MergingCell("sum", channels),
+            "gp_75_6": MergingCell("gp", channels)})
+
+    def forward(self, levels: list[Tensor]) -> list[Tensor]:
+        p3, p4, p5, p6, p7 = levels
+        c, size = self.cells, [x.shape[-2:] for x in levels]
+        p4_1 = c["gp_64_4"](p6, p4, size[1])
+        p4_2 = c["sum_44_4"](p4_1, p4, size[1])
+        p3 = c["sum_43_3"](p4_2, p3, size[0])
+        p4 = c["sum_34_4"](p3, p4_2, size[1])
+        p5 = c["sum_55_5"](p5, c["gp_43_5"](p4, p3, size[2]), size[2])
+        p7 = c["sum_77_7"](p7, c["gp_54_7"](p5, p4_2, size[4]), size[4])
+        p6 = c["gp_75_6"](p7, p5, size[3])
+        return [p3, p4, p5, p6, p7]
+
+
+class NASFPN(nn.Sequential):
+    """`stack_times` NAS-FPN cells in a row (7 in the paper's RetinaNet, mmdetection's config)."""
+
+    def __init__(self, channels: int, stack_times: int):
+        super().__init__(*(NASFPNCell(channels) for _ in range(stack_times)))

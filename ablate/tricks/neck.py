@@ -1,14 +1,23 @@
 """Path-aggregation necks on the detector's FPN (ablate/models/necks.py): PANet's bottom-up path
-(pan), EfficientDet's BiFPN (bifpn), Libra R-CNN's balanced feature pyramid (balanced_fpn) and ASFF
-(asff). Each replaces model.backbone.fpn by a NeckFPN: torchvision's FPN, its modules kept, with the
-path run on its levels, so the heads get the same keys, count, channels and strides.
+(pan), EfficientDet's BiFPN (bifpn), Libra R-CNN's balanced feature pyramid (balanced_fpn), ASFF
+(asff) and NAS-FPN's published cell (nas_fpn, one-stage detectors only: the cell is defined on
+P3-P7, Faster R-CNN's pyramid is P2-P6). Each replaces model.backbone.fpn by a NeckFPN: torchvision's
+FPN, its modules kept, with the path run on its levels, so the heads get the same keys, count,
+channels and strides.
 
 Extra levels: pan and asff run on the levels taken from the backbone, and the detector's extra block
 then builds P6/P7 (one-stage: conv on P5, torchvision's use_P5 since the FPN's in and out channels
 are equal) or the max-pooled level (Faster R-CNN) from the path's P5, as mmdetection's PAFPN does
-(max-pool of its output, or add_extra_convs='on_output'). bifpn and balanced_fpn run on every level
-the heads use, the extra ones included: EfficientDet's BiFPN runs over P3-P7, Libra R-CNN's BFP over
-the FPN's five outputs (num_levels=5 after FPN num_outs=5 in its configs)."""
+(max-pool of its output, or add_extra_convs='on_output'). bifpn, balanced_fpn and nas_fpn run on every
+level the heads use, the extra ones included: EfficientDet's BiFPN and NAS-FPN run over P3-P7, Libra
+R-CNN's BFP over the FPN's five outputs (num_levels=5 after FPN num_outs=5 in its configs).
+
+Not here: M2Det's SFAM (scale-wise feature aggregation). SFAM concatenates, at each scale, the
+features of that scale from M2Det's eight TUMs (thin U-shaped modules of increasing depth, fed by its
+FFMs) and re-weights the channels by squeeze-excitation; its input is MLFPN's multi-level,
+multi-scale stack. torchvision's FPN gives one feature map per scale, so SFAM on it would be only
+an SE block per level, not the published module, and building MLFPN (FFMv1, eight TUMs, FFMv2) means
+replacing the FPN and its six-scale output, not a path on it."""
 from __future__ import annotations
 
 from typing import Any
@@ -17,14 +26,15 @@ import torch
 from torch import nn
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
-from ..models.necks import ASFF, BiFPN, BalancedFeaturePyramid, NeckFPN, PANPath
+from ..models.necks import ASFF, NASFPN, BiFPN, BalancedFeaturePyramid, NeckFPN, PANPath
 from .base import Trick, TrickArgumentError, check_choice, check_number
 
 # kind: (its arguments, whether the path runs after the extra block)
 KINDS = {"pan": ({"relu"}, False),
          "bifpn": ({"num_layers", "eps"}, True),
          "balanced_fpn": ({"refine_level"}, True),
-         "asff": ({"compress_channels"}, False)}
+         "asff": ({"compress_channels"}, False),
+         "nas_fpn": ({"stack_times"}, True)}
 
 
 def pyramid_levels(model: nn.Module) -> list[int]:
@@ -50,6 +60,9 @@ class Neck(Trick):
 
     def __init__(self, kind: str, **args: Any):
         check_choice("kind", kind, tuple(KINDS))
+        if (kind == "nas_fpn") != isinstance(self, NASFPNNeck):
+            raise TrickArgumentError({"kind": kind}, "nas_fpn is built by ablate.tricks.neck.NASFPNNeck (one-stage "
+                                     "only), the other necks by ablate.tricks.neck.Neck")
         names, self.after_extra = KINDS[kind]
         if set(args) != names:
             raise TrickArgumentError(args, f"{kind} takes {sorted(names)}")
@@ -61,6 +74,8 @@ class Neck(Trick):
             args["eps"] = check_number("eps", args["eps"], 0, low_open=True)
         if "refine_level" in args:
             args["refine_level"] = check_number("refine_level", args["refine_level"], 0, integer=True)
+        if "stack_times" in args:
+            args["stack_times"] = check_number("stack_times", args["stack_times"], 1, integer=True)
         if "compress_channels" in args:
             args["compress_channels"] = check_number("compress_channels", args["compress_channels"], 1, integer=True)
         self.kind, self.args = kind, args
@@ -75,6 +90,11 @@ class Neck(Trick):
             return BiFPN(channels, n, self.args["num_layers"], self.args["eps"])
         if self.kind == "asff":
             return ASFF(channels, n, self.args["compress_channels"])
+        if self.kind == "nas_fpn":
+            if levels != [3, 4, 5, 6, 7]:
+                raise ValueError(f"tricks.{self.name}: the NAS-FPN cell is published for P3-P7, this detector's "
+                                 f"pyramid has levels {levels}")
+            return NASFPN(channels, self.args["stack_times"])
         refine = self.args["refine_level"]
         if refine not in levels:
             raise ValueError(f"tricks.{self.name}.refine_level={refine}: this detector's pyramid has levels "
@@ -84,3 +104,8 @@ class Neck(Trick):
     def on_model(self, model: nn.Module) -> nn.Module:
         model.backbone.fpn = NeckFPN(model.backbone.fpn, self.path(model), self.after_extra)
         return model
+
+
+class NASFPNNeck(Neck):
+    """The NAS-FPN neck: the published cell is defined on P3-P7, the one-stage detectors' pyramid."""
+    fits = ("one_stage",)
