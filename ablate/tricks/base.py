@@ -40,6 +40,7 @@ SLOTS = {
     "activation": "the network's activation function (on_model: Mish)",
     "last_level_block": "a block added on the backbone's last pyramid level, C5 (on_model: SPP, ASPP, RFB, SAM)",
     "normalization": "the network's normalisation layers (on_model: frozen BN, GN, FRN)",
+    "neck": "the feature pyramid itself, replaced or extended (on_model: PAN, BiFPN, balanced FPN, ASFF, NAS-FPN, SFAM)",
     "weight_average": "the weights evaluated: an average of the trained ones (on_step, eval_model: EMA)",
 }
 # What to select instead when a trick does not fit the detector.
