@@ -337,3 +337,17 @@ def test_mosaic_is_off_for_the_last_tenth_of_training():
 
 def test_mosaic_changes_training():
     really_on("mosaic", model="fcos")
+
+
+@pytest.mark.parametrize("factor", [0.5, 1.3])
+def test_saturation_alone_equals_the_hsv_round_trip(factor):
+    """The shortcut for a saturation change without a hue change gives the round trip's numbers,
+    on images shifted by a brightness delta (negative values included) and with gray pixels."""
+    from ablate.tricks.photometric import hsv_to_rgb, rgb_to_hsv, saturate, scaled_saturation
+
+    img = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(1)) - 0.1
+    img[:, 0, :4] = 0.4  # gray
+    hsv = rgb_to_hsv(img)
+    hsv[1] = scaled_saturation(hsv[1], factor)
+    assert torch.allclose(saturate(img, factor), hsv_to_rgb(hsv), atol=1e-5)
+    assert not torch.allclose(saturate(img, factor), img, atol=1e-3)
