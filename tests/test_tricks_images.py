@@ -351,3 +351,12 @@ def test_saturation_alone_equals_the_hsv_round_trip(factor):
     hsv[1] = scaled_saturation(hsv[1], factor)
     assert torch.allclose(saturate(img, factor), hsv_to_rgb(hsv), atol=1e-5)
     assert not torch.allclose(saturate(img, factor), img, atol=1e-3)
+
+
+def test_rotation_of_a_batch_in_one_call_equals_one_image_at_a_time():
+    trick = build_trick("rotation")
+    imgs = torch.rand(3, 3, 24, 32, generator=torch.Generator().manual_seed(0))
+    together = trick.rotate_images(imgs, [5.0, -8.0, 0.5])
+    for k, degrees in enumerate([5.0, -8.0, 0.5]):
+        assert torch.allclose(together[k], trick.rotate_images(imgs[k:k + 1], [degrees])[0], atol=1e-6)
+    assert not torch.allclose(together[0], imgs[0], atol=1e-3)
