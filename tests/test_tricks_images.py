@@ -205,19 +205,40 @@ def test_photometric_changes_training():
 
 # ---------------------------------------------------------------- random_crop
 
+class ScriptedCrop(Scripted):
+    """Scripted draws for the random crop: the mode (integers), then per mode the attempts' widths and
+    heights (uniform, size n) and their left and top fractions (random, size n)."""
+
+    def __init__(self, integers, uniforms, fractions):
+        super().__init__(integers=integers, uniforms=uniforms)
+        self.fractions = list(fractions)
+
+    def uniform(self, low, high, size=None):
+        self.calls.append(("uniform", low, high, size))
+        return np.array(self.uniforms.pop(0))
+
+    def random(self, size=None):
+        self.calls.append(("random", size))
+        return np.array(self.fractions.pop(0))
+
+
 def test_random_crop_keeps_the_boxes_whose_centre_is_in_a_patch_of_enough_iou():
     """A 100 x 100 image, boxes A (10-30) and B (60-90) squares. Mode index 2 -> min IoU 0.3 would
     need IoU >= 0.3 with both: a 60 x 60 patch at (5, 5) has IoU 400/3600 = 0.11 with A: retried;
-    then mode 0 (index 6, any patch): the same patch, B's centre (75, 75) is outside, A's (20, 20)
-    in: A kept, shifted by (-5, -5), then the 60-px patch resized to 100 (x 5/3)."""
-    trick = build_trick("random_crop", attempts=1)
-    rng = Scripted(integers=[2, 6], uniforms=[60.0, 60.0, 5.0, 5.0, 60.0, 60.0, 5.0, 5.0])
+    then mode 0 (index 6, any patch): its first attempt too thin (aspect 20/60 < 0.5), its second
+    the same 60 x 60 patch at (5, 5): B's centre (75, 75) is outside, A's (20, 20) in: A kept, shifted
+    by (-5, -5), then the 60-px patch resized to 100 (x 5/3). The left and top are 1 + 39 u (the
+    reference's numpy uniform(w - new_w) lies between 1 and w - new_w = 40): u = 4/39 gives 5."""
+    trick = build_trick("random_crop", attempts=2)
+    u = 4 / 39
+    rng = ScriptedCrop(integers=[2, 6], uniforms=[[60.0, 60.0], [60.0, 60.0], [60.0, 60.0], [20.0, 60.0]],
+                       fractions=[[u, u], [u, u], [u, u], [u, u]])
     img = torch.zeros(3, 100, 100)
     img[:, 30:40, 30:40] = 1.0
     tgt = target([[10, 10, 30, 30], [60, 60, 90, 90]], [1, 2])
     (out,), (t,) = trick.on_batch([img], [tgt], ctx(rng))
-    assert rng.calls[0] == ("integers", 0, 7) and rng.calls[1] == ("uniform", 30.0, 100)
-    assert rng.calls[3] == ("uniform", 1.0, 40.0)  # numpy's uniform(w - new_w): between 1 and w - new_w
+    assert rng.calls[0] == ("integers", 0, 7) and rng.calls[1] == ("uniform", 30.0, 100, 2)
+    assert rng.calls[3] == ("random", 2) and rng.calls[5] == ("integers", 0, 7)
     assert out.shape == (3, 100, 100)
     assert t["labels"].tolist() == [1]
     assert t["boxes"][0].tolist() == pytest.approx([5 * 5 / 3, 5 * 5 / 3, 25 * 5 / 3, 25 * 5 / 3])
@@ -360,3 +381,13 @@ def test_rotation_of_a_batch_in_one_call_equals_one_image_at_a_time():
     for k, degrees in enumerate([5.0, -8.0, 0.5]):
         assert torch.allclose(together[k], trick.rotate_images(imgs[k:k + 1], [degrees])[0], atol=1e-6)
     assert not torch.allclose(together[0], imgs[0], atol=1e-3)
+
+
+def test_photometric_on_a_batch_equals_one_image_at_a_time():
+    trick = build_trick("photometric")
+    imgs = [torch.rand(3, 12, 10, generator=torch.Generator().manual_seed(k)) for k in range(6)]
+    together, _ = trick.on_batch(imgs, [{}] * 6, ctx(np.random.default_rng(3)))
+    rng = np.random.default_rng(3)
+    for img, out in zip(imgs, together):
+        assert torch.allclose(out, trick.distort(img, rng), atol=1e-6)
+    assert any(not torch.allclose(out, img, atol=1e-3) for img, out in zip(imgs, together))

@@ -4,25 +4,12 @@ lies in it kept and clipped, as mmdetection's MinIoURandomCrop; the patch then r
 base size, as SSD's pipeline resizes every image after the crop."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torchvision.ops import clip_boxes_to_image
 
 from .base import BatchContext, Images, Targets, Trick, TrickArgumentError, check_fraction, check_number, with_boxes
-
-
-def min_iou_below(boxes: list[tuple[float, float, float, float, float]], patch: tuple[int, int, int, int],
-                  threshold: float) -> bool:
-    """Whether some box (x0, y0, x1, y1, area) has an IoU with the patch below the threshold
-    (mmdetection's overlaps.min() < min_iou), stopping at the first such box."""
-    px0, py0, px1, py1 = patch
-    patch_area = (px1 - px0) * (py1 - py0)
-    for x0, y0, x1, y1, area in boxes:
-        iw, ih = min(px1, x1) - max(px0, x0), min(py1, y1) - max(py0, y0)
-        inter = iw * ih if iw > 0 and ih > 0 else 0.0
-        if inter / (patch_area + area - inter) < threshold:
-            return True
-    return False
 
 
 class RandomCrop(Trick):
@@ -39,32 +26,39 @@ class RandomCrop(Trick):
         """mmdetection's loop: choose a mode; 1 keeps the image; otherwise up to `attempts` patches
         (aspect h/w within [0.5, 2]) until every box has IoU >= the mode with it and some box centre
         lies inside; then the patch and the mask of boxes kept. Another mode is chosen after
-        `attempts` failures."""
-        # The boxes as Python floats, once: the loop may try a hundred patches per image (every box
-        # must reach the IoU), and most tries fail on the first box checked, so a plain loop that
-        # stops there is cheaper than any tensor call (a torch call per try cost a third of a step).
-        listed = [(x0, y0, x1, y1, (x1 - x0) * (y1 - y0)) for x0, y0, x1, y1 in boxes.tolist()]
+        `attempts` failures. The attempts of a mode are drawn at once and the first that passes is
+        taken: the same distribution as drawing them one by one (they are independent), without a
+        Python loop of up to `attempts` tries per mode (a third of a training step before)."""
+        b = boxes.numpy().astype(np.float32)
+        areas = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+        cx, cy = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
+        n = self.attempts
         while True:
             mode = self.modes[int(rng.integers(0, len(self.modes)))]
             if mode == 1:
                 return None
-            for _ in range(self.attempts):
-                new_w, new_h = rng.uniform(self.min_crop_size * w, w), rng.uniform(self.min_crop_size * h, h)
-                if new_h / new_w < 0.5 or new_h / new_w > 2:
-                    continue
-                # the reference's numpy uniform(x) is uniform(low=x, high=1): between 1 and x
-                left, top = rng.uniform(*sorted((w - new_w, 1.0))), rng.uniform(*sorted((h - new_h, 1.0)))
-                x0, y0, x1, y1 = int(left), int(top), int(left + new_w), int(top + new_h)
-                if x1 == x0 or y1 == y0:
-                    continue
-                if not listed:
-                    return (x0, y0, x1, y1), torch.zeros(0, dtype=torch.bool)
-                if min_iou_below(listed, (x0, y0, x1, y1), mode):
-                    continue
-                cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
-                inside = (cx > x0) & (cy > y0) & (cx < x1) & (cy < y1)
-                if inside.any():
-                    return (x0, y0, x1, y1), inside
+            new_w = np.asarray(rng.uniform(self.min_crop_size * w, w, size=n), dtype=np.float64)
+            new_h = np.asarray(rng.uniform(self.min_crop_size * h, h, size=n), dtype=np.float64)
+            # the reference's numpy uniform(x) is uniform(low=x, high=1): between 1 and x
+            lo_x, hi_x = np.minimum(w - new_w, 1.0), np.maximum(w - new_w, 1.0)
+            lo_y, hi_y = np.minimum(h - new_h, 1.0), np.maximum(h - new_h, 1.0)
+            left = lo_x + (hi_x - lo_x) * np.asarray(rng.random(n))
+            top = lo_y + (hi_y - lo_y) * np.asarray(rng.random(n))
+            x0, y0 = left.astype(np.int64), top.astype(np.int64)
+            x1, y1 = (left + new_w).astype(np.int64), (top + new_h).astype(np.int64)
+            ok = (new_h / new_w >= 0.5) & (new_h / new_w <= 2) & (x1 != x0) & (y1 != y0)
+            if len(b):
+                iw = np.clip(np.minimum(x1[:, None], b[:, 2]) - np.maximum(x0[:, None], b[:, 0]), 0, None)
+                ih = np.clip(np.minimum(y1[:, None], b[:, 3]) - np.maximum(y0[:, None], b[:, 1]), 0, None)
+                inter = (iw * ih).astype(np.float32)
+                patch_area = ((x1 - x0) * (y1 - y0)).astype(np.float32)[:, None]
+                ious = inter / np.maximum(patch_area + areas - inter, np.float32(1e-12))
+                inside = ((cx > x0[:, None]) & (cy > y0[:, None]) & (cx < x1[:, None]) & (cy < y1[:, None]))
+                ok &= (ious.min(axis=1) >= mode) & inside.any(axis=1)
+            if ok.any():
+                i = int(np.argmax(ok))
+                mask = torch.from_numpy(inside[i].copy()) if len(b) else torch.zeros(0, dtype=torch.bool)
+                return (int(x0[i]), int(y0[i]), int(x1[i]), int(y1[i])), mask
 
     def crop(self, img: torch.Tensor, tgt: dict, rng) -> tuple[torch.Tensor, dict]:
         h, w = img.shape[1:]
