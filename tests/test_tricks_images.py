@@ -391,3 +391,16 @@ def test_photometric_on_a_batch_equals_one_image_at_a_time():
     for img, out in zip(imgs, together):
         assert torch.allclose(out, trick.distort(img, rng), atol=1e-6)
     assert any(not torch.allclose(out, img, atol=1e-3) for img, out in zip(imgs, together))
+
+
+def test_rotation_grid_is_torchs_affine_grid():
+    import math
+
+    import torch.nn.functional as F
+
+    from ablate.tricks.rotation import affine_grid
+
+    a = math.radians(7.0)
+    theta = torch.tensor([[[math.cos(a), -math.sin(a) * 0.6, 0.1], [math.sin(a) / 0.6, math.cos(a), -0.2]]])
+    assert torch.allclose(affine_grid(theta, 12, 20), F.affine_grid(theta, [1, 3, 12, 20], align_corners=False),
+                          atol=1e-6)

@@ -23,6 +23,19 @@ def rotated_bounds(boxes: torch.Tensor, degrees: float, cx: float, cy: float) ->
     return torch.stack([xr.min(1).values, yr.min(1).values, xr.max(1).values, yr.max(1).values], dim=1)
 
 
+def affine_grid(theta: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """F.affine_grid(theta, [N, C, h, w], align_corners=False) by broadcasting: each output pixel's
+    normalised centre (x, y) = ((2j + 1) / w - 1, (2i + 1) / h - 1) mapped by theta [N, 2, 3]. The
+    same grid, without the batched matrix product over every pixel (which cost as much as the
+    sampling itself)."""
+    xs = (torch.arange(w, dtype=theta.dtype, device=theta.device) * 2 + 1) / w - 1
+    ys = (torch.arange(h, dtype=theta.dtype, device=theta.device) * 2 + 1) / h - 1
+    t = theta[:, :, :, None, None]  # [N, 2, 3, 1, 1]
+    gx = t[:, 0, 0] * xs + (t[:, 0, 1] * ys[:, None] + t[:, 0, 2])  # [N, h, w]
+    gy = t[:, 1, 0] * xs + (t[:, 1, 1] * ys[:, None] + t[:, 1, 2])
+    return torch.stack([gx, gy], dim=-1)  # [N, h, w, 2]: (x, y) of each output pixel's source
+
+
 class Rotation(Trick):
     claims = ("batch_geometry",)
 
@@ -46,7 +59,7 @@ class Rotation(Trick):
         same numbers as one image at a time, a fraction of the calls)."""
         h, w = images.shape[-2:]
         theta = torch.stack([self.theta(d, h, w) for d in degrees]).to(images)
-        grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+        grid = affine_grid(theta, h, w)
         return F.grid_sample(images - self.fill, grid, mode="bilinear", padding_mode="zeros",
                              align_corners=False) + self.fill
 
