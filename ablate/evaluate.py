@@ -99,8 +99,20 @@ def measure_latency(model: nn.Module, images: list[torch.Tensor], device: torch.
 
 @torch.no_grad()
 def count_flops(model: nn.Module, image: torch.Tensor, device: torch.device) -> int:
-    """FLOPs of one inference forward on one image (torch.utils.flop_counter; NMS is not counted)."""
+    """FLOPs of one inference forward on one image (torch.utils.flop_counter; NMS is not counted).
+    A two-stage detector's RoI head runs on the proposals the RPN's NMS keeps, a number its weights
+    decide (two runs of one config differed by 10%), so its FLOPs are counted with the RPN's NMS
+    off: the RoI head on the full test budget (rpn_post_nms_top_n_test proposals), the same for
+    every variant of an architecture."""
     model.eval()
-    with FlopCounterMode(display=False) as counter:
-        model([image.to(device).float().div_(255)])
+    rpn = getattr(model, "rpn", None)
+    nms_thresh = getattr(rpn, "nms_thresh", None)
+    try:
+        if rpn is not None:
+            rpn.nms_thresh = 1.0  # IoU > 1 never happens: NMS keeps every proposal
+        with FlopCounterMode(display=False) as counter:
+            model([image.to(device).float().div_(255)])
+    finally:
+        if rpn is not None:
+            rpn.nms_thresh = nms_thresh
     return int(counter.get_total_flops())

@@ -117,3 +117,23 @@ def test_faster_coco_eval_equals_pycocotools_on_the_embedded_data_and_bccd(data,
         assert fast[k] == pytest.approx(ref[k], abs=1e-6), k
     for k in ref_cls:
         assert fast_cls[k] == pytest.approx(ref_cls[k], abs=1e-6), k
+
+
+def test_two_stage_flops_do_not_depend_on_what_the_weights_nms_keeps():
+    """Two Faster R-CNNs of one architecture, different weights: the RPN's NMS keeps different
+    numbers of proposals, but the FLOPs are counted on the full proposal budget, so they are equal;
+    and an activation swap (no FLOPs of its own) leaves them equal too."""
+    import torch
+
+    from ablate.evaluate import count_flops
+    from ablate.testing import build_trick, one_thread, tiny_model
+
+    with one_thread():
+        image = (torch.rand(3, 96, 96, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
+        a, b = tiny_model("faster_rcnn", seed=0), tiny_model("faster_rcnn", seed=1)
+        torch.nn.init.zeros_(b.rpn.head.bbox_pred.weight)  # proposals are the anchors: NMS keeps fewer
+        torch.nn.init.zeros_(b.rpn.head.bbox_pred.bias)
+        c = tiny_model("faster_rcnn", seed=2, tricks=[build_trick("leaky_relu", "faster_rcnn")])
+        flops = [count_flops(m, image, torch.device("cpu")) for m in (a, b, c)]
+        assert flops[0] == flops[1] == flops[2] > 0
+        assert a.rpn.nms_thresh == 0.7  # restored
