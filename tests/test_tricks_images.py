@@ -404,3 +404,19 @@ def test_rotation_grid_is_torchs_affine_grid():
     theta = torch.tensor([[[math.cos(a), -math.sin(a) * 0.6, 0.1], [math.sin(a) / 0.6, math.cos(a), -0.2]]])
     assert torch.allclose(affine_grid(theta, 12, 20), F.affine_grid(theta, [1, 3, 12, 20], align_corners=False),
                           atol=1e-6)
+
+
+def test_hsv_to_rgb_closed_form_is_opencvs_sector_formula():
+    """hsv_to_rgb's closed form against OpenCV's HSV2RGB as written: sector i = floor(H / 60), f its
+    fraction, (r, g, b) from v, p = v(1 - s), q = v(1 - s f), t = v(1 - s(1 - f)) by sector."""
+    from ablate.tricks.photometric import hsv_to_rgb
+
+    gen = torch.Generator().manual_seed(0)
+    h, s, v = torch.rand(50, generator=gen) * 360, torch.rand(50, generator=gen), torch.rand(50, generator=gen)
+    expected = []
+    for hh, ss, vv in zip(h.tolist(), s.tolist(), v.tolist()):
+        i, f = int(hh // 60) % 6, hh / 60 - int(hh // 60)
+        p, q, t = vv * (1 - ss), vv * (1 - ss * f), vv * (1 - ss * (1 - f))
+        expected.append([(vv, t, p), (q, vv, p), (p, vv, t), (p, q, vv), (t, p, vv), (vv, p, q)][i])
+    got = hsv_to_rgb(torch.stack([h, s, v])[:, :, None])[:, :, 0].T
+    assert torch.allclose(got, torch.tensor(expected), atol=1e-5)

@@ -24,18 +24,16 @@ def rgb_to_hsv(img: torch.Tensor) -> torch.Tensor:
 
 
 def hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
-    """The inverse (OpenCV's HSV2RGB for floats): sector i = floor(H / 60), f its fraction,
-    p = V(1 − S), q = V(1 − S f), t = V(1 − S (1 − f))."""
+    """The inverse (OpenCV's HSV2RGB for floats: sector i = floor(H / 60), f its fraction,
+    p = V(1 − S), q = V(1 − S f), t = V(1 − S (1 − f))), in its closed form: channel n (5 red,
+    3 green, 1 blue) is V − V S clamp(min(k, 4 − k), 0, 1) with k = (n + H / 60) mod 6, which is the
+    same piecewise-linear function of H without building the six candidates per channel."""
     h, s, v = hsv.unbind(-3)
     h6 = (h % 360) / 60
-    i = torch.floor(h6)
-    f = h6 - i
-    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
-    i = i.long() % 6
-    r = torch.stack([v, q, p, p, t, v]).gather(0, i[None])[0]
-    g = torch.stack([t, v, v, q, p, p]).gather(0, i[None])[0]
-    b = torch.stack([p, p, t, v, v, q]).gather(0, i[None])[0]
-    return torch.stack([r, g, b], dim=-3)
+    n = torch.tensor([5.0, 3.0, 1.0], dtype=hsv.dtype, device=hsv.device).view(3, 1, 1)
+    k = (n + h6.unsqueeze(-3)) % 6
+    ramp = torch.minimum(k, 4 - k).clamp(0, 1)
+    return v.unsqueeze(-3) * (1 - s.unsqueeze(-3) * ramp)
 
 
 def scaled_saturation(s: torch.Tensor, factor: float | torch.Tensor) -> torch.Tensor:
