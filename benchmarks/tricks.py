@@ -2,6 +2,10 @@
 
     python benchmarks/tricks.py                    # every trick in conf/tricks/
     python benchmarks/tricks.py --tricks mixup cutmix --steps 40
+    python benchmarks/tricks.py --tricks droppath csp --overrides model/backbone=resnet18 model.backbone.pretrained=false
+
+--overrides go to both arms (after the model is chosen): a trick that needs another backbone
+(droppath, weighted_residual, csp need residual stages) is measured on it.
 
 For each trick, in one process: its baseline (FCOS for one-stage tricks, Faster R-CNN for
 two-stage ones, the model a trick names otherwise) and the baseline with the trick are built from
@@ -43,7 +47,7 @@ def trick_kind(name: str) -> tuple[list[str], str]:
     return models, "batch" if cls.on_batch is not Trick.on_batch else "model"
 
 
-def paired_steps(trick: str, model_name: str, steps: int, cache: str) -> dict:
+def paired_steps(trick: str, model_name: str, steps: int, cache: str, overrides: list[str]) -> dict:
     import numpy as np
     import torch
     from hydra import compose, initialize_config_dir
@@ -58,7 +62,7 @@ def paired_steps(trick: str, model_name: str, steps: int, cache: str) -> dict:
     arms = []
     for tricks in ([], [trick]):
         with initialize_config_dir(str(conf_dir()), version_base=None):
-            cfg = compose("config", [f"model={model_name}", f"tricks=[{','.join(tricks)}]", f"paths.cache={cache}",
+            cfg = compose("config", [f"model={model_name}", *overrides, f"tricks=[{','.join(tricks)}]", f"paths.cache={cache}",
                                      "data.max_train_images=320"])
         torch.manual_seed(0)
         built = build_tricks(cfg.tricks, cfg.model)
@@ -101,6 +105,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tricks", nargs="*", default=sorted(p.stem for p in (conf_dir() / "tricks").glob("*.yaml")))
     parser.add_argument("--steps", type=int, default=30, help="paired steps per trick")
+    parser.add_argument("--overrides", nargs="*", default=[], help="config overrides for both arms, e.g. model/backbone=resnet18")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as cache:
@@ -111,7 +116,7 @@ def main() -> None:
             r = None
             for model in models:  # the first detector the trick applies to (giou is FCOS's own loss)
                 try:
-                    r = paired_steps(name, model, args.steps, cache)
+                    r = paired_steps(name, model, args.steps, cache, args.overrides)
                     break
                 except TrickConflictError as e:
                     print(f"  {name} on {model}: not applicable ({e})", flush=True)
