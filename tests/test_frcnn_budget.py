@@ -1,6 +1,6 @@
-"""Faster R-CNN's RPN and RoI budgets sized for the input (conf/model/faster_rcnn.yaml): the
-ablate_area_scale rule, the numbers the composed config resolves to at 160, 320, 640 and 800 px,
-and the model `ablate train` builds carrying them."""
+"""Faster R-CNN's RPN budgets sized for the input and the reference's 256 RoIs
+(conf/model/faster_rcnn.yaml): the ablate_area_scale rule, the numbers the composed config resolves
+to at 160, 320, 640 and 800 px, and the model `ablate train` builds carrying them."""
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -14,8 +14,8 @@ BUDGETS = ("rpn_pre_nms_top_n_train", "rpn_post_nms_top_n_train", "rpn_pre_nms_t
            "rpn_post_nms_top_n_test", "box_batch_size_per_image")
 # The 800-px reference: RPN 2000/1000 proposals before/after NMS in training, 1000/500 at test, 256 RoIs.
 REFERENCE = (2000, 1000, 1000, 500, 256)
-# Below 400 px a quarter of the reference (the floor); area-scaled above.
-QUARTER = (500, 250, 250, 125, 64)
+# Below 566 px half the reference's proposals (the floor), area-scaled above; 256 RoIs at every size.
+HALF = (1000, 500, 500, 250, 256)
 
 
 def composed(*overrides):
@@ -43,9 +43,9 @@ def test_area_scaled_goes_with_the_image_area_and_stops_at_its_floor():
 
 
 @pytest.mark.parametrize("overrides,size,expected", [
-    ([], 160, QUARTER),  # the embedded data
-    (["data=coco", "data.root=/nowhere"], 320, QUARTER),  # COCO-format data's default size
-    (["data.image_size=640"], 640, (1280, 640, 640, 320, 164)),
+    ([], 160, HALF),  # the embedded data
+    (["data=coco", "data.root=/nowhere"], 320, HALF),  # COCO-format data's default size
+    (["data.image_size=640"], 640, (1280, 640, 640, 320, 256)),
     (["data.image_size=800"], 800, REFERENCE),
 ])
 def test_the_composed_config_resolves_the_budgets_from_data_image_size(overrides, size, expected):
@@ -60,8 +60,8 @@ def test_the_composed_config_resolves_the_budgets_from_data_image_size(overrides
 def test_budget_keys_are_hashed_with_the_model():
     base = to_container(composed())
     assert config_hash(base) == config_hash(to_container(composed()))
-    floor = to_container(composed("model.budget_min_factor=0.5"))
-    assert floor["model"]["box_batch_size_per_image"] == 128
+    floor = to_container(composed("model.budget_min_factor=0.25"))
+    assert floor["model"]["rpn_post_nms_top_n_train"] == 250
     assert config_hash(floor) != config_hash(base)
 
 
@@ -77,7 +77,7 @@ def model_of(cfg):
     return build_model(cfg.model, num_classes=5, image_size=cfg.data.image_size)
 
 
-@pytest.mark.parametrize("overrides,expected", [([], QUARTER), (["data.image_size=800"], REFERENCE)])
+@pytest.mark.parametrize("overrides,expected", [([], HALF), (["data.image_size=800"], REFERENCE)])
 def test_the_built_model_carries_the_budgets(overrides, expected):
     model = model_of(composed(*overrides))
     pre_train, post_train, pre_test, post_test, rois = expected
@@ -87,7 +87,7 @@ def test_the_built_model_carries_the_budgets(overrides, expected):
     assert model.roi_heads.fg_bg_sampler.positive_fraction == 0.25
 
 
-def test_a_training_forward_at_160_px_keeps_250_proposals_and_samples_64_rois_per_image():
+def test_a_training_forward_at_160_px_keeps_500_proposals_and_samples_256_rois_per_image():
     torch.manual_seed(0)
     model = model_of(composed())
     model.train()
@@ -97,8 +97,8 @@ def test_a_training_forward_at_160_px_keeps_250_proposals_and_samples_64_rois_pe
     image_list, targets = model.transform(images, targets)
     features = model.backbone(image_list.tensors)
     proposals, _ = model.rpn(image_list, features, targets)
-    # 6,402 anchors at 160 px: far more than 250 survive NMS at first, so the budget is what stops them
-    assert [len(p) for p in proposals] == [250, 250]
+    # 6,402 anchors at 160 px: far more than 500 survive NMS at first, so the budget is what stops them
+    assert [len(p) for p in proposals] == [500, 500]
     sampled, _, labels, _ = model.roi_heads.select_training_samples([p.detach() for p in proposals], targets)
-    assert [len(p) for p in sampled] == [64, 64]
-    assert all(0 < int((lab > 0).sum()) <= 16 for lab in labels)  # positives: at most 25% of 64
+    assert [len(p) for p in sampled] == [256, 256]
+    assert all(0 < int((lab > 0).sum()) <= 64 for lab in labels)  # positives: at most 25% of 256
