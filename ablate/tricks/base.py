@@ -172,6 +172,16 @@ def off_at_end(off_last_fraction: float, epoch: int, num_epochs: int) -> bool:
     return epoch >= num_epochs - round_half_up(off_last_fraction * num_epochs)
 
 
+def same_shape_groups(images: Images, which: list[bool] | None = None) -> list[list[int]]:
+    """The indices of the images (those with which[i], all by default) grouped by shape, dtype and
+    device, in image order: a batch-level op runs once per group on the stacked images."""
+    groups: dict[tuple, list[int]] = {}
+    for i, img in enumerate(images):
+        if which is None or which[i]:
+            groups.setdefault((tuple(img.shape), img.dtype, img.device), []).append(i)
+    return list(groups.values())
+
+
 def plan_partners(n: int, ctx: BatchContext, prob: float, draw: Callable[[int, int], Any]) -> list[Any]:
     """For batch-mixing tricks (MixUp, CutMix): for each image i of a batch of n, with probability
     `prob`, `draw(i, j)` with its partner j (what the trick draws for the pair, or the mixed pair

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import BatchContext, Images, Targets, Trick, check_interval, check_number
+from .base import BatchContext, Images, Targets, Trick, check_interval, check_number, same_shape_groups
 
 
 def rgb_to_hsv(img: torch.Tensor) -> torch.Tensor:
@@ -117,10 +117,7 @@ class Photometric(Trick):
     def on_batch(self, images: Images, targets: Targets, ctx: BatchContext) -> tuple[Images, Targets]:
         draws = [self.draws(ctx.rng) for _ in images]  # in image order, as one image at a time drew them
         out = list(images)
-        by_shape: dict[tuple, list[int]] = {}
-        for i, img in enumerate(images):
-            by_shape.setdefault((tuple(img.shape), img.device), []).append(i)
-        for idx in by_shape.values():
+        for idx in same_shape_groups(images):
             done = self.apply(torch.stack([images[i] for i in idx]), [draws[i] for i in idx])
             for k, i in enumerate(idx):
                 out[i] = done[k]

@@ -144,12 +144,11 @@ class ScoreHLRSampler:
         importance = torch.zeros_like(scores)
         for group in nms_match(boxes, scores, self.iou_thr):  # rank in the group first, score within it
             importance[group] = len(valid) - torch.arange(len(group), device=scores.device) + scores[group]
-        rank = descending_rank(importance)
-        hlr = torch.argsort(importance, descending=True, stable=True)[:num]
+        hlr = torch.argsort(importance, descending=True, stable=True)[:num]  # the chosen ones' ranks: 0, 1, ...
         rand = invalid[torch.randperm(len(invalid), device=logits.device)[:num - num_hlr]]
         chosen = torch.cat([valid[hlr], rand])
         bound = max(num, len(valid))
-        hlr_weights = (bound - rank[hlr].float()) / bound
+        hlr_weights = (bound - torch.arange(len(hlr), device=scores.device).float()) / bound
         weights = torch.cat([hlr_weights, hlr_weights.min().expand(len(rand))])
         weights = (self.bias + (1 - self.bias) * weights).pow(self.k)
         # the chosen negatives' classification loss as before (mmdetection: ori_selected_loss / new_loss)

@@ -8,7 +8,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .base import BatchContext, Images, Targets, Trick, check_fraction, check_number, clip_and_filter
+from .base import (BatchContext, Images, Targets, Trick, check_fraction, check_number, clip_and_filter,
+                   same_shape_groups)
 
 
 def rotated_bounds(boxes: torch.Tensor, degrees: float, cx: float, cy: float) -> torch.Tensor:
@@ -76,11 +77,7 @@ class Rotation(Trick):
         angles = [ctx.rng.uniform(-self.max_degrees, self.max_degrees) if ctx.rng.random() < self.p else None
                   for _ in images]
         out_images, out_targets = list(images), list(targets)
-        by_shape: dict[tuple, list[int]] = {}
-        for i, (img, degrees) in enumerate(zip(images, angles)):
-            if degrees is not None:
-                by_shape.setdefault((tuple(img.shape), img.dtype, img.device), []).append(i)
-        for idx in by_shape.values():  # one grid_sample per image size
+        for idx in same_shape_groups(images, [a is not None for a in angles]):  # one grid_sample per image size
             rotated = self.rotate_images(torch.stack([images[i] for i in idx]), [angles[i] for i in idx])
             for k, i in enumerate(idx):
                 h, w = images[i].shape[1:]
