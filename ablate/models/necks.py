@@ -12,6 +12,11 @@ of the same shapes. The paths:
 - `BalancedFeaturePyramid`: Libra R-CNN's integrate, refine (non-local), strengthen (Pang et al. 2019, sec. 3.2).
 - `ASFF`: adaptively spatial feature fusion (Liu et al. 2019), one fusion per level.
 - `NASFPN`: the published NAS-FPN cell over P3-P7, stacked (Ghiasi et al. 2019).
+
+`MLFPN` is not a path: M2Det's multi-level FPN with its scale-wise feature aggregation (SFAM; Zhao
+et al. 2019) replaces torchvision's FPN, since SFAM's input is MLFPN's stack of TUM outputs, not
+one map per scale. It reads the body's features and returns the same keys, count, channels and
+strides as the FPN it replaces.
 """
 from __future__ import annotations
 
@@ -335,3 +340,100 @@ class NASFPN(nn.Sequential):
 
     def __init__(self, channels: int, stack_times: int):
         super().__init__(*(NASFPNCell(channels) for _ in range(stack_times)))
+
+
+def m2det_conv(cin: int, cout: int, kernel: int, stride: int = 1, padding: int = 0) -> nn.Sequential:
+    """M2Det's BasicConv: conv (no bias), BN (momentum 0.01, as the authors'), ReLU; the conv
+    initialised as their init_model does (kaiming_normal_, mode fan_out)."""
+    conv = nn.Conv2d(cin, cout, kernel, stride, padding, bias=False)
+    nn.init.kaiming_normal_(conv.weight, mode="fan_out")
+    return nn.Sequential(conv, nn.BatchNorm2d(cout, eps=1e-5, momentum=0.01), nn.ReLU(inplace=True))
+
+
+class TUM(nn.Module):
+    """M2Det's thinned U-shaped module (sec. 3.2, Fig. 4): an encoder of 3x3 stride-2 convs from the
+    input down to `scales` maps, a decoder from the coarsest (a 1x1 conv) upwards, each step the
+    nearest-upsampled coarser output plus a 3x3 conv of the encoder's map at that scale, then a 1x1
+    "smooth" conv on every output but the coarsest. Returns `scales` maps of `channels`, finest first."""
+
+    def __init__(self, in_channels: int, channels: int, scales: int, smooth: bool):
+        super().__init__()
+        self.encoder = nn.ModuleList([m2det_conv(in_channels, channels, 3, 2, 1)] +
+                                     [m2det_conv(channels, channels, 3, 2, 1) for _ in range(scales - 2)])
+        self.top = m2det_conv(channels, channels, 1)
+        # lateral[i] reads the encoder's map i+1 steps finer than the coarsest; the last, the input
+        self.lateral = nn.ModuleList([m2det_conv(channels, channels, 3, 1, 1) for _ in range(scales - 2)] +
+                                     [m2det_conv(in_channels, channels, 3, 1, 1)])
+        self.smooth = nn.ModuleList(m2det_conv(channels, channels, 1) for _ in range(scales - 1)) if smooth else None
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        encoded = [x]
+        for conv in self.encoder:
+            encoded.append(conv(encoded[-1]))
+        decoded = [self.top(encoded[-1])]
+        for i, lateral in enumerate(self.lateral):
+            skip = lateral(encoded[-2 - i])
+            decoded.append(F.interpolate(decoded[-1], size=skip.shape[-2:], mode="nearest") + skip)
+        if self.smooth is not None:
+            decoded = decoded[:1] + [conv(d) for conv, d in zip(self.smooth, decoded[1:])]
+        return decoded[::-1]
+
+
+class SFAM(nn.Module):
+    """M2Det's scale-wise feature aggregation, its channel attention (sec. 3.2, eq. 2): for each scale's
+    concatenation X of the TUMs' maps, X * sigmoid(W2 ReLU(W1 avgpool(X))), W1 and W2 1x1 convs with
+    reduction r. One W1, W2 for all scales, as the authors' code builds them (a ModuleList of one
+    module repeated)."""
+
+    def __init__(self, channels: int, reduction: int):
+        super().__init__()
+        self.fc1 = nn.Conv2d(channels, channels // reduction, 1)
+        self.fc2 = nn.Conv2d(channels // reduction, channels, 1)
+
+    def attention(self, x: Tensor) -> Tensor:
+        return torch.sigmoid(self.fc2(F.relu(self.fc1(F.adaptive_avg_pool2d(x, 1)))))
+
+    def forward(self, scales: list[Tensor]) -> list[Tensor]:
+        return [x * self.attention(x) for x in scales]
+
+
+class MLFPN(nn.Module):
+    """M2Det's MLFPN with SFAM (Zhao et al. 2019, sec. 3.2, Fig. 2) in place of the FPN, on the body's
+    features (finest first). FFMv1: the base feature, a 3x3 conv of the finest map to `channels` and a
+    1x1 conv of the deepest to 2 x `channels`, nearest-upsampled to the finest's size, concatenated;
+    a 1x1 conv reduces it to channels / 2 (the authors' `leach`, one module for every TUM). FFMv2: TUM
+    k > 1 reads that reduced base concatenated with TUM k-1's finest output. The TUMs' maps of each
+    scale are concatenated (num_tums x channels), re-weighted by SFAM, the finest BN-normalised (the
+    authors' Norm); then a 1x1 conv per scale to `out_channels`, the detector's heads' width."""
+
+    def __init__(self, shallow_channels: int, deep_channels: int, channels: int, out_channels: int,
+                 names: list[str], num_tums: int, smooth: bool, reduction: int):
+        super().__init__()
+        self.names = list(names)
+        half = channels // 2
+        self.reduce = m2det_conv(shallow_channels, channels, 3, 1, 1)
+        self.up_reduce = m2det_conv(deep_channels, 2 * channels, 1)
+        self.leach = m2det_conv(3 * channels, half, 1)
+        self.tums = nn.ModuleList(TUM(half if k == 0 else half + channels, channels, len(names), smooth)
+                                  for k in range(num_tums))
+        self.sfam = SFAM(num_tums * channels, reduction)
+        self.norm = nn.BatchNorm2d(num_tums * channels)
+        self.project = nn.ModuleList(_fpn_init(nn.Conv2d(num_tums * channels, out_channels, 1)) for _ in names)
+
+    def base(self, feats: list[Tensor]) -> Tensor:
+        """FFMv1's base feature, reduced by the leach conv."""
+        shallow = self.reduce(feats[0])
+        deep = F.interpolate(self.up_reduce(feats[-1]), size=shallow.shape[-2:], mode="nearest")
+        return self.leach(torch.cat([shallow, deep], 1))
+
+    def tum_outputs(self, base: Tensor) -> list[list[Tensor]]:
+        outs = [self.tums[0](base)]
+        for tum in self.tums[1:]:
+            outs.append(tum(torch.cat([base, outs[-1][0]], 1)))  # FFMv2
+        return outs
+
+    def forward(self, x: dict[str, Tensor]) -> dict[str, Tensor]:
+        outs = self.tum_outputs(self.base(list(x.values())))
+        scales = self.sfam([torch.cat([o[s] for o in outs], 1) for s in range(len(self.names))])
+        scales = [self.norm(scales[0]), *scales[1:]]
+        return OrderedDict(zip(self.names, (project(s) for project, s in zip(self.project, scales))))

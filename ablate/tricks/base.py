@@ -172,6 +172,18 @@ def off_at_end(off_last_fraction: float, epoch: int, num_epochs: int) -> bool:
     return epoch >= num_epochs - round_half_up(off_last_fraction * num_epochs)
 
 
+def body_features(model: nn.Module, size: int = 64) -> dict[str, torch.Tensor]:
+    """The detector backbone body's features (torchvision's IntermediateLayerGetter, finest first)
+    on a dummy image, in eval mode and without gradients: their channels and strides."""
+    body = model.backbone.body
+    was_training = body.training
+    body.eval()
+    with torch.no_grad():
+        feats = body(torch.zeros(1, 3, size, size))
+    body.train(was_training)
+    return feats
+
+
 def same_shape_groups(images: Images, which: list[bool] | None = None) -> list[list[int]]:
     """The indices of the images (those with which[i], all by default) grouped by shape, dtype and
     device, in image order: a batch-level op runs once per group on the stacked images."""

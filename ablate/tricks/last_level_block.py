@@ -9,7 +9,7 @@ from typing import Any
 from torch import nn
 
 from ..models.blocks import ASPP, RFB, SAM, SPP
-from .base import Trick, TrickArgumentError, check_choice, check_number
+from .base import Trick, TrickArgumentError, body_features, check_choice, check_number
 
 BLOCKS = {"spp": ({"kernels"}, lambda c, kernels: SPP(c, kernels)),
           "aspp": ({"dilations"}, lambda c, dilations: ASPP(c, dilations)),
@@ -46,6 +46,6 @@ class LastLevelBlock(Trick):
     def on_model(self, model: nn.Module) -> nn.Module:
         body = model.backbone.body  # torchvision's IntermediateLayerGetter: the stages up to the last level
         last = list(body.return_layers)[-1]
-        channels = model.backbone.fpn.inner_blocks[-1][0].in_channels
+        channels = list(body_features(model).values())[-1].shape[1]  # whatever neck follows
         setattr(body, last, nn.Sequential(getattr(body, last), self.build(channels, **self.args)))
         return model

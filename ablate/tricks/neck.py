@@ -12,46 +12,46 @@ are equal) or the max-pooled level (Faster R-CNN) from the path's P5, as mmdetec
 level the heads use, the extra ones included: EfficientDet's BiFPN and NAS-FPN run over P3-P7, Libra
 R-CNN's BFP over the FPN's five outputs (num_levels=5 after FPN num_outs=5 in its configs).
 
-Not here: M2Det's SFAM (scale-wise feature aggregation). SFAM concatenates, at each scale, the
-features of that scale from M2Det's eight TUMs (thin U-shaped modules of increasing depth, fed by its
-FFMs) and re-weights the channels by squeeze-excitation; its input is MLFPN's multi-level,
-multi-scale stack. torchvision's FPN gives one feature map per scale, so SFAM on it would be only
-an SE block per level, not the published module, and building MLFPN (FFMv1, eight TUMs, FFMv2) means
-replacing the FPN and its six-scale output, not a path on it."""
+M2Det's SFAM (sfam) is the exception: it concatenates, at each scale, the maps of MLFPN's TUMs and
+re-weights their channels; on torchvision's FPN, one map per scale, it would be a mere SE block. So
+sfam replaces the FPN by M2Det's MLFPN with SFAM (MLFPNNeck), on the body's finest and deepest
+levels, with the scales the FPN gave the heads (its extra levels included) under the same keys."""
 from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import nn
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
-from ..models.necks import ASFF, NASFPN, BiFPN, BalancedFeaturePyramid, NeckFPN, PANPath
-from .base import Trick, TrickArgumentError, check_choice, check_number
+from ..models.necks import ASFF, MLFPN, NASFPN, BiFPN, BalancedFeaturePyramid, NeckFPN, PANPath
+from .base import Trick, TrickArgumentError, body_features, check_choice, check_number
 
-# kind: (its arguments, whether the path runs after the extra block)
+# kind: (its arguments, whether the path runs after the extra block; None: it replaces the FPN)
 KINDS = {"pan": ({"relu"}, False),
          "bifpn": ({"num_layers", "eps"}, True),
          "balanced_fpn": ({"refine_level"}, True),
          "asff": ({"compress_channels"}, False),
-         "nas_fpn": ({"stack_times"}, True)}
+         "nas_fpn": ({"stack_times"}, True),
+         "sfam": ({"num_tums", "smooth", "reduction"}, None)}
+# The kinds built by a subclass of Neck (the others: Neck itself).
+BUILDERS = {"nas_fpn": "NASFPNNeck", "sfam": "MLFPNNeck"}
 
 
 def pyramid_levels(model: nn.Module) -> list[int]:
     """The pyramid levels L (stride 2^L) the detector's heads get, finest first: the backbone's, from
     a dummy forward of the body, then one more per extra level."""
-    body, fpn = model.backbone.body, model.backbone.fpn
-    was_training = body.training
-    body.eval()
-    with torch.no_grad():
-        feats = body(torch.zeros(1, 3, 64, 64))
-    body.train(was_training)
+    fpn, feats = model.backbone.fpn, body_features(model)
     levels = [(64 // f.shape[-1]).bit_length() - 1 for f in feats.values()]
-    extra = {LastLevelP6P7: 2, LastLevelMaxPool: 1, type(None): 0}.get(type(fpn.extra_blocks))
-    if extra is None:
+    return levels + [levels[-1] + k for k in range(1, len(extra_names(fpn)) + 1)]
+
+
+def extra_names(fpn: nn.Module) -> list[str]:
+    """The keys of the levels the FPN's extra block adds (torchvision's names)."""
+    names = {LastLevelP6P7: ["p6", "p7"], LastLevelMaxPool: ["pool"], type(None): []}.get(type(fpn.extra_blocks))
+    if names is None:
         raise ValueError(f"model.backbone.fpn.extra_blocks is a {type(fpn.extra_blocks).__name__}: the neck "
                          "tricks know torchvision's LastLevelP6P7 and LastLevelMaxPool")
-    return levels + [levels[-1] + k for k in range(1, extra + 1)]
+    return names
 
 
 class Neck(Trick):
@@ -60,14 +60,15 @@ class Neck(Trick):
 
     def __init__(self, kind: str, **args: Any):
         check_choice("kind", kind, tuple(KINDS))
-        if (kind == "nas_fpn") != isinstance(self, NASFPNNeck):
-            raise TrickArgumentError({"kind": kind}, "nas_fpn is built by ablate.tricks.neck.NASFPNNeck (one-stage "
-                                     "only), the other necks by ablate.tricks.neck.Neck")
+        builder = BUILDERS.get(kind, "Neck")
+        if type(self).__name__ != builder:
+            raise TrickArgumentError({"kind": kind}, f"{kind} is built by ablate.tricks.neck.{builder}")
         names, self.after_extra = KINDS[kind]
         if set(args) != names:
             raise TrickArgumentError(args, f"{kind} takes {sorted(names)}")
-        if "relu" in args and not isinstance(args["relu"], bool):
-            raise TrickArgumentError({"relu": args["relu"]}, "must be true or false")
+        for key in ("relu", "smooth"):
+            if key in args and not isinstance(args[key], bool):
+                raise TrickArgumentError({key: args[key]}, "must be true or false")
         if "num_layers" in args:
             args["num_layers"] = check_number("num_layers", args["num_layers"], 1, integer=True)
         if "eps" in args:
@@ -76,6 +77,10 @@ class Neck(Trick):
             args["refine_level"] = check_number("refine_level", args["refine_level"], 0, integer=True)
         if "stack_times" in args:
             args["stack_times"] = check_number("stack_times", args["stack_times"], 1, integer=True)
+        if "num_tums" in args:
+            args["num_tums"] = check_number("num_tums", args["num_tums"], 1, integer=True)
+        if "reduction" in args:
+            args["reduction"] = check_number("reduction", args["reduction"], 1, integer=True)
         if "compress_channels" in args:
             args["compress_channels"] = check_number("compress_channels", args["compress_channels"], 1, integer=True)
         self.kind, self.args = kind, args
@@ -109,3 +114,19 @@ class Neck(Trick):
 class NASFPNNeck(Neck):
     """The NAS-FPN neck: the published cell is defined on P3-P7, the one-stage detectors' pyramid."""
     fits = ("one_stage",)
+
+
+class MLFPNNeck(Neck):
+    """M2Det's MLFPN with SFAM in place of the FPN: its base feature from the body's finest and deepest
+    levels, TUMs of as many scales as the FPN gave the heads, each scale at the FPN's key and width."""
+
+    def on_model(self, model: nn.Module) -> nn.Module:
+        fpn, feats = model.backbone.fpn, list(body_features(model).items())
+        channels = model.backbone.out_channels
+        if channels % 2 or (self.args["num_tums"] * channels) // self.args["reduction"] < 1:
+            raise ValueError(f"tricks.{self.name}: the FPN's {channels} channels give no M2Det planes / 2 or no "
+                             f"SFAM width (num_tums x channels / reduction)")
+        names = [name for name, _ in feats] + extra_names(fpn)
+        model.backbone.fpn = MLFPN(feats[0][1].shape[1], feats[-1][1].shape[1], channels, channels, names,
+                                   self.args["num_tums"], self.args["smooth"], self.args["reduction"])
+        return model
