@@ -10,6 +10,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from .errors import UserInputError
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -27,8 +29,13 @@ def sweeps_dir() -> Path:
     return Path(os.environ.get("ABLATE_SWEEPS", REPO_ROOT / "sweeps"))
 
 
-class TrickFileError(ValueError):
+class TrickFileError(UserInputError):
     """A trick file that is missing, malformed, or lacks what every trick file needs."""
+
+
+def group_options(group: str, conf: Path | None = None) -> list[str]:
+    """The options of a config group: the names of conf/<group>/*.yaml."""
+    return sorted(p.stem for p in ((conf or conf_dir()) / group).glob("*.yaml"))
 
 
 def _strings(value: Any) -> list[str]:
@@ -67,7 +74,7 @@ def check_trick_file(name: str, folder: Path | None = None) -> Path:
     folder = folder or conf_dir() / "tricks"
     path = folder / f"{name}.yaml"
     if not path.is_file():
-        known = sorted(p.stem for p in folder.glob("*.yaml"))
+        known = group_options(folder.name, folder.parent)
         raise TrickFileError(f"no trick '{name}': {path} does not exist; tricks: {', '.join(known)}")
     text = path.read_text()
     header = []

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Callable
 
+from .errors import UserInputError
+
 SCHEMA_VERSION = 1
 RECORD_NAME = "result.json"
 # not_applicable: the run's tricks do not fit its detector or each other (a design may ask for
@@ -31,7 +33,7 @@ HASHED_SECTIONS = ("seed", "data", "model", "tricks", "train", "eval")
 UNHASHED_KEYS = (("eval", "health"),)
 
 
-class RecordError(ValueError):
+class RecordError(UserInputError):
     """A result.json that is missing, truncated, corrupt or of another schema."""
 
 

@@ -18,13 +18,11 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from ..errors import DatasetError
+
 log = logging.getLogger("ablate.data")
 
 REQUIRED_KEYS = ("images", "annotations", "categories")
-
-
-class DatasetError(ValueError):
-    """Bad input data: the message names the file and what is wrong with it."""
 
 
 @dataclass

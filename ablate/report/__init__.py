@@ -12,6 +12,7 @@ from ablate.report.markdown import PLOTS, render_markdown
 from ablate.report.plots import plot_curves, plot_delta_map, plot_pareto, plot_per_class
 from ablate.report.table import (display_table, epoch_curves, paired_differences, per_class_deltas, records_table,
                                  runs_table)
+from ablate.errors import UserInputError
 from ablate.results import RECORD_NAME, atomic_write_text, find_records
 from ablate.sweep.adaptive import ADAPTIVE_FILE, Plan, decisions_from_records
 
@@ -20,7 +21,7 @@ __all__ = ["ReportError", "build_report", "records_table", "runs_table", "displa
 log = logging.getLogger("ablate.report")
 
 
-class ReportError(ValueError):
+class ReportError(UserInputError):
     """Nothing to report: no readable result.json under the given folders."""
 
 

@@ -30,6 +30,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from ..errors import UserInputError
+
 ALPHA = 0.05
 SPENDING = "Lan–DeMets Pocock-type α·ln(1 + (e − 1)·t)"
 
@@ -37,7 +39,7 @@ HELPED, HURT, NO_EFFECT, UNDECIDED, OPEN = "helped", "hurt", "no effect", "undec
 FAILED = "incomplete (a run failed)"
 
 
-class PlanError(ValueError):
+class PlanError(UserInputError):
     """An adaptive seeds plan that cannot run."""
 
 

@@ -30,13 +30,14 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ..config import sweeps_dir
+from ..errors import UserInputError
 from .adaptive import Plan, PlanError
 
 DESIGNS = ("one_at_a_time", "cumulative", "leave_one_out", "factorial")
 KEYS = {"design", "tricks", "seeds", "baseline", "baselines", "name", "description"}
 
 
-class SweepFileError(ValueError):
+class SweepFileError(UserInputError):
     """A sweep file that is missing or says something this harness cannot run."""
 
 

@@ -4,16 +4,18 @@ from __future__ import annotations
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
+from ..errors import UserInputError
+
 from .base import (FAMILY_EXAMPLES, SLOTS, BatchContext, LRFactor, Trick, TrickArgumentError, check_choice, check_fraction,
                    check_number)
 
 
-class TrickConflictError(ValueError):
+class TrickConflictError(UserInputError):
     """Two tricks claim one slot, a trick claims a slot that does not exist, or a trick does not fit
     the detector."""
 
 
-class TrickConfigError(ValueError):
+class TrickConfigError(UserInputError):
     """A trick's config its class cannot be built from: an argument out of range, unknown or missing."""
 
 
