@@ -68,6 +68,10 @@ def _run_hydra(argv: list[str]) -> None:
     import hydra
 
     from . import config as ablate_config
+
+    # Composed here first (before torch is imported): bad input stops in one line before Hydra
+    # makes a run folder or a sweep runs a job.
+    ablate_config.compose_command_line(argv)
     from .train import main as task
 
     conf = ablate_config.conf_dir()
@@ -83,28 +87,11 @@ def forced(args: list[str]) -> list[str]:
     return [a for a in args if a != FORCE] + (["runtime.reuse=never"] if FORCE in args else [])
 
 
-def trick_files_ok(command: str, names: list[str]) -> bool:
-    """Check the selected tricks' files before Hydra makes a run folder; say what is wrong if not."""
-    from .config import TrickFileError, check_trick_files
-
-    try:
-        check_trick_files(names)
-    except TrickFileError as e:
-        print(f"ablate {command}: {e}", file=sys.stderr)
-        return False
-    return True
-
-
 def cmd_train(args: list[str]) -> int:
     if args and args[0] in ("-h", "--help"):
         print(TRAIN_HELP)
         return 0
-    from .config import selected_tricks
-
-    args = forced(args)
-    if not trick_files_ok("train", selected_tricks(args)):
-        return 2
-    _run_hydra(args)
+    _run_hydra(forced(args))
     return 0
 
 
@@ -112,20 +99,14 @@ def cmd_sweep(args: list[str]) -> int:
     if not args or args[0] in ("-h", "--help"):
         print(SWEEP_HELP)
         return 0 if args else 2
-    from .sweep import SweepFileError, load_sweep, resolve_sweep_path
+    from .config import check_trick_files
+    from .sweep import load_sweep, resolve_sweep_path
 
-    try:
-        path = resolve_sweep_path(args[0])
-        design = load_sweep(path)
-    except SweepFileError as e:
-        print(f"ablate sweep: {e}", file=sys.stderr)
-        return 2
-    from .config import selected_tricks
-
-    args = [args[0], *forced(args[1:])]
-    if not trick_files_ok("sweep", list(dict.fromkeys([*design.tricks, *selected_tricks(args[1:])]))):
-        return 2
-    _run_hydra(["-m", "hydra/sweeper=ablate", f"hydra.sweeper.file={path}", f"sweep_name={design.name}"] + args[1:])
+    path = resolve_sweep_path(args[0])
+    design = load_sweep(path)
+    check_trick_files(list(design.tricks))
+    _run_hydra(["-m", "hydra/sweeper=ablate", f"hydra.sweeper.file={path}", f"sweep_name={design.name}",
+                *forced(args[1:])])
     return 0
 
 
@@ -142,15 +123,9 @@ def cmd_report(argv: list[str]) -> int:
 
     missing = [str(p) for p in args.runs if not p.is_dir()]
     if missing:
-        print(f"ablate report: no such folder: {', '.join(missing)}", file=sys.stderr)
-        return 2
+        raise ReportError(f"no such runs folder: {', '.join(missing)}")
     out = args.out or Path("reports") / args.runs[0].resolve().name
-    try:
-        path = build_report(args.runs, out, title=args.title)
-    except ReportError as e:
-        print(f"ablate report: {e}", file=sys.stderr)
-        return 2
-    print(f"report: {path}")
+    print(f"report: {build_report(args.runs, out, title=args.title)}")
     return 0
 
 
@@ -164,15 +139,11 @@ def cmd_show_batch(argv: list[str]) -> int:
     parser.add_argument("--num", type=int, default=8, help="images to draw (at most one batch; default 8)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for ablate train")
     args = parser.parse_args(argv)
-    from hydra import compose, initialize_config_dir
+    from .config import compose_command_line
 
-    from . import config as ablate_config
-    from .show_batch import show_batch
+    cfg = compose_command_line(args.overrides)
+    from .show_batch import show_batch  # torch: after the checks
 
-    if not trick_files_ok("show-batch", ablate_config.selected_tricks(args.overrides)):
-        return 2
-    with initialize_config_dir(str(ablate_config.conf_dir()), version_base="1.3"):
-        cfg = compose("config", overrides=args.overrides)
     print(f"batch: {show_batch(cfg, args.out, args.num)}")
     return 0
 
@@ -194,7 +165,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ablate: unknown command {argv[0]!r}; choose one of {', '.join(COMMANDS)} (ablate --help)",
               file=sys.stderr)
         return 2
-    return command(argv[1:])
+    from .errors import reported
+
+    with reported():  # bad input: one line `ablate: error: ...`, exit status 2 (ablate/errors.py)
+        return command(argv[1:])
 
 
 if __name__ == "__main__":

@@ -8,9 +8,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from .errors import UserInputError
+from .errors import DatasetError, UserInputError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,6 +36,68 @@ class TrickFileError(UserInputError):
 def group_options(group: str, conf: Path | None = None) -> list[str]:
     """The options of a config group: the names of conf/<group>/*.yaml."""
     return sorted(p.stem for p in ((conf or conf_dir()) / group).glob("*.yaml"))
+
+
+def compose(overrides: list[str], multirun: bool = False, config_name: str = "config") -> DictConfig:
+    """The config that `hydra.main` composes from these command-line overrides (in a multirun, its
+    base config, before the sweeper's jobs), without Hydra's own node; runs nothing, makes no folder.
+    Raises Hydra's errors for an unknown option, an unknown key, an override it cannot parse."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+
+    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
+        cfg = GlobalHydra.instance().hydra.compose_config(
+            config_name, list(overrides), run_mode=RunMode.MULTIRUN if multirun else RunMode.RUN,
+            with_log_configuration=False)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
+def coco_root(cfg_data: Any) -> Path:
+    """data.root of a data=coco config: a folder that exists."""
+    if (isinstance(cfg_data, DictConfig) and OmegaConf.is_missing(cfg_data, "root")) or cfg_data["root"] is None:
+        raise DatasetError("data=coco needs data.root: the folder of a COCO-format set (data.root=DIR)")
+    root = Path(str(cfg_data["root"])).expanduser()
+    if not root.is_dir():
+        raise DatasetError(f"{root}: data.root folder not found")
+    return root
+
+
+REUSE_MODES = ("same_code", "any_code", "never")
+
+
+def check_values(cfg: DictConfig) -> None:
+    """The values the code reads as they are, checked before anything runs: an integer seed (an
+    override `seed=` gives ''), a known runtime.reuse, data.root a folder (data=coco)."""
+    seed = cfg.seed
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise UserInputError(f"seed={seed!r}: must be an integer, e.g. seed=0")
+    reuse = cfg.runtime.reuse
+    if reuse not in REUSE_MODES:
+        raise UserInputError(f"runtime.reuse={reuse!r}: choose one of {', '.join(REUSE_MODES)}")
+    if cfg.data.name == "coco":
+        coco_root(cfg.data)
+
+
+def compose_command_line(argv: list[str]) -> DictConfig | None:
+    """The config that `hydra.main` will compose from this command line, composed and checked
+    first, so bad input stops the command in one line (ablate/errors.py) before Hydra makes a run
+    folder or a sweep runs a job: the selected tricks' files, then the overrides, then the values
+    (not for `--cfg`, which only prints the config). None for Hydra's flags that run nothing
+    (--help, --info...) or that move the configs (--config-path, --config-dir): Hydra's to handle."""
+    from hydra._internal.utils import get_args_parser
+
+    args = get_args_parser().parse_args(argv)
+    if (args.help or args.hydra_help or args.info or args.shell_completion or args.experimental_rerun
+            or args.config_path or args.config_dir):
+        return None
+    check_trick_files(selected_tricks(args.overrides))
+    cfg = compose(args.overrides, multirun=args.multirun, config_name=args.config_name or "config")
+    if not args.cfg:
+        check_values(cfg)
+    return cfg
 
 
 def _strings(value: Any) -> list[str]:

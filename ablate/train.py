@@ -29,6 +29,7 @@ from tqdm import tqdm
 import ablate
 from . import config as ablate_config
 from .data import build_data, make_loader
+from .errors import UserInputError, reported
 from .evaluate import coco_metrics, count_flops, measure_latency, predict
 from .health import assess
 from .gpus import claimed_gpu
@@ -36,7 +37,7 @@ from .models import build_model, count_parameters, label_offset
 from .results import (RECORD_NAME, atomic_write, RecordError, RunRecord, base_hash, config_hash, find_indexed, index_record,
                       read_record, write_record)
 from .fingerprint import code_changes, code_fingerprint, same_code, summarize
-from .tricks import BatchContext, TrickConfigError, TrickConflictError, build_tricks, lr_factor
+from .tricks import BatchContext, TrickConflictError, build_tricks, lr_factor
 from .tricks.base import cosine_annealing
 
 log = logging.getLogger("ablate.train")
@@ -404,9 +405,6 @@ def evaluate_model(model, data, cfg: DictConfig, device: torch.device, autocast)
 # ---------------------------------------------------------------- the Hydra task
 
 
-REUSE_MODES = ("same_code", "any_code", "never")
-
-
 def reusable(record: RunRecord, code: dict[str, Any], reuse: str, where: Path) -> bool:
     """Whether a complete record of this config may stand for this run: made by the same code
     (runtime.reuse=same_code, the default), by any code (any_code: said in the log), or never
@@ -462,17 +460,22 @@ def main(cfg: DictConfig) -> str:
     """Hydra task: train and evaluate one run in Hydra's output folder; returns its status.
 
     In a multirun a failure is recorded (status failed, with the error's last lines), tricks that
-    do not fit are recorded as not_applicable, and the sweep goes on; a single run raises both."""
+    do not fit are recorded as not_applicable, and the sweep goes on. A single run raises both; bad
+    input (ablate.errors.UserInputError) ends it with one line and exit status 2."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     hc = HydraConfig.get()
-    run_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
+    with contextlib.nullcontext() if multirun else reported():
+        return run_task(cfg, Path(hc.runtime.output_dir), multirun)
+
+
+def run_task(cfg: DictConfig, run_dir: Path, multirun: bool) -> str:
+    """One run in run_dir, unless a record of it can be reused; returns its status."""
+    ablate_config.check_values(cfg)
     config = ablate_config.to_container(cfg)
     chash, code, reuse = config_hash(config), code_fingerprint(config), str(cfg.runtime.reuse)
-    if reuse not in REUSE_MODES:
-        raise ValueError(f"runtime.reuse={reuse!r}: choose one of {', '.join(REUSE_MODES)}")
     done = existing_record(run_dir, chash, code, reuse)
     if done is not None:
         log.info("%s: complete record found (%s), not training again", run_dir, done.status)
@@ -508,9 +511,7 @@ def run_and_record(cfg: DictConfig, run_dir: Path, runs_root: Path, multirun: bo
         return record.status
     except TrickConflictError as e:
         if not multirun:
-            # bad input, not a crash: the message says what to change, no traceback
-            log.error("%s", e)
-            raise SystemExit(2) from None
+            raise  # bad input, not a crash: `main` says what to change in one line
         record = new_record(cfg, "not_applicable")
         record.error = str(e)
         write_record(record, run_dir)
@@ -521,9 +522,8 @@ def run_and_record(cfg: DictConfig, run_dir: Path, runs_root: Path, multirun: bo
         record = new_record(cfg, "failed")
         record.error = "\n".join(tail)
         write_record(record, run_dir)
-        log.error("run failed: %s", e)
+        if multirun or not isinstance(e, UserInputError):  # bad input: `main` says it in one line
+            log.error("run failed: %s", e)
         if multirun:
             return "failed"
-        if isinstance(e, TrickConfigError):
-            raise SystemExit(2) from None  # the line above names the key and the file: no traceback
         raise

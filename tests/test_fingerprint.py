@@ -108,7 +108,7 @@ def test_a_trick_file_without_its_package_line_stops_before_any_run_folder(tmp_p
     d = {"runs": tmp_path / "runs", "reports": tmp_path / "reports"}
     res = ablate("train", "profile=smoke", "tricks=[mixup,gray]", *paths(d), env=env, cwd=tmp_path)
     assert res.returncode == 2
-    assert res.stderr.strip() == (f"ablate train: {conf / 'tricks' / 'gray.yaml'}: the trick file must start with the "
+    assert res.stderr.strip() == (f"ablate: error: {conf / 'tricks' / 'gray.yaml'}: the trick file must start with the "
                                   "line '# @package tricks.gray': it keeps the options of several selected tricks "
                                   "apart (cfg.tricks.gray.<arg>); add it as the first line")
     assert "Traceback" not in res.stderr and not d["runs"].exists() and not (tmp_path / "outputs").exists()

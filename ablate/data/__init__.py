@@ -9,8 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
-
+from ..config import coco_root
 from .coco import CocoSplit, DatasetError, check_same_categories, read_coco
 from .dataset import DetectionDataset, collate, make_loader
 from .shapes import ensure_shapes, generator_hash
@@ -47,11 +46,7 @@ def build_data(cfg_data: Any, cache_dir: Path) -> DataBundle:
             raise DatasetError("data=shapes needs data.generator")
         root = ensure_shapes(cfg_data["generator"], Path(cache_dir))
     elif name == "coco":
-        if (isinstance(cfg_data, DictConfig) and OmegaConf.is_missing(cfg_data, "root")) or cfg_data["root"] is None:
-            raise DatasetError("data=coco needs data.root: the folder of a COCO-format set (data.root=DIR)")
-        root = Path(str(cfg_data["root"])).expanduser()
-        if not root.is_dir():
-            raise DatasetError(f"{root}: data.root folder not found")
+        root = coco_root(cfg_data)
     else:
         raise DatasetError(f"unknown data set name {name!r}: expected shapes or coco")
 

@@ -56,14 +56,14 @@ def build_report(runs_dirs: list[Path], out_dir: Path, title: str | None = None)
         raise ReportError("no runs folder given")
 
     found, errors = find_records(*runs_dirs)
-    for error in errors:
-        log.warning("unreadable record, left out of the report: %s", error)
-    if not found:
+    if not found:  # one error, which names the unreadable records
         where = ", ".join(f"{d}" + ("" if d.is_dir() else " (does not exist)") for d in runs_dirs)
         message = f"no readable {RECORD_NAME} under {where}"
         if errors:
             message += f"; {len(errors)} unreadable: " + "; ".join(str(e) for e in errors[:5])
         raise ReportError(message)
+    for error in errors:
+        log.warning("unreadable record, left out of the report: %s", error)
 
     paths = [p for p, _ in found]
     records = [r for _, r in found]

@@ -17,6 +17,8 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
+from ..config import check_values
+from ..errors import UserInputError, reported
 from ..results import atomic_write_text, find_records
 from .adaptive import ADAPTIVE_FILE, OPEN, SPENDING, decisions_from_records
 from .design import load_sweep
@@ -42,10 +44,29 @@ class AblationSweeper(Sweeper):
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config)
 
+    @staticmethod
+    def batch(jobs: list, arguments: list[str]) -> list[list[str]]:
+        return [list(job.base) + list(arguments) + job.overrides() for job in jobs]
+
     def launch(self, jobs: list, arguments: list[str], first_index: int) -> list:
-        batch = [list(job.base) + list(arguments) + job.overrides() for job in jobs]
+        batch = self.batch(jobs, arguments)
         self.validate_batch_is_legal(batch)
         return list(self.launcher.launch(batch, initial_job_idx=first_index))
+
+    def check(self, design, arguments: list[str]) -> None:
+        """Bad input stops the sweep in one line (ablate/errors.py) before any job runs or its folder
+        is made: a command-line override the sweep file decides, any job that does not compose (an
+        unknown option or key in a baseline's overrides) or has a bad value (config.check_values).
+        The jobs of the first seed stand for all: a job's seed decides neither."""
+        for arg in arguments:
+            key = arg.split("=", 1)[0].lstrip("+~")
+            if key in ("tricks", "seed", "variant"):
+                raise UserInputError(f"override {arg!r}: the sweep file {design.path} decides {key}; edit it instead")
+            if "," in arg.split("=", 1)[-1] and "[" not in arg:
+                raise UserInputError(f"override {arg!r}: a sweep over values belongs in a sweep file, not on the "
+                                     "command line")
+        for overrides in self.batch(design.all_jobs(design.seeds[:1]), arguments):
+            check_values(self.hydra_context.config_loader.load_sweep_config(self.config, overrides))
 
     def sweep_adaptive(self, design, arguments: list[str], sweep_dir: Path) -> tuple[list, list]:
         """Round 1: every variant at seeds 0..min−1. Then, while some variant is undecided and has
@@ -82,13 +103,9 @@ class AblationSweeper(Sweeper):
     def sweep(self, arguments: list[str]) -> Any:
         if not self.file:
             raise ValueError("hydra/sweeper=ablate needs hydra.sweeper.file=<sweep yaml> (or use `ablate sweep NAME`)")
-        design = load_sweep(Path(self.file))
-        for arg in arguments:
-            key = arg.split("=", 1)[0].lstrip("+~")
-            if key in ("tricks", "seed", "variant"):
-                raise ValueError(f"override {arg!r}: the sweep file {design.path} decides {key}; edit it instead")
-            if "," in arg.split("=", 1)[-1] and "[" not in arg:
-                raise ValueError(f"override {arg!r}: a sweep over values belongs in a sweep file, not on the command line")
+        with reported():
+            design = load_sweep(Path(self.file))
+            self.check(design, arguments)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
