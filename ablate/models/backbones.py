@@ -7,6 +7,7 @@ torchvision's LastLevelP6P7 (one-stage detectors) or LastLevelMaxPool (two-stage
 from __future__ import annotations
 
 import logging
+import re
 from collections import OrderedDict
 from urllib.error import URLError
 
@@ -55,24 +56,78 @@ def _load_pretrained(weights) -> dict:
             "model.backbone.pretrained=false.") from e
 
 
-def _resnet(name: str, pretrained: bool) -> nn.Module:
-    builders = {"resnet18": (tvm.resnet18, tvm.ResNet18_Weights.IMAGENET1K_V1),
-                "resnet50": (tvm.resnet50, tvm.ResNet50_Weights.IMAGENET1K_V1)}
-    build, weights = builders[name]
-    # Frozen BN for fine-tuning from ImageNet (as torchvision does); trainable BN from scratch.
-    net = build(weights=None, norm_layer=FrozenBatchNorm2d if pretrained else nn.BatchNorm2d)
+# model.backbone.name -> torchvision's model name ({size}: model.backbone.size, efficientnet's b0-b7).
+TORCHVISION = {
+    "resnet18": "resnet18", "resnet50": "resnet50", "resnet101": "resnet101", "resnext50": "resnext50_32x4d",
+    "mobilenet_v3": "mobilenet_v3_large", "mobilenet_v2": "mobilenet_v2", "vgg16": "vgg16",
+    "squeezenet": "squeezenet1_1", "densenet121": "densenet121", "shufflenet_v2": "shufflenet_v2_x1_0",
+    "efficientnet": "efficientnet_{size}",
+}
+EFFICIENTNET_SIZES = [f"b{k}" for k in range(8)]
+# DenseNet's ImageNet file predates torchvision's module names ("norm.1" for "norm1"): torchvision's
+# densenet._load_state_dict renames them so; the same here.
+_DENSENET_OLD_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+
+
+def frozen_batch_norm(module: nn.Module) -> nn.Module:
+    """`module` with every BatchNorm2d replaced by a FrozenBatchNorm2d of the same statistics, affine
+    parameters and eps: torchvision's convention for fine-tuning a pretrained backbone."""
+    if isinstance(module, nn.BatchNorm2d):
+        frozen = FrozenBatchNorm2d(module.num_features, eps=module.eps)
+        for key in ("weight", "bias", "running_mean", "running_var"):
+            getattr(frozen, key).copy_(getattr(module, key).detach())
+        return frozen
+    for name, child in module.named_children():
+        new = frozen_batch_norm(child)
+        if new is not child:
+            setattr(module, name, new)
+    return module
+
+
+def _torchvision_net(arch: str, pretrained: bool) -> nn.Module:
+    """torchvision's `arch` with ImageNet weights and frozen BatchNorm when pretrained (as in
+    torchvision's detection models), with random weights and trainable BatchNorm from scratch."""
+    # MobileNetV3 as torchvision's detection builders make it (fasterrcnn_mobilenet_v3_large_fpn):
+    # plain BatchNorm2d from scratch, FrozenBatchNorm2d (eps 1e-5) pretrained, in place of the
+    # classifier's eps 1e-3 and momentum 0.01; the others keep their classifier's BatchNorm.
+    norm = {"norm_layer": FrozenBatchNorm2d if pretrained else nn.BatchNorm2d} if arch == "mobilenet_v3_large" else {}
+    net = tvm.get_model(arch, weights=None, **norm)
     if pretrained:
-        net.load_state_dict(_load_pretrained(weights))
+        state = _load_pretrained(tvm.get_model_weights(arch).IMAGENET1K_V1)
+        if arch.startswith("densenet"):
+            state = {_DENSENET_OLD_KEY.sub(r"\1\2", k): v for k, v in state.items()}
+        net.load_state_dict(state)
+        net = frozen_batch_norm(net)
     return net
 
 
-def _mobilenet(pretrained: bool) -> nn.Module:
-    weights = tvm.MobileNet_V3_Large_Weights.IMAGENET1K_V1
-    norm = FrozenBatchNorm2d if pretrained else nn.BatchNorm2d
-    net = tvm.mobilenet_v3_large(weights=None, norm_layer=norm)
-    if pretrained:
-        net.load_state_dict(_load_pretrained(weights))
-    return net.features
+def _by_stride(layers: list[tuple[str, nn.Module]]) -> nn.Sequential:
+    """Consecutive layers grouped into stages, one per output stride, named c<L> after the stride 2^L
+    of their output (C2-C5 in the FPN paper's naming): each stage ends at the last layer at its
+    stride, the downsampling layer opens the next one (as a ResNet stage's first block)."""
+    strides, _ = _probe_stages(nn.Sequential(OrderedDict(layers)))
+    stages: OrderedDict[str, nn.Module] = OrderedDict()
+    for i, (name, layer) in enumerate(layers):
+        level = strides[name].bit_length() - 1
+        stages.setdefault(f"c{level}", nn.Sequential()).add_module(name, layer)
+        if i + 1 < len(layers) and strides[layers[i + 1][0]] < strides[name]:
+            raise ValueError(f"layer {layers[i + 1][0]} lowers the stride: not a feature pyramid")
+    return nn.Sequential(stages)
+
+
+def _torchvision_body(arch: str, pretrained: bool) -> nn.Sequential:
+    """The feature layers of torchvision's `arch` (the network up to its global pooling and
+    classifier) as a sequential body of stages."""
+    net = _torchvision_net(arch, pretrained)
+    if arch.startswith(("resnet", "resnext")):
+        return nn.Sequential(OrderedDict(
+            stem=nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool),
+            layer1=net.layer1, layer2=net.layer2, layer3=net.layer3, layer4=net.layer4))
+    if arch.startswith("mobilenet_v3"):
+        return nn.Sequential(OrderedDict((f"block{i}", m) for i, m in enumerate(net.features)))
+    if arch.startswith("shufflenet"):
+        return _by_stride([(n, getattr(net, n)) for n in ("conv1", "maxpool", "stage2", "stage3", "stage4", "conv5")])
+    return _by_stride(list(net.features.named_children()))
 
 
 def _freeze(body: nn.Sequential, trainable_layers: int) -> None:
@@ -95,36 +150,45 @@ def _probe_stages(body: nn.Sequential) -> tuple[dict[str, int], dict[str, int]]:
     return strides, channels
 
 
-def build_backbone(cfg, levels: list[int], extra_levels: int, fpn_channels: int, two_stage: bool) -> BackboneWithFPN:
-    """A body with an FPN over `levels` (stride 2^L), plus `extra_levels` on top."""
+def pyramid_taps(body: nn.Sequential) -> dict[int, tuple[str, int]]:
+    """{level L: (child, channels)} of a sequential body: a level's output is the last child of the
+    body at its stride 2^L."""
+    strides, channels = _probe_stages(body)
+    return {stride.bit_length() - 1: (child, channels[child]) for child, stride in strides.items()}
+
+
+def build_body(cfg) -> nn.Sequential:
+    """The backbone of `cfg` (model.backbone) as a sequential body of stages, pretrained or not."""
     name = cfg.name
     pretrained = bool(cfg.pretrained)
     if name == "tiny":
         if pretrained:
             raise ValueError("model.backbone=tiny has no pretrained weights; set model.backbone.pretrained=false")
-        body = tiny_body(int(cfg.width))
-    elif name in ("resnet18", "resnet50"):
-        net = _resnet(name, pretrained)
-        body = nn.Sequential(OrderedDict(
-            stem=nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool),
-            layer1=net.layer1, layer2=net.layer2, layer3=net.layer3, layer4=net.layer4))
-    elif name == "mobilenet_v3":
-        body = nn.Sequential(OrderedDict((f"block{i}", m) for i, m in enumerate(_mobilenet(pretrained))))
-    else:
-        raise ValueError(f"model.backbone.name={name!r}: choose tiny, resnet18, resnet50 or mobilenet_v3")
-    strides, channels = _probe_stages(body)
-    # A level's output is the last child of the body at its stride.
-    stage_of_level = {stride.bit_length() - 1: child for child, stride in strides.items()}
+        return tiny_body(int(cfg.width))
+    if name in TORCHVISION:
+        arch = TORCHVISION[name]
+        if name == "efficientnet":
+            if cfg.size not in EFFICIENTNET_SIZES:
+                raise ValueError(f"model.backbone.size={cfg.size!r}: choose one of {', '.join(EFFICIENTNET_SIZES)}")
+            arch = arch.format(size=cfg.size)
+        return _torchvision_body(arch, pretrained)
+    raise ValueError(f"model.backbone.name={name!r}: choose tiny or one of torchvision's {', '.join(TORCHVISION)}")
 
-    missing = [lv for lv in levels if lv not in stage_of_level]
+
+def build_backbone(cfg, levels: list[int], extra_levels: int, fpn_channels: int, two_stage: bool) -> BackboneWithFPN:
+    """A body with an FPN over `levels` (stride 2^L), plus `extra_levels` on top."""
+    body = build_body(cfg)
+    taps = pyramid_taps(body)
+    missing = [lv for lv in levels if lv not in taps]
     if missing:
-        raise ValueError(f"model.levels={list(levels)}: backbone {name} has no level {missing} "
-                         f"(available: {sorted(stage_of_level)})")
-    if pretrained:
+        offered = ", ".join(f"{lv} (stride {2 ** lv}, {c} channels)" for lv, (_, c) in sorted(taps.items()))
+        raise ValueError(f"model.levels={list(levels)}: backbone {cfg.name} has no level {missing}; it offers "
+                         f"levels {offered}. Choose model.levels among them (level L has stride 2^L).")
+    if bool(cfg.pretrained):
         _freeze(body, int(cfg.trainable_layers))
 
-    return_layers = {stage_of_level[lv]: str(i) for i, lv in enumerate(levels)}
-    in_channels = [channels[stage_of_level[lv]] for lv in levels]
+    return_layers = {taps[lv][0]: str(i) for i, lv in enumerate(levels)}
+    in_channels = [taps[lv][1] for lv in levels]
     if extra_levels == 0:
         extra = None
     elif two_stage:
