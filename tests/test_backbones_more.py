@@ -48,14 +48,21 @@ def stride_levels(body: nn.Sequential, size: int = 128) -> dict[str, int]:
     return levels
 
 
-@pytest.mark.parametrize("spec", TAPS)
-def test_taps_have_the_documented_strides_and_channels(spec):
+def check_documented_taps(spec: str, documented: dict[int, int]) -> nn.Sequential:
+    """The body of backbone `spec`, after checking that its taps are `documented` ({level: channels})
+    and that each tap's output has stride 2^level on a 128-px image (not only on the 64-px probe)."""
     torch.manual_seed(0)
     body = build_body(backbone_config(spec))
     taps = pyramid_taps(body)
-    assert {lv: c for lv, (_, c) in taps.items()} == TAPS[spec]
-    levels = stride_levels(body)  # at 128 px, not the 64-px probe's
+    assert {lv: c for lv, (_, c) in taps.items()} == documented
+    levels = stride_levels(body)
     assert {lv: levels[child] for lv, (child, _) in taps.items()} == {lv: lv for lv in taps}
+    return body
+
+
+@pytest.mark.parametrize("spec", TAPS)
+def test_taps_have_the_documented_strides_and_channels(spec):
+    check_documented_taps(spec, TAPS[spec])
 
 
 def test_stages_are_named_by_level():

@@ -101,17 +101,21 @@ def _torchvision_net(arch: str, pretrained: bool) -> nn.Module:
     return net
 
 
-def _by_stride(layers: list[tuple[str, nn.Module]]) -> nn.Sequential:
-    """Consecutive layers grouped into stages, one per output stride, named c<L> after the stride 2^L
-    of their output (C2-C5 in the FPN paper's naming): each stage ends at the last layer at its
-    stride, the downsampling layer opens the next one (as a ResNet stage's first block)."""
+def _stages(layers: list[tuple[str, nn.Module]], ends: set[str] | None = None) -> nn.Sequential:
+    """Consecutive layers grouped into stages named c<L> after the stride 2^L of their output (C2-C5
+    in the FPN paper's naming). Each stage ends at the last layer at its stride, so the downsampling
+    layer opens the next one (as a ResNet stage's first block), or at each layer of `ends`."""
     strides, _ = _probe_stages(nn.Sequential(OrderedDict(layers)))
     stages: OrderedDict[str, nn.Module] = OrderedDict()
+    current = nn.Sequential()
     for i, (name, layer) in enumerate(layers):
-        level = strides[name].bit_length() - 1
-        stages.setdefault(f"c{level}", nn.Sequential()).add_module(name, layer)
-        if i + 1 < len(layers) and strides[layers[i + 1][0]] < strides[name]:
-            raise ValueError(f"layer {layers[i + 1][0]} lowers the stride: not a feature pyramid")
+        current.add_module(name, layer)
+        last = i + 1 == len(layers) or strides[layers[i + 1][0]] != strides[name]
+        if (name in ends) if ends is not None else last:
+            stage = f"c{strides[name].bit_length() - 1}"
+            if stage in stages:
+                raise ValueError(f"two stages end at stride {strides[name]} ({stage}): not a feature pyramid")
+            stages[stage], current = current, nn.Sequential()
     return nn.Sequential(stages)
 
 
@@ -126,8 +130,55 @@ def _torchvision_body(arch: str, pretrained: bool) -> nn.Sequential:
     if arch.startswith("mobilenet_v3"):
         return nn.Sequential(OrderedDict((f"block{i}", m) for i, m in enumerate(net.features)))
     if arch.startswith("shufflenet"):
-        return _by_stride([(n, getattr(net, n)) for n in ("conv1", "maxpool", "stage2", "stage3", "stage4", "conv5")])
-    return _by_stride(list(net.features.named_children()))
+        return _stages([(n, getattr(net, n)) for n in ("conv1", "maxpool", "stage2", "stage3", "stage4", "conv5")])
+    return _stages(list(net.features.named_children()))
+
+
+def _timm_body(cfg, pretrained: bool) -> nn.Sequential:
+    """timm's model `cfg.name` with features_only=True, its layers grouped into stages c<L> that end
+    where timm's feature_info taps it (the last tap at each stride)."""
+    try:
+        import timm
+    except ImportError as e:
+        raise ImportError(f"model.backbone={cfg.name} is built by timm, which is not installed: "
+                          "pip install -e '.[timm]'") from e
+    if not timm.is_model(cfg.name):
+        raise ValueError(f"model.backbone.name={cfg.name!r} (model.backbone.library=timm) is no timm model; "
+                         "timm.list_models() lists them")
+    weights_file = cfg.weights_file if pretrained else None
+    try:
+        net = timm.create_model(cfg.name, pretrained=pretrained, features_only=True,
+                                pretrained_cfg_overlay={"file": str(weights_file)} if weights_file else None)
+    except Exception as e:  # a failed download raises what huggingface_hub's version raises
+        if not pretrained:
+            raise
+        raise RuntimeError(_timm_weights_error(timm, cfg, e)) from e
+    if pretrained:
+        net = timm.layers.freeze_batch_norm_2d(net)
+    ends = {info["reduction"]: info["module"].replace(".", "_") for info in net.feature_info.get_dicts()}
+    return _stages(list(net.items()), ends=set(ends.values()))
+
+
+def _timm_weights_error(timm, cfg, e: Exception) -> str:
+    """What to do when timm's ImageNet weights of cfg.name cannot be loaded: the file to put where."""
+    fallback = "or train from scratch with model.backbone.pretrained=false."
+    if cfg.weights_file:
+        return (f"model.backbone.weights_file={cfg.weights_file}: timm could not load it into {cfg.name} ({e}). "
+                f"It must be timm's {cfg.name} weights (.safetensors or .pth); {fallback}")
+    weights = timm.models.get_pretrained_cfg(cfg.name)
+    if weights is not None and weights.hf_hub_id:
+        file = weights.hf_hub_filename or "model.safetensors"
+        url = f"https://huggingface.co/{weights.hf_hub_id}/resolve/main/{file}"
+        local = f"{weights.hf_hub_id.split('/')[-1]}.{file.rsplit('.', 1)[-1]}"
+    elif weights is not None and weights.url:
+        url = weights.url
+        local = url.rsplit("/", 1)[-1]
+    else:
+        return f"model.backbone.pretrained=true: timm has no pretrained weights for {cfg.name}; {fallback}"
+    dest = f"{torch.hub.get_dir()}/checkpoints/{local}"
+    return (f"model.backbone.pretrained=true needs timm's {cfg.name} weights, and loading them failed ({e}). "
+            f"If this machine is offline, download {url}, copy it to {dest} (or any path) and set "
+            f"model.backbone.weights_file={dest}; {fallback}")
 
 
 def _freeze(body: nn.Sequential, trainable_layers: int) -> None:
@@ -165,6 +216,8 @@ def build_body(cfg) -> nn.Sequential:
         if pretrained:
             raise ValueError("model.backbone=tiny has no pretrained weights; set model.backbone.pretrained=false")
         return tiny_body(int(cfg.width))
+    if cfg.get("library") == "timm":
+        return _timm_body(cfg, pretrained)
     if name in TORCHVISION:
         arch = TORCHVISION[name]
         if name == "efficientnet":
@@ -172,7 +225,8 @@ def build_body(cfg) -> nn.Sequential:
                 raise ValueError(f"model.backbone.size={cfg.size!r}: choose one of {', '.join(EFFICIENTNET_SIZES)}")
             arch = arch.format(size=cfg.size)
         return _torchvision_body(arch, pretrained)
-    raise ValueError(f"model.backbone.name={name!r}: choose tiny or one of torchvision's {', '.join(TORCHVISION)}")
+    raise ValueError(f"model.backbone.name={name!r}: choose tiny, one of torchvision's {', '.join(TORCHVISION)}, "
+                     "or a timm model with model.backbone.library=timm")
 
 
 def build_backbone(cfg, levels: list[int], extra_levels: int, fpn_channels: int, two_stage: bool) -> BackboneWithFPN:
