@@ -11,6 +11,7 @@ from torchvision.ops import FrozenBatchNorm2d
 
 from ablate.models import build_model
 from ablate.models.backbones import build_backbone, build_body, pyramid_taps
+from ablate.models.darknet import darknet19_layers
 from ablate.testing import model_config
 
 # {level L (stride 2^L): channels} of every tap each backbone offers, as docs/backbones.md lists them.
@@ -27,6 +28,7 @@ TAPS = {
     "shufflenet_v2": {1: 24, 2: 24, 3: 116, 4: 232, 5: 1024},
     "efficientnet": {1: 16, 2: 24, 3: 40, 4: 112, 5: 1280},
     "efficientnet size=b2": {1: 16, 2: 24, 3: 48, 4: 120, 5: 1408},
+    "darknet19": {0: 32, 1: 64, 2: 128, 3: 256, 4: 512, 5: 1024},
 }
 
 
@@ -119,3 +121,30 @@ def test_pretrained_densenet_loads_torchvisions_file_with_its_old_key_names(tmp_
     # trainable_layers=3 counts stages: c3-c5 (strides 8-32) train
     trainable = [name for name, stage in body.named_children() if any(p.requires_grad for p in stage.parameters())]
     assert trainable == ["c3", "c4", "c5"]
+
+
+def test_darknet19_is_yolov2s_table_6():
+    """Table 6 (YOLO9000): conv filters/size and max-pools in order, down to the last 3x3 conv; with
+    the classifier's 1x1 conv to 1000 classes its 224-px forward is the paper's "5.58 billion
+    operations" (multiply-adds counted as two)."""
+    table = ["32 3", "M", "64 3", "M", "128 3", "64 1", "128 3", "M", "256 3", "128 1", "256 3", "M",
+             "512 3", "256 1", "512 3", "256 1", "512 3", "M", "1024 3", "512 1", "1024 3", "512 1", "1024 3"]
+    layers = darknet19_layers()
+    rows = ["M" if isinstance(m, nn.MaxPool2d) else f"{m[0].out_channels} {m[0].kernel_size[0]}" for _, m in layers]
+    assert rows == table
+    pools = [m for _, m in layers if isinstance(m, nn.MaxPool2d)]
+    assert all((p.kernel_size, p.stride) == (2, 2) for p in pools)
+    convs = [m for _, m in layers if not isinstance(m, nn.MaxPool2d)]
+    assert all(type(m[1]) is nn.BatchNorm2d and m[2].negative_slope == 0.1 and m[0].bias is None for m in convs)
+    assert all(m[0].padding[0] == m[0].kernel_size[0] // 2 for m in convs)
+    ops, side = 2 * 1024 * 1000 * 7 * 7, 224  # the classifier's conv on the 7x7 map
+    for _, m in layers:
+        if isinstance(m, nn.MaxPool2d):
+            side //= 2
+        else:
+            ops += 2 * m[0].in_channels * m[0].out_channels * m[0].kernel_size[0] ** 2 * side ** 2
+    assert round(ops / 1e9, 2) == 5.58
+    body = build_body(backbone_config("darknet19"))
+    assert [len([m for m in stage if not isinstance(m, nn.MaxPool2d)]) for stage in body] == [1, 1, 3, 3, 5, 5]
+    with pytest.raises(ValueError, match="darknet19 has no pretrained weights"):
+        build_body(backbone_config("darknet19", pretrained=True))

@@ -18,6 +18,8 @@ from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 
+from .darknet import darknet19_layers
+
 log = logging.getLogger("ablate.models")
 
 
@@ -212,10 +214,10 @@ def build_body(cfg) -> nn.Sequential:
     """The backbone of `cfg` (model.backbone) as a sequential body of stages, pretrained or not."""
     name = cfg.name
     pretrained = bool(cfg.pretrained)
-    if name == "tiny":
+    if name in ("tiny", "darknet19"):
         if pretrained:
-            raise ValueError("model.backbone=tiny has no pretrained weights; set model.backbone.pretrained=false")
-        return tiny_body(int(cfg.width))
+            raise ValueError(f"model.backbone={name} has no pretrained weights; set model.backbone.pretrained=false")
+        return tiny_body(int(cfg.width)) if name == "tiny" else _stages(darknet19_layers())
     if cfg.get("library") == "timm":
         return _timm_body(cfg, pretrained)
     if name in TORCHVISION:
@@ -225,7 +227,7 @@ def build_body(cfg) -> nn.Sequential:
                 raise ValueError(f"model.backbone.size={cfg.size!r}: choose one of {', '.join(EFFICIENTNET_SIZES)}")
             arch = arch.format(size=cfg.size)
         return _torchvision_body(arch, pretrained)
-    raise ValueError(f"model.backbone.name={name!r}: choose tiny, one of torchvision's {', '.join(TORCHVISION)}, "
+    raise ValueError(f"model.backbone.name={name!r}: choose tiny, darknet19, one of torchvision's {', '.join(TORCHVISION)}, "
                      "or a timm model with model.backbone.library=timm")
 
 
