@@ -1,8 +1,9 @@
-"""Backbones with a feature pyramid, built on torchvision.
+"""Backbones with a feature pyramid: the tiny CNN and Darknet-19 (darknet.py), torchvision's models,
+and timm's (an optional extra) with features_only=True. docs/backbones.md lists them.
 
-Every backbone exposes its stages so that a pyramid can take any level L (stride 2^L) from
-it: level 2 is stride 4, level 5 stride 32. Extra levels above the last are added by
-torchvision's LastLevelP6P7 (one-stage detectors) or LastLevelMaxPool (two-stage).
+Every backbone is a sequential body of stages so that a pyramid can take any level L (stride 2^L)
+it offers (`pyramid_taps`): level 2 is stride 4, level 5 stride 32. Extra levels above the last
+are added by torchvision's LastLevelP6P7 (one-stage detectors) or LastLevelMaxPool (two-stage).
 """
 from __future__ import annotations
 
@@ -106,7 +107,8 @@ def _torchvision_net(arch: str, pretrained: bool) -> nn.Module:
 def _stages(layers: list[tuple[str, nn.Module]], ends: set[str] | None = None) -> nn.Sequential:
     """Consecutive layers grouped into stages named c<L> after the stride 2^L of their output (C2-C5
     in the FPN paper's naming). Each stage ends at the last layer at its stride, so the downsampling
-    layer opens the next one (as a ResNet stage's first block), or at each layer of `ends`."""
+    layer opens the next one (as a ResNet stage's first block), or at each layer of `ends` (the
+    layers after the last of them left out)."""
     strides, _ = _probe_stages(nn.Sequential(OrderedDict(layers)))
     stages: OrderedDict[str, nn.Module] = OrderedDict()
     current = nn.Sequential()
