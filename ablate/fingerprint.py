@@ -4,7 +4,8 @@ reused as if it were fresh.
 The config hash says what a run computes; this says with which code. Fingerprinted: the modules
 every run executes to train and evaluate (CORE: the loop, the data pipeline, the detectors and
 their losses, the trick contract), the source file of each selected trick's class (found from its
-`_target_`, inside this package or not), and the torch and torchvision versions. Not fingerprinted:
+`_target_`, inside this package or not), and the torch and torchvision versions (and timm's when
+the backbone is timm's: model.backbone.library=timm). Not fingerprinted:
 what decides no number of a run (the CLI, the sweeper, the report, run health), and the modules of
 tricks a run does not use, so editing one trick retrains only the runs that use it. A helper a trick
 imports from another trick's module is not followed: keep shared helpers in the core (tricks/base.py,
@@ -24,6 +25,8 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 # Relative to the package folder; a folder stands for its *.py files.
 CORE = ("train.py", "evaluate.py", "config.py", "data", "models", "tricks/__init__.py", "tricks/base.py")
 VERSIONED = ("torch", "torchvision")
+# An optional library whose version decides a run's numbers only when the run uses it.
+TIMM = "timm"
 
 
 def _sha(data: bytes) -> str:
@@ -61,6 +64,12 @@ def trick_targets(config: dict[str, Any]) -> list[str]:
     return [str(node["_target_"]) for node in tricks.values() if isinstance(node, dict) and "_target_" in node]
 
 
+def uses_timm(config: dict[str, Any]) -> bool:
+    """Whether a resolved config (plain data) builds its backbone with timm."""
+    backbone = (config.get("model") or {}).get("backbone") or {}
+    return backbone.get("library") == TIMM
+
+
 def _label(path: Path) -> str:
     try:
         return path.relative_to(PACKAGE_DIR.parent).as_posix()
@@ -83,7 +92,7 @@ def code_fingerprint(config: dict[str, Any]) -> dict[str, Any]:
     for path in paths:
         files[_label(path)] = _sha(path.read_bytes()) if path.is_file() else "missing"
     versions = {}
-    for dist in VERSIONED:
+    for dist in (*VERSIONED, TIMM) if uses_timm(config) else VERSIONED:
         try:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:

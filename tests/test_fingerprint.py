@@ -133,3 +133,11 @@ def test_an_argument_out_of_range_is_named_as_the_user_types_it(tmp_path, shapes
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__]))
+
+
+def test_timms_version_is_fingerprinted_only_for_a_timm_backbone():
+    def versions(backbone):
+        return set(code_fingerprint({"tricks": {}, "model": {"backbone": backbone}})["versions"])
+
+    assert versions({"library": "timm", "name": "darknet53"}) == {"torch", "torchvision", "timm"}
+    assert versions({"name": "resnet18"}) == {"torch", "torchvision"}

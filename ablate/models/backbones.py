@@ -1,12 +1,14 @@
-"""Backbones with a feature pyramid, built on torchvision.
+"""Backbones with a feature pyramid: the tiny CNN and Darknet-19 (darknet.py), torchvision's models,
+and timm's (an optional extra) with features_only=True. docs/backbones.md lists them.
 
-Every backbone exposes its stages so that a pyramid can take any level L (stride 2^L) from
-it: level 2 is stride 4, level 5 stride 32. Extra levels above the last are added by
-torchvision's LastLevelP6P7 (one-stage detectors) or LastLevelMaxPool (two-stage).
+Every backbone is a sequential body of stages so that a pyramid can take any level L (stride 2^L)
+it offers (`pyramid_taps`): level 2 is stride 4, level 5 stride 32. Extra levels above the last
+are added by torchvision's LastLevelP6P7 (one-stage detectors) or LastLevelMaxPool (two-stage).
 """
 from __future__ import annotations
 
 import logging
+import re
 from collections import OrderedDict
 from urllib.error import URLError
 
@@ -16,6 +18,8 @@ from torchvision import models as tvm
 from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
+
+from .darknet import darknet19_layers
 
 log = logging.getLogger("ablate.models")
 
@@ -55,24 +59,130 @@ def _load_pretrained(weights) -> dict:
             "model.backbone.pretrained=false.") from e
 
 
-def _resnet(name: str, pretrained: bool) -> nn.Module:
-    builders = {"resnet18": (tvm.resnet18, tvm.ResNet18_Weights.IMAGENET1K_V1),
-                "resnet50": (tvm.resnet50, tvm.ResNet50_Weights.IMAGENET1K_V1)}
-    build, weights = builders[name]
-    # Frozen BN for fine-tuning from ImageNet (as torchvision does); trainable BN from scratch.
-    net = build(weights=None, norm_layer=FrozenBatchNorm2d if pretrained else nn.BatchNorm2d)
+# model.backbone.name -> torchvision's model name ({size}: model.backbone.size, efficientnet's b0-b7).
+TORCHVISION = {
+    "resnet18": "resnet18", "resnet50": "resnet50", "resnet101": "resnet101", "resnext50": "resnext50_32x4d",
+    "mobilenet_v3": "mobilenet_v3_large", "mobilenet_v2": "mobilenet_v2", "vgg16": "vgg16",
+    "squeezenet": "squeezenet1_1", "densenet121": "densenet121", "shufflenet_v2": "shufflenet_v2_x1_0",
+    "efficientnet": "efficientnet_{size}",
+}
+EFFICIENTNET_SIZES = [f"b{k}" for k in range(8)]
+# DenseNet's ImageNet file predates torchvision's module names ("norm.1" for "norm1"): torchvision's
+# densenet._load_state_dict renames them so; the same here.
+_DENSENET_OLD_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+
+
+def frozen_batch_norm(module: nn.Module) -> nn.Module:
+    """`module` with every BatchNorm2d replaced by a FrozenBatchNorm2d of the same statistics, affine
+    parameters and eps: torchvision's convention for fine-tuning a pretrained backbone."""
+    if isinstance(module, nn.BatchNorm2d):
+        frozen = FrozenBatchNorm2d(module.num_features, eps=module.eps)
+        for key in ("weight", "bias", "running_mean", "running_var"):
+            getattr(frozen, key).copy_(getattr(module, key).detach())
+        return frozen
+    for name, child in module.named_children():
+        new = frozen_batch_norm(child)
+        if new is not child:
+            setattr(module, name, new)
+    return module
+
+
+def _torchvision_net(arch: str, pretrained: bool) -> nn.Module:
+    """torchvision's `arch` with ImageNet weights and frozen BatchNorm when pretrained (as in
+    torchvision's detection models), with random weights and trainable BatchNorm from scratch."""
+    # MobileNetV3 as torchvision's detection builders make it (fasterrcnn_mobilenet_v3_large_fpn):
+    # plain BatchNorm2d from scratch, FrozenBatchNorm2d (eps 1e-5) pretrained, in place of the
+    # classifier's eps 1e-3 and momentum 0.01; the others keep their classifier's BatchNorm.
+    norm = {"norm_layer": FrozenBatchNorm2d if pretrained else nn.BatchNorm2d} if arch == "mobilenet_v3_large" else {}
+    net = tvm.get_model(arch, weights=None, **norm)
     if pretrained:
-        net.load_state_dict(_load_pretrained(weights))
+        state = _load_pretrained(tvm.get_model_weights(arch).IMAGENET1K_V1)
+        if arch.startswith("densenet"):
+            state = {_DENSENET_OLD_KEY.sub(r"\1\2", k): v for k, v in state.items()}
+        net.load_state_dict(state)
+        net = frozen_batch_norm(net)
     return net
 
 
-def _mobilenet(pretrained: bool) -> nn.Module:
-    weights = tvm.MobileNet_V3_Large_Weights.IMAGENET1K_V1
-    norm = FrozenBatchNorm2d if pretrained else nn.BatchNorm2d
-    net = tvm.mobilenet_v3_large(weights=None, norm_layer=norm)
+def _stages(layers: list[tuple[str, nn.Module]], ends: set[str] | None = None) -> nn.Sequential:
+    """Consecutive layers grouped into stages named c<L> after the stride 2^L of their output (C2-C5
+    in the FPN paper's naming). Each stage ends at the last layer at its stride, so the downsampling
+    layer opens the next one (as a ResNet stage's first block), or at each layer of `ends` (the
+    layers after the last of them left out)."""
+    strides, _ = _probe_stages(nn.Sequential(OrderedDict(layers)))
+    stages: OrderedDict[str, nn.Module] = OrderedDict()
+    current = nn.Sequential()
+    for i, (name, layer) in enumerate(layers):
+        current.add_module(name, layer)
+        last = i + 1 == len(layers) or strides[layers[i + 1][0]] != strides[name]
+        if (name in ends) if ends is not None else last:
+            stage = f"c{strides[name].bit_length() - 1}"
+            if stage in stages:
+                raise ValueError(f"two stages end at stride {strides[name]} ({stage}): not a feature pyramid")
+            stages[stage], current = current, nn.Sequential()
+    return nn.Sequential(stages)
+
+
+def _torchvision_body(arch: str, pretrained: bool) -> nn.Sequential:
+    """The feature layers of torchvision's `arch` (the network up to its global pooling and
+    classifier) as a sequential body of stages."""
+    net = _torchvision_net(arch, pretrained)
+    if arch.startswith(("resnet", "resnext")):
+        return nn.Sequential(OrderedDict(
+            stem=nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool),
+            layer1=net.layer1, layer2=net.layer2, layer3=net.layer3, layer4=net.layer4))
+    if arch.startswith("mobilenet_v3"):
+        return nn.Sequential(OrderedDict((f"block{i}", m) for i, m in enumerate(net.features)))
+    if arch.startswith("shufflenet"):
+        return _stages([(n, getattr(net, n)) for n in ("conv1", "maxpool", "stage2", "stage3", "stage4", "conv5")])
+    return _stages(list(net.features.named_children()))
+
+
+def _timm_body(cfg, pretrained: bool) -> nn.Sequential:
+    """timm's model `cfg.name` with features_only=True, its layers grouped into stages c<L> that end
+    where timm's feature_info taps it (the last tap at each stride)."""
+    try:
+        import timm
+    except ImportError as e:
+        raise ImportError(f"model.backbone={cfg.name} is built by timm, which is not installed: "
+                          "pip install -e '.[timm]'") from e
+    if not timm.is_model(cfg.name):
+        raise ValueError(f"model.backbone.name={cfg.name!r} (model.backbone.library=timm) is no timm model; "
+                         "timm.list_models() lists them")
+    weights_file = cfg.weights_file if pretrained else None
+    try:
+        net = timm.create_model(cfg.name, pretrained=pretrained, features_only=True,
+                                pretrained_cfg_overlay={"file": str(weights_file)} if weights_file else None)
+    except Exception as e:  # a failed download raises what huggingface_hub's version raises
+        if not pretrained:
+            raise
+        raise RuntimeError(_timm_weights_error(timm, cfg, e)) from e
     if pretrained:
-        net.load_state_dict(_load_pretrained(weights))
-    return net.features
+        net = timm.layers.freeze_batch_norm_2d(net)
+    ends = {info["reduction"]: info["module"].replace(".", "_") for info in net.feature_info.get_dicts()}
+    return _stages(list(net.items()), ends=set(ends.values()))
+
+
+def _timm_weights_error(timm, cfg, e: Exception) -> str:
+    """What to do when timm's ImageNet weights of cfg.name cannot be loaded: the file to put where."""
+    fallback = "or train from scratch with model.backbone.pretrained=false."
+    if cfg.weights_file:
+        return (f"model.backbone.weights_file={cfg.weights_file}: timm could not load it into {cfg.name} ({e}). "
+                f"It must be timm's {cfg.name} weights (.safetensors or .pth); {fallback}")
+    weights = timm.models.get_pretrained_cfg(cfg.name)
+    if weights is not None and weights.hf_hub_id:
+        file = weights.hf_hub_filename or "model.safetensors"
+        url = f"https://huggingface.co/{weights.hf_hub_id}/resolve/main/{file}"
+        local = f"{weights.hf_hub_id.split('/')[-1]}.{file.rsplit('.', 1)[-1]}"
+    elif weights is not None and weights.url:
+        url = weights.url
+        local = url.rsplit("/", 1)[-1]
+    else:
+        return f"model.backbone.pretrained=true: timm has no pretrained weights for {cfg.name}; {fallback}"
+    dest = f"{torch.hub.get_dir()}/checkpoints/{local}"
+    return (f"model.backbone.pretrained=true needs timm's {cfg.name} weights, and loading them failed ({e}). "
+            f"If this machine is offline, download {url}, copy it to {dest} (or any path) and set "
+            f"model.backbone.weights_file={dest}; {fallback}")
 
 
 def _freeze(body: nn.Sequential, trainable_layers: int) -> None:
@@ -95,36 +205,48 @@ def _probe_stages(body: nn.Sequential) -> tuple[dict[str, int], dict[str, int]]:
     return strides, channels
 
 
-def build_backbone(cfg, levels: list[int], extra_levels: int, fpn_channels: int, two_stage: bool) -> BackboneWithFPN:
-    """A body with an FPN over `levels` (stride 2^L), plus `extra_levels` on top."""
+def pyramid_taps(body: nn.Sequential) -> dict[int, tuple[str, int]]:
+    """{level L: (child, channels)} of a sequential body: a level's output is the last child of the
+    body at its stride 2^L."""
+    strides, channels = _probe_stages(body)
+    return {stride.bit_length() - 1: (child, channels[child]) for child, stride in strides.items()}
+
+
+def build_body(cfg) -> nn.Sequential:
+    """The backbone of `cfg` (model.backbone) as a sequential body of stages, pretrained or not."""
     name = cfg.name
     pretrained = bool(cfg.pretrained)
-    if name == "tiny":
+    if name in ("tiny", "darknet19"):
         if pretrained:
-            raise ValueError("model.backbone=tiny has no pretrained weights; set model.backbone.pretrained=false")
-        body = tiny_body(int(cfg.width))
-    elif name in ("resnet18", "resnet50"):
-        net = _resnet(name, pretrained)
-        body = nn.Sequential(OrderedDict(
-            stem=nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool),
-            layer1=net.layer1, layer2=net.layer2, layer3=net.layer3, layer4=net.layer4))
-    elif name == "mobilenet_v3":
-        body = nn.Sequential(OrderedDict((f"block{i}", m) for i, m in enumerate(_mobilenet(pretrained))))
-    else:
-        raise ValueError(f"model.backbone.name={name!r}: choose tiny, resnet18, resnet50 or mobilenet_v3")
-    strides, channels = _probe_stages(body)
-    # A level's output is the last child of the body at its stride.
-    stage_of_level = {stride.bit_length() - 1: child for child, stride in strides.items()}
+            raise ValueError(f"model.backbone={name} has no pretrained weights; set model.backbone.pretrained=false")
+        return tiny_body(int(cfg.width)) if name == "tiny" else _stages(darknet19_layers())
+    if cfg.get("library") == "timm":
+        return _timm_body(cfg, pretrained)
+    if name in TORCHVISION:
+        arch = TORCHVISION[name]
+        if name == "efficientnet":
+            if cfg.size not in EFFICIENTNET_SIZES:
+                raise ValueError(f"model.backbone.size={cfg.size!r}: choose one of {', '.join(EFFICIENTNET_SIZES)}")
+            arch = arch.format(size=cfg.size)
+        return _torchvision_body(arch, pretrained)
+    raise ValueError(f"model.backbone.name={name!r}: choose tiny, darknet19, one of torchvision's {', '.join(TORCHVISION)}, "
+                     "or a timm model with model.backbone.library=timm")
 
-    missing = [lv for lv in levels if lv not in stage_of_level]
+
+def build_backbone(cfg, levels: list[int], extra_levels: int, fpn_channels: int, two_stage: bool) -> BackboneWithFPN:
+    """A body with an FPN over `levels` (stride 2^L), plus `extra_levels` on top."""
+    body = build_body(cfg)
+    taps = pyramid_taps(body)
+    missing = [lv for lv in levels if lv not in taps]
     if missing:
-        raise ValueError(f"model.levels={list(levels)}: backbone {name} has no level {missing} "
-                         f"(available: {sorted(stage_of_level)})")
-    if pretrained:
+        offered = ", ".join(f"{lv} (stride {2 ** lv}, {c} channels)" for lv, (_, c) in sorted(taps.items()))
+        raise ValueError(f"model.levels={list(levels)}: backbone {cfg.name} has no level {missing}; it offers "
+                         f"levels {offered}. Choose model.levels among them (level L has stride 2^L).")
+    if bool(cfg.pretrained):
         _freeze(body, int(cfg.trainable_layers))
 
-    return_layers = {stage_of_level[lv]: str(i) for i, lv in enumerate(levels)}
-    in_channels = [channels[stage_of_level[lv]] for lv in levels]
+    return_layers = {taps[lv][0]: str(i) for i, lv in enumerate(levels)}
+    in_channels = [taps[lv][1] for lv in levels]
     if extra_levels == 0:
         extra = None
     elif two_stage:
