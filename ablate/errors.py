@@ -29,6 +29,16 @@ class DatasetError(UserInputError):
     because the torch-free config check raises it too, for a missing data.root)."""
 
 
+class MissingExtraError(UserInputError, ImportError):
+    """A feature needs an optional dependency that is not installed: the message names the extra
+    to install (pip install -e '.[NAME]')."""
+
+
+class WeightsError(UserInputError, RuntimeError):
+    """Pretrained weights that cannot be loaded (offline, or a wrong file): the message names the
+    file to put where, or how to train from scratch instead."""
+
+
 def full_error() -> bool:
     """HYDRA_FULL_ERROR=1: show every error with its full traceback, as Hydra does."""
     return os.environ.get("HYDRA_FULL_ERROR") == "1"

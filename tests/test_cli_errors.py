@@ -148,3 +148,15 @@ def test_a_bug_keeps_its_traceback_and_full_error_keeps_every_one(monkeypatch, c
     monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
     with pytest.raises(UserInputError), reported():
         raise UserInputError("x.yaml: bad")
+
+
+def test_a_backbone_without_the_detectors_levels_is_named_in_one_line(dirs):
+    line = run("train", "model/backbone=squeezenet", "profile=smoke", dirs=dirs)
+    assert "model.levels=[3, 4, 5]: backbone squeezenet has no level [5]" in line
+
+
+def test_backbone_errors_are_input_errors():
+    from ablate.errors import MissingExtraError, WeightsError
+
+    assert issubclass(MissingExtraError, ImportError) and issubclass(MissingExtraError, UserInputError)
+    assert issubclass(WeightsError, RuntimeError) and issubclass(WeightsError, UserInputError)

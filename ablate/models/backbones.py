@@ -19,6 +19,7 @@ from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 
+from ..errors import MissingExtraError, UserInputError, WeightsError
 from .darknet import darknet19_layers
 
 log = logging.getLogger("ablate.models")
@@ -52,7 +53,7 @@ def _load_pretrained(weights) -> dict:
     except (URLError, OSError, RuntimeError) as e:
         hub = torch.hub.get_dir()
         name = weights.url.rsplit("/", 1)[-1]
-        raise RuntimeError(
+        raise WeightsError(
             f"model.backbone.pretrained=true needs torchvision's {weights} weights, and "
             f"downloading {weights.url} failed ({e}). If this machine is offline, copy that file "
             f"to {hub}/checkpoints/{name} (or set TORCH_HOME), or train from scratch with "
@@ -144,10 +145,10 @@ def _timm_body(cfg, pretrained: bool) -> nn.Sequential:
     try:
         import timm
     except ImportError as e:
-        raise ImportError(f"model.backbone={cfg.name} is built by timm, which is not installed: "
+        raise MissingExtraError(f"model.backbone={cfg.name} is built by timm, which is not installed: "
                           "pip install -e '.[timm]'") from e
     if not timm.is_model(cfg.name):
-        raise ValueError(f"model.backbone.name={cfg.name!r} (model.backbone.library=timm) is no timm model; "
+        raise UserInputError(f"model.backbone.name={cfg.name!r} (model.backbone.library=timm) is no timm model; "
                          "timm.list_models() lists them")
     weights_file = cfg.weights_file if pretrained else None
     try:
@@ -156,7 +157,7 @@ def _timm_body(cfg, pretrained: bool) -> nn.Sequential:
     except Exception as e:  # a failed download raises what huggingface_hub's version raises
         if not pretrained:
             raise
-        raise RuntimeError(_timm_weights_error(timm, cfg, e)) from e
+        raise WeightsError(_timm_weights_error(timm, cfg, e)) from e
     if pretrained:
         net = timm.layers.freeze_batch_norm_2d(net)
     ends = {info["reduction"]: info["module"].replace(".", "_") for info in net.feature_info.get_dicts()}
@@ -218,7 +219,7 @@ def build_body(cfg) -> nn.Sequential:
     pretrained = bool(cfg.pretrained)
     if name in ("tiny", "darknet19"):
         if pretrained:
-            raise ValueError(f"model.backbone={name} has no pretrained weights; set model.backbone.pretrained=false")
+            raise UserInputError(f"model.backbone={name} has no pretrained weights; set model.backbone.pretrained=false")
         return tiny_body(int(cfg.width)) if name == "tiny" else _stages(darknet19_layers())
     if cfg.get("library") == "timm":
         return _timm_body(cfg, pretrained)
@@ -226,10 +227,10 @@ def build_body(cfg) -> nn.Sequential:
         arch = TORCHVISION[name]
         if name == "efficientnet":
             if cfg.size not in EFFICIENTNET_SIZES:
-                raise ValueError(f"model.backbone.size={cfg.size!r}: choose one of {', '.join(EFFICIENTNET_SIZES)}")
+                raise UserInputError(f"model.backbone.size={cfg.size!r}: choose one of {', '.join(EFFICIENTNET_SIZES)}")
             arch = arch.format(size=cfg.size)
         return _torchvision_body(arch, pretrained)
-    raise ValueError(f"model.backbone.name={name!r}: choose tiny, darknet19, one of torchvision's {', '.join(TORCHVISION)}, "
+    raise UserInputError(f"model.backbone.name={name!r}: choose tiny, darknet19, one of torchvision's {', '.join(TORCHVISION)}, "
                      "or a timm model with model.backbone.library=timm")
 
 
@@ -240,7 +241,7 @@ def build_backbone(cfg, levels: list[int], extra_levels: int, fpn_channels: int,
     missing = [lv for lv in levels if lv not in taps]
     if missing:
         offered = ", ".join(f"{lv} (stride {2 ** lv}, {c} channels)" for lv, (_, c) in sorted(taps.items()))
-        raise ValueError(f"model.levels={list(levels)}: backbone {cfg.name} has no level {missing}; it offers "
+        raise UserInputError(f"model.levels={list(levels)}: backbone {cfg.name} has no level {missing}; it offers "
                          f"levels {offered}. Choose model.levels among them (level L has stride 2^L).")
     if bool(cfg.pretrained):
         _freeze(body, int(cfg.trainable_layers))
@@ -251,10 +252,10 @@ def build_backbone(cfg, levels: list[int], extra_levels: int, fpn_channels: int,
         extra = None
     elif two_stage:
         if extra_levels != 1:
-            raise ValueError(f"model.extra_levels={extra_levels}: a two-stage pyramid adds 0 or 1 (max-pooled) level")
+            raise UserInputError(f"model.extra_levels={extra_levels}: a two-stage pyramid adds 0 or 1 (max-pooled) level")
         extra = LastLevelMaxPool()
     else:
         if extra_levels != 2:
-            raise ValueError(f"model.extra_levels={extra_levels}: a one-stage pyramid adds 0 or 2 levels (P6, P7)")
+            raise UserInputError(f"model.extra_levels={extra_levels}: a one-stage pyramid adds 0 or 2 levels (P6, P7)")
         extra = LastLevelP6P7(fpn_channels, fpn_channels)
     return BackboneWithFPN(body, return_layers, in_channels, fpn_channels, extra_blocks=extra)

@@ -12,6 +12,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
+from ..errors import UserInputError
 from .backbones import build_backbone
 from .heads import ScaledExpRegressionHead
 # torchvision's heads with settable losses (identical to torchvision's until a trick sets one)
@@ -65,7 +66,7 @@ def build_fcos(cfg, num_classes: int, image_size: int) -> FCOS:
         head.regression_head = ScaledExpRegressionHead(backbone.out_channels, 1, cfg.head_convs,
                                                        len(_pyramid_levels(cfg)))
     elif cfg.box_regression != "relu":
-        raise ValueError(f"model.box_regression={cfg.box_regression!r}: choose exp (the FCOS paper's) or relu "
+        raise UserInputError(f"model.box_regression={cfg.box_regression!r}: choose exp (the FCOS paper's) or relu "
                          "(torchvision's)")
     return _one_stage(FCOS, cfg, backbone, anchors, head, num_classes, image_size)
 

@@ -52,7 +52,7 @@ class DropPath(Trick):
         if not ends:
             raise TrickConflictError(f"trick '{self.name or 'droppath'}' does not fit this backbone: it has no "
                                      "residual blocks to drop (the tiny backbone is plain conv-BN-ReLU); use "
-                                     "model.backbone=resnet18, resnet50 or mobilenet_v3")
+                                     "model/backbone=resnet18, resnet50, resnet101, resnext50 or mobilenet_v3")
         self.rates = [self.max_drop_prob * (i + 1) / len(ends) for i in range(len(ends))]
         for (parent, attr), p in zip(ends, self.rates):
             setattr(parent, attr, nn.Sequential(getattr(parent, attr), StochasticDepth(p, "row")))

@@ -110,5 +110,5 @@ class WeightedResidual(Trick):
         if wrap_residual_blocks(model.backbone.body, self.weights_type, self.weights_normalization) == 0:
             raise TrickConflictError(f"trick '{self.name or 'weighted_residual'}' does not fit this backbone: it "
                                      "has no residual blocks to weight (the tiny backbone is plain conv-BN-ReLU); "
-                                     "use model.backbone=resnet18, resnet50 or mobilenet_v3")
+                                     "use model/backbone=resnet18, resnet50, resnet101, resnext50 or mobilenet_v3")
         return model
