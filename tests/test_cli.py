@@ -58,6 +58,10 @@ def test_smoke_sweep_writes_a_report_with_a_row_per_variant_and_a_second_launch_
     assert {row.split("|")[1].strip() for row in rows} >= {"baseline", "warmup", "mixup"}
     png = dirs["reports"] / "quick" / "delta_map.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # COCO evaluation's tables go to each run's log, not the console
+    assert "Average Precision" not in res.stdout + res.stderr and "COCO evaluation" not in res.stdout + res.stderr
+    run_log = (dirs["runs"] / "quick" / "baseline" / "seed0" / "train.log").read_text()
+    assert "COCO evaluation" in run_log and "Average Precision  (AP) @[ IoU=0.50:0.95" in run_log
 
     mtimes = {p: p.stat().st_mtime_ns for p in (dirs["runs"] / "quick").glob("*/seed0/result.json")}
     again = ablate("sweep", "quick", "profile=smoke", *paths(dirs), env=dirs["env"])
