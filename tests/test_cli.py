@@ -58,6 +58,8 @@ def test_smoke_sweep_writes_a_report_with_a_row_per_variant_and_a_second_launch_
     assert {row.split("|")[1].strip() for row in rows} >= {"baseline", "warmup", "mixup"}
     png = dirs["reports"] / "quick" / "delta_map.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # one console line per finished run, and the time left
+    assert "[1/3] baseline seed 0: ok, mAP " in res.stdout and "[3/3] " in res.stdout
     # COCO evaluation's tables go to each run's log, not the console
     assert "Average Precision" not in res.stdout + res.stderr and "COCO evaluation" not in res.stdout + res.stderr
     run_log = (dirs["runs"] / "quick" / "baseline" / "seed0" / "train.log").read_text()
@@ -67,6 +69,7 @@ def test_smoke_sweep_writes_a_report_with_a_row_per_variant_and_a_second_launch_
     again = ablate("sweep", "quick", "profile=smoke", *paths(dirs), env=dirs["env"])
     assert again.returncode == 0, again.stderr[-3000:]
     assert "not training again" in again.stdout + again.stderr
+    assert "3 of 3 runs kept their complete records (not trained again)" in again.stdout
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from ..errors import UserInputError, reported
 from ..results import atomic_write_text, find_records
 from .adaptive import ADAPTIVE_FILE, OPEN, SPENDING, decisions_from_records
 from .design import load_sweep
+from .progress import Progress
 
 log = logging.getLogger("ablate.sweep")
 
@@ -51,7 +53,8 @@ class AblationSweeper(Sweeper):
     def launch(self, jobs: list, arguments: list[str], first_index: int) -> list:
         batch = self.batch(jobs, arguments)
         self.validate_batch_is_legal(batch)
-        return list(self.launcher.launch(batch, initial_job_idx=first_index))
+        with Progress(jobs, Path(str(self.config.hydra.sweep.dir)), sys.stdout):
+            return list(self.launcher.launch(batch, initial_job_idx=first_index))
 
     def check(self, design, arguments: list[str]) -> None:
         """Bad input stops the sweep in one line (ablate/errors.py) before any job runs or its folder
