@@ -33,6 +33,9 @@ KINDS = {"pan": ({"relu"}, False),
          "asff": ({"compress_channels"}, False),
          "nas_fpn": ({"stack_times"}, True),
          "sfam": ({"num_tums", "smooth", "reduction"}, None)}
+# The integer arguments and their lowest value.
+INTEGER_ARGS = {"num_layers": 1, "refine_level": 0, "stack_times": 1, "num_tums": 1, "reduction": 1,
+                "compress_channels": 1}
 # The kinds built by a subclass of Neck (the others: Neck itself).
 BUILDERS = {"nas_fpn": "NASFPNNeck", "sfam": "MLFPNNeck"}
 
@@ -69,20 +72,11 @@ class Neck(Trick):
         for key in ("relu", "smooth"):
             if key in args and not isinstance(args[key], bool):
                 raise TrickArgumentError({key: args[key]}, "must be true or false")
-        if "num_layers" in args:
-            args["num_layers"] = check_number("num_layers", args["num_layers"], 1, integer=True)
+        for key, low in INTEGER_ARGS.items():
+            if key in args:
+                args[key] = check_number(key, args[key], low, integer=True)
         if "eps" in args:
             args["eps"] = check_number("eps", args["eps"], 0, low_open=True)
-        if "refine_level" in args:
-            args["refine_level"] = check_number("refine_level", args["refine_level"], 0, integer=True)
-        if "stack_times" in args:
-            args["stack_times"] = check_number("stack_times", args["stack_times"], 1, integer=True)
-        if "num_tums" in args:
-            args["num_tums"] = check_number("num_tums", args["num_tums"], 1, integer=True)
-        if "reduction" in args:
-            args["reduction"] = check_number("reduction", args["reduction"], 1, integer=True)
-        if "compress_channels" in args:
-            args["compress_channels"] = check_number("compress_channels", args["compress_channels"], 1, integer=True)
         self.kind, self.args = kind, args
 
     def path(self, model: nn.Module) -> nn.Module:
