@@ -5,12 +5,18 @@ from hydra.utils import get_method
 from torch import nn
 
 
-def label_offset(family: str) -> int:
-    """What to subtract from a dataset label (1..K) to get the model's class index.
+# The detector families (cfg.model.family) tricks declare they fit, each with whether its classifier
+# keeps index 0 for the background: softmax heads (Faster R-CNN and R-FCN, SSD) do; sigmoid heads
+# (FCOS, RetinaNet, YOLOv3's class scores, CenterNet's heatmaps) score each class on its own.
+FAMILIES = {"one_stage": False, "two_stage": True, "yolo": False, "ssd": True, "centernet": False}
 
-    Two-stage heads keep index 0 for the background (softmax); one-stage heads score each class
-    with its own sigmoid and have no background channel, so their classes are 0..K-1."""
-    return 0 if family == "two_stage" else 1
+
+def label_offset(family: str) -> int:
+    """What to subtract from a dataset label (1..K) to get the model's class index: 0 where the
+    family keeps index 0 for the background, else 1 (classes 0..K-1)."""
+    if family not in FAMILIES:
+        raise ValueError(f"model.family={family!r}: choose one of {', '.join(FAMILIES)} (ablate/models/__init__.py)")
+    return 0 if FAMILIES[family] else 1
 
 
 def build_model(cfg_model, num_classes: int, image_size: int) -> nn.Module:

@@ -15,7 +15,10 @@ import torch
 from torch import nn
 from torchvision.ops import clip_boxes_to_image
 
-FAMILIES = ("one_stage", "two_stage")
+from ..models import FAMILIES as _FAMILIES
+
+# What a trick fits unless it says otherwise (`fits`): every detector family.
+FAMILIES = tuple(_FAMILIES)
 
 # The slots a trick may claim: what it changes, one owner per run. Declared here, in one place, so
 # a typo ("box-loss") is an error rather than a new slot that conflicts with nothing. The loss
@@ -44,7 +47,8 @@ SLOTS = {
     "weight_average": "the weights evaluated: an average of the trained ones (on_step, eval_model: EMA)",
 }
 # What to select instead when a trick does not fit the detector.
-FAMILY_EXAMPLES = {"one_stage": "model=fcos or model=retinanet", "two_stage": "model=faster_rcnn"}
+FAMILY_EXAMPLES = {"one_stage": "model=fcos or model=retinanet", "two_stage": "model=faster_rcnn or model=rfcn",
+                   "yolo": "model=yolov3", "ssd": "model=ssd", "centernet": "model=centernet"}
 
 Images = list[torch.Tensor]
 Targets = list[dict[str, torch.Tensor]]
