@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 import ablate
 from . import config as ablate_config
+from . import tracking
 from .data import build_data, make_loader
 from .errors import UserInputError, reported
 from .evaluate import coco_metrics, count_flops, measure_latency, predict
@@ -195,8 +196,9 @@ def to_device(images, targets, device: torch.device, offset: int):
     return images, targets
 
 
-def train_and_evaluate(cfg: DictConfig, run_dir: Path) -> RunRecord:
+def train_and_evaluate(cfg: DictConfig, run_dir: Path, tracker: tracking.Trackers | None = None) -> RunRecord:
     start = time.perf_counter()
+    tracker = tracker or tracking.Trackers([])  # logger=none, or a caller without trackers
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     record = new_record(cfg, "ok")
@@ -246,6 +248,7 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path) -> RunRecord:
         # Totals a checkpoint of an older version lacks start at zero.
         record.curve, totals = state["curve"], {**totals, **state["totals"]}
         log.info("resuming from %s after epoch %d", ckpt_path, state["epoch"] + 1)
+    tracker.start(record, step)
 
     time_to_first_step = None
     log.info("training %s (seed %d) on %s: %d images, %d epochs of %d steps", record.variant, record.seed,
@@ -309,6 +312,7 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path) -> RunRecord:
                 if step % cfg.train.log_every == 0:
                     record.curve.append({"epoch": epoch + 1, "step": step, "loss": value,
                                          "lr": optimizer.param_groups[0]["lr"]})
+                    tracker.log_step(step, value, losses, optimizer.param_groups[0]["lr"])
                 bar.update(1)
                 bar.set_postfix(loss=f"{value:.3f}")
             bar.close()
@@ -323,6 +327,7 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path) -> RunRecord:
                 totals["eval_s"] += time.perf_counter() - t_eval
                 point["val_mAP"] = metrics["mAP"]
             record.curve.append(point)
+            tracker.log_epoch(point)
             log.info("epoch %d/%d: loss %.4f, lr %.2e%s", epoch + 1, cfg.train.epochs, point["epoch_loss"],
                      optimizer.param_groups[0]["lr"],
                      f", val mAP {point['val_mAP']:.4f}" if "val_mAP" in point else "")
@@ -378,6 +383,7 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path) -> RunRecord:
         "checkpoint_s": totals["checkpoint_s"],
         "time_to_first_step_s": time_to_first_step if time_to_first_step is not None else float("nan"),
     }
+    tracker.log_final(record)
     write_record(record, run_dir)
     if not cfg.runtime.keep_checkpoint:
         ckpt_path.unlink(missing_ok=True)
@@ -505,7 +511,8 @@ def run_task(cfg: DictConfig, run_dir: Path, multirun: bool) -> str:
 def run_and_record(cfg: DictConfig, run_dir: Path, runs_root: Path, multirun: bool) -> str:
     """Train and evaluate; in a multirun, a failure or a misfit is recorded and the sweep goes on."""
     try:
-        record = train_and_evaluate(cfg, run_dir)
+        with tracking.open_trackers(cfg, run_dir) as tracker:  # closed however the run ends
+            record = train_and_evaluate(cfg, run_dir, tracker)
         if record.complete:
             index_record(runs_root, record, run_dir)
         return record.status
