@@ -9,8 +9,10 @@ import torch
 
 from ablate.models.centernet import (centernet_targets, draw_gaussian, gaussian_radius, local_peaks,
                                      penalty_reduced_focal_loss)
-from ablate.models.losses import IoUTypeLoss, ScaledLoss, current_slot, set_slot
-from ablate.testing import tiny_batch, tiny_model
+from ablate.models.losses import IoUTypeLoss, L1BoxLoss, LossSlotError, ScaledLoss, current_slot, set_slot
+from ablate.testing import build_trick, tiny_batch, tiny_model
+from ablate.train import apply_model_tricks
+from ablate.tricks import TrickConflictError
 from tests.conftest import ablate, paths
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -145,23 +147,20 @@ def test_overfits_a_tiny_fixed_batch():
     assert history[-1] < 0.4 * history[0], history
 
 
-def test_box_loss_slot_takes_a_giou_loss_on_boxes_decoded_at_the_peaks():
+def test_size_loss_is_the_box_loss_slot_and_tricks_without_a_slot_here_do_not_fit():
     model = tiny_model("centernet")
     assert isinstance(current_slot(model, "box_loss"), ScaledLoss)  # L1 x 0.1, the default
-    seen = {}
-
-    class Spy(IoUTypeLoss):
-        def forward(self, pred, target, box_weights, normalizer, levels=None):
-            seen.update(pred=pred.detach(), target=target, normalizer=normalizer)
-            return super().forward(pred, target, box_weights, normalizer, levels)
-
-    set_slot(model, "box_loss", Spy("giou", 1e-6))
+    set_slot(model, "box_loss", ScaledLoss(L1BoxLoss(), 0.3))
     _, targets = tiny_batch("centernet")
     out, t = perfect_outputs(model, targets)
-    losses = model.head.compute_loss(out, targets, [(96, 96), (80, 96)])
-    assert torch.allclose(seen["pred"], torch.tensor([[10.0, 12.0, 50.0, 60.0], [40.0, 40.0, 80.0, 70.0]]), atol=1e-4)
-    assert torch.equal(seen["target"], t.boxes) and seen["normalizer"].tolist() == [2.0, 2.0]
-    assert losses["size"] < 1e-5
+    out["size"][t.batch, :, t.ys, t.xs] = t.sizes + 1.0
+    assert model.head.compute_loss(out, targets, [(96, 96), (80, 96)])["size"] == pytest.approx(0.3 * 4 / (4 + 1e-4))
+    # IoU-type losses (boxes form) and classification-loss tricks: not applicable, with the reason
+    with pytest.raises(LossSlotError, match="takes only deltas losses, not boxes: its size head is unconstrained"):
+        set_slot(model, "box_loss", IoUTypeLoss("giou", 1e-6))
+    for name, why in [("giou", "takes only deltas"), ("label_smoothing", "no 'cls_loss' slot")]:
+        with pytest.raises(TrickConflictError, match=f"trick '{name}' does not fit model=centernet: .*{why}"):
+            apply_model_tricks(tiny_model("centernet"), [build_trick(name, "centernet")], "centernet")
 
 
 def test_smoke_training_ends_ok(tmp_path, shapes_cache):

@@ -160,12 +160,16 @@ def head_branch(in_channels: int, channels: int, num_convs: int, out_channels: i
 class CenterNetHead(LossSlots, nn.Module):
     """The three heads on the stride-4 features (heatmap of K classes, size, offset), their losses
     and the decoding. Its box_loss slot is the size regression: by default L1 on (w, h) in output
-    units, times size_weight; a box loss in "boxes" form (GIoU, ...) gets the box decoded at each
-    object's peak, ((x, y) + offset ± size / 2) x stride in input pixels, the offset detached (it
-    keeps its own L1 loss), against the object's clipped box."""
+    units, times size_weight; a trick may put another loss on (w, h) there ("deltas" form, called
+    with pred and target [N, 2], the normaliser 2N + 1e-4 of RegL1Loss)."""
 
     slot_attrs = {"box_loss": "box_loss"}
     detector = "centernet"
+    box_spaces = ("deltas",)
+    box_spaces_reason = (
+        "its size head is unconstrained and starts at 0 (the authors' init), where IoU-type losses on the "
+        "decoded box have no useful gradient (measured: the IoU loss stays at -ln eps, GIoU drives sizes "
+        "negative); TTFNet and CenterNet+, which train with GIoU, change the head for it (ReLU distances)")
 
     def __init__(self, in_channels: int, num_classes: int, cfg):
         super().__init__()
@@ -209,12 +213,7 @@ class CenterNetHead(LossSlots, nn.Module):
         per_coordinate = size.new_full((len(size),), 2 * len(size) + 1e-4)
         levels = torch.zeros(len(size), dtype=torch.long, device=size.device)
         box_fn = self.box_loss if self.box_loss is not None else self.default_loss("box_loss")
-        if getattr(box_fn, "space", "deltas") == "boxes":
-            centre = torch.stack([t.xs, t.ys], dim=1).to(size) + offset.detach()
-            pred = torch.cat([centre - size / 2, centre + size / 2], dim=1) * self.stride
-            loss_size = box_fn(pred, t.boxes, t.weights, size.new_full((len(size),), max(len(size), 1)), levels)
-        else:
-            loss_size = box_fn(size, t.sizes, t.weights, per_coordinate, levels)
+        loss_size = box_fn(size, t.sizes, t.weights, per_coordinate, levels)
         loss_offset = self.offset_weight * L1BoxLoss()(offset, t.offsets, t.weights, per_coordinate, levels)
         return {"heatmap": self.heatmap_weight * loss_heatmap, "size": loss_size, "offset": loss_offset}
 
