@@ -103,6 +103,9 @@ def test_size_and_offset_losses_follow_reg_l1_and_per_box_weights():
     targets[0]["weights"] = torch.tensor([0.5, 1.0])
     losses = model.head.compute_loss(out, targets, [(96, 96), (80, 96)])
     assert losses["size"] == pytest.approx(0.1 * (0.5 * 3 + 4) / (4 + 1e-4), rel=1e-6)
+    # ... and the heatmap term of its peak (the first box, label 0, centre (30, 36) px: cell (7, 9))
+    weighted = centernet_targets(targets, [(96, 96), (80, 96)], (24, 24), 2, 4, 0.7)
+    assert weighted.peak_weights[0, 0, 9, 7] == 0.5 and weighted.peak_weights.ne(1).sum() == 1
 
 
 def test_decoding_keeps_local_peaks_and_recovers_the_boxes():
@@ -147,7 +150,7 @@ def test_overfits_a_tiny_fixed_batch():
     assert history[-1] < 0.4 * history[0], history
 
 
-def test_size_loss_is_the_box_loss_slot_and_tricks_without_a_slot_here_do_not_fit():
+def test_size_loss_is_the_box_loss_slot_and_tricks_that_cannot_act_here_do_not_fit():
     model = tiny_model("centernet")
     assert isinstance(current_slot(model, "box_loss"), ScaledLoss)  # L1 x 0.1, the default
     set_slot(model, "box_loss", ScaledLoss(L1BoxLoss(), 0.3))
@@ -158,8 +161,9 @@ def test_size_loss_is_the_box_loss_slot_and_tricks_without_a_slot_here_do_not_fi
     # IoU-type losses (boxes form) and classification-loss tricks: not applicable, with the reason
     with pytest.raises(LossSlotError, match="takes only deltas losses, not boxes: its size head is unconstrained"):
         set_slot(model, "box_loss", IoUTypeLoss("giou", 1e-6))
-    for name, why in [("giou", "takes only deltas"), ("label_smoothing", "no 'cls_loss' slot")]:
-        with pytest.raises(TrickConflictError, match=f"trick '{name}' does not fit model=centernet: .*{why}"):
+    for name, why in [("giou", "takes only deltas"), ("label_smoothing", "no 'cls_loss' slot"),
+                      ("pan", "finest pyramid level")]:
+        with pytest.raises(TrickConflictError, match=f"trick '{name}' does not fit .*{why}"):
             apply_model_tricks(tiny_model("centernet"), [build_trick(name, "centernet")], "centernet")
 
 

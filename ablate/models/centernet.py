@@ -247,6 +247,10 @@ class CenterNet(nn.Module):
     """Images (float, [0, 1], already sized) -> the FPN's stride-4 features -> CenterNetHead.
     Training: the dict of losses; eval: torchvision-style detections."""
 
+    # Only the FPN's finest level reaches the heads: a neck that changes the other levels alone
+    # (PAN's bottom-up path) changes nothing here (ablate/tricks/neck.py reads this).
+    heads_use_finest_level_only = True
+
     def __init__(self, transform: NoResizeTransform, backbone: nn.Module, head: CenterNetHead, upsample: int):
         super().__init__()
         self.transform, self.backbone, self.head, self.upsample = transform, backbone, head, upsample
