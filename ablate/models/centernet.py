@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -53,9 +54,10 @@ def gaussian_radius(height: float, width: float, min_overlap: float) -> float:
     return min(r1, r2, r3)
 
 
+@lru_cache(maxsize=256)
 def gaussian_kernel(radius: int) -> Tensor:
     """The authors' gaussian2D of a (2r+1)^2 window with sigma = diameter / 6, in float64 as numpy
-    computes it, values below float64 eps x max set to 0."""
+    computes it, values below float64 eps x max set to 0. Cached: read, never written."""
     diameter = 2 * radius + 1
     sigma = diameter / 6
     r = torch.arange(-radius, radius + 1, dtype=torch.float64)
