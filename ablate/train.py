@@ -35,6 +35,7 @@ from .evaluate import coco_metrics, count_flops, measure_latency, predict
 from .health import assess
 from .gpus import claimed_gpu
 from .models import build_model, count_parameters, label_offset
+from .models.losses import LossSlotError
 from .results import (RECORD_NAME, atomic_write, RecordError, RunRecord, base_hash, config_hash, find_indexed, index_record,
                       read_record, write_record)
 from .fingerprint import code_changes, code_fingerprint, same_code, summarize
@@ -186,6 +187,17 @@ def load_checkpoint(path: Path, expected_hash: str, code: dict[str, Any] | None 
 # ---------------------------------------------------------------- the loop
 
 
+def apply_model_tricks(model: torch.nn.Module, tricks: list, model_name: str) -> torch.nn.Module:
+    """Each trick's on_model in order; a loss slot the detector lacks, or a loss of a form its slot
+    does not take, is a trick that does not fit it (not_applicable in a sweep), not a crash."""
+    for trick in tricks:
+        try:
+            model = trick.on_model(model)
+        except LossSlotError as e:
+            raise TrickConflictError(f"trick '{trick.name}' does not fit model={model_name}: {e}") from None
+    return model
+
+
 def to_device(images, targets, device: torch.device, offset: int):
     """Float images in [0, 1] on the device; labels shifted to the model's class indices."""
     images = [img.to(device, non_blocking=True).float().div_(255) for img in images]
@@ -216,8 +228,7 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path, tracker: tracking.Tracker
     data = build_data(cfg.data, Path(cfg.paths.cache))
     model = build_model(cfg.model, len(data.classes), cfg.data.image_size)
     offset = label_offset(cfg.model.family)
-    for trick in tricks:
-        model = trick.on_model(model)
+    model = apply_model_tricks(model, tricks, cfg.model.name)
     model = prepare_model(model, device, cfg.runtime)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

@@ -27,6 +27,10 @@ sample_weighting re-weights the classification loss of each positive sample and 
 roi_sampler with `uses_outputs` gets the box head's outputs on every candidate (RoIOutputs) and may
 return a classification-loss weight per candidate. Both are described where they are defined.
 
+centernet (models/centernet.py) has one slot, box_loss: its size regression, L1 on (w, h) at each
+object's peak (loss key `size`), in the "deltas" form only (its box_spaces_reason says why); its
+heatmap loss takes Gaussian targets, not K-class targets, so it has no cls_loss slot.
+
 box_loss is the loss under `bbox_regression` / `loss_box_reg`: the final head's, not the RPN's
 (as mmdetection's bbox_head.loss_bbox). FCOS's centerness loss and the RPN's losses are no slot.
 
@@ -363,6 +367,9 @@ class LossSlots:
 
     slot_attrs: dict[str, str] = {}
     detector = ""
+    # The forms of box loss this module's box_loss slot takes, and why, where it does not take both.
+    box_spaces: tuple[str, ...] = BOX_SPACES
+    box_spaces_reason = ""
 
     def __setattr__(self, name, value):
         if ((name.endswith("_loss") or name.endswith("_sampler")) and name not in self.slot_attrs.values()
@@ -757,10 +764,20 @@ def set_slot(model: nn.Module, slot: str, value) -> None:
     """Put `value` (a loss, or a sampler) in the detector's `slot` (cls_loss, box_loss, roi_sampler;
     see the table above). A box loss must say which form it takes (space = "deltas" or "boxes")."""
     holder = _holder(model, slot)
-    if slot == "box_loss" and getattr(value, "space", None) not in BOX_SPACES:
-        raise LossSlotError(f"a box loss must declare space = 'deltas' or 'boxes' (the form of box it takes); "
-                            f"{type(value).__name__} has space={getattr(value, 'space', None)!r}")
+    if slot == "box_loss":
+        if getattr(value, "space", None) not in BOX_SPACES:
+            raise LossSlotError(f"a box loss must declare space = 'deltas' or 'boxes' (the form of box it takes); "
+                                f"{type(value).__name__} has space={getattr(value, 'space', None)!r}")
+        check_box_space(model, value.space)
     setattr(holder, holder.slot_attrs[slot], value)
+
+
+def check_box_space(model: nn.Module, space: str) -> None:
+    """LossSlotError, with the detector's reason, unless its box_loss slot takes losses of `space`."""
+    holder = _holder(model, "box_loss")
+    if space not in holder.box_spaces:
+        raise LossSlotError(f"{holder.detector}'s box_loss takes only {' or '.join(holder.box_spaces)} losses, "
+                            f"not {space}: {holder.box_spaces_reason}")
 
 
 def detector_name(model: nn.Module) -> str:

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..models.losses import (BalancedL1Loss, GIoUBoxLoss, IoUTypeLoss, ScaledLoss, current_slot, detector_name,
-                             set_slot)
+from ..models.losses import (BalancedL1Loss, GIoUBoxLoss, IoUTypeLoss, ScaledLoss, check_box_space, current_slot,
+                             detector_name, set_slot)
 from .base import Trick, TrickArgumentError, check_choice, check_number
 
 
@@ -43,6 +43,7 @@ class IoUBoxLoss(Trick):
         from . import TrickConflictError
 
         detector = detector_name(model)
+        check_box_space(model, IoUTypeLoss.space)  # a detector whose box loss takes no boxes: before its weight
         if self.kind == "giou" and isinstance(current_slot(model, "box_loss"), GIoUBoxLoss):
             raise TrickConflictError(f"trick '{self.name}' is {detector}'s own box loss (the baseline already trains "
                                      "with the GIoU loss): not applicable, it would be the baseline again")

@@ -101,6 +101,11 @@ class Neck(Trick):
         return BalancedFeaturePyramid(channels, levels.index(refine))
 
     def on_model(self, model: nn.Module) -> nn.Module:
+        if self.kind == "pan" and getattr(model, "heads_use_finest_level_only", False):
+            from . import TrickConflictError
+
+            raise TrickConflictError(f"trick '{self.name}' does not fit {type(model).__name__}: its heads use only the "
+                                     "finest pyramid level, which PAN's bottom-up path leaves as the FPN gave it")
         model.backbone.fpn = NeckFPN(model.backbone.fpn, self.path(model), self.after_extra)
         return model
 
