@@ -29,6 +29,11 @@ pytestmark = pytest.mark.slurm
 EPOCHS = 30
 
 
+def last_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    return lines[-1] if lines else "no message"
+
+
 def cluster_partition() -> str:
     """The cluster's default partition; skips (or fails under ABLATE_REQUIRE_SLURM=1) without a cluster
     that answers both sinfo and sacct (submitit learns a job's end from sacct)."""
@@ -42,9 +47,9 @@ def cluster_partition() -> str:
         except subprocess.TimeoutExpired:
             sinfo = sacct = None
         if sinfo is None or sinfo.returncode != 0 or not sinfo.stdout.strip():
-            why = f"sinfo does not answer: {sinfo.stderr.strip() if sinfo else 'timed out'}"
+            why = f"sinfo does not answer: {last_line(sinfo.stderr) if sinfo else 'timed out'}"
         elif sacct.returncode != 0:
-            why = f"sacct does not answer (no accounting): {sacct.stderr.strip()}"
+            why = f"sacct does not answer (no accounting): {last_line(sacct.stderr)}"
     if why:
         message = f"no SLURM cluster ({why}); `scripts/slurm-cluster up` starts one"
         if os.environ.get("ABLATE_REQUIRE_SLURM") == "1":
@@ -183,8 +188,10 @@ def test_a_preempted_job_is_requeued_and_resumes_from_its_checkpoint(tmp_path, p
     proc = start_sweep(sweep, root, partition, shapes_cache, epochs=EPOCHS)
     seen = watch(proc, name, until=lambda: (run / "last.pt").exists())
     job = slurm_job_of(run)
-    # SLURM's preemption notice as submitit asks for it (--signal=USR2@...); its handler checkpoints
+    # A preemption as submitit's own SlurmJob._interrupt(timeout=False) fakes it: SIGTERM (ignored),
+    # then SIGUSR2, the signal submitit asks for (--signal=USR2@...). Its handler checkpoints
     # (hydra-submitit-launcher's checkpoint(): the same job again) and requeues the job.
+    subprocess.run(["scancel", "--signal=TERM", job], check=True)
     subprocess.run(["scancel", "--signal=USR2", job], check=True)
     watch(proc, name, seen=seen)
     out = finish(proc)
