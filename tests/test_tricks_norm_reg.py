@@ -231,3 +231,12 @@ def test_trick_trains_on_each_detector(trick, name):
 @pytest.mark.parametrize("name", MODELS)
 def test_droppath_trains_on_each_detector(name, resnet18):
     really_on("droppath", model=name)
+
+
+@pytest.mark.parametrize("trick", ["dropout", "group_norm"])
+def test_head_tower_tricks_are_not_applicable_on_a_head_without_towers(trick):
+    # CenterNet's heads are single conv pairs, no classification/regression towers: n/a with a reason
+    # (recorded not_applicable in a sweep), never an AttributeError that fails the run.
+    overrides = {"parts": ["head"]} if trick == "group_norm" else {}
+    with pytest.raises(TrickConflictError, match="no classification and regression conv towers"):
+        build_trick(trick, "centernet", **overrides).on_model(tiny_model("centernet"))

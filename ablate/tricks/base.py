@@ -253,3 +253,15 @@ class Trick:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restores what state_dict gave, when a run resumes from its checkpoint."""
+
+
+def head_towers(model: nn.Module, trick: str) -> tuple[nn.Module, nn.Module]:
+    """The classification and regression towers of a one-stage head (FCOS, RetinaNet), or
+    TrickConflictError where the head has none (YOLOv3, SSD, CenterNet): n/a, not a crash."""
+    from . import TrickConflictError
+
+    head = getattr(model, "head", None)
+    if not all(hasattr(getattr(head, name, None), "conv") for name in ("classification_head", "regression_head")):
+        raise TrickConflictError(f"trick '{trick}' does not fit this detector: its head ({type(head).__name__}) has no "
+                                 "classification and regression conv towers (FCOS's and RetinaNet's)")
+    return head.classification_head, head.regression_head

@@ -16,7 +16,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead
 
-from .base import Trick, check_fraction
+from .base import Trick, check_fraction, head_towers
 
 
 class DropoutTwoMLPHead(nn.Module):
@@ -51,8 +51,11 @@ class Dropout(Trick):
             elif hasattr(head, "fc6") and hasattr(head, "fc7"):
                 model.roi_heads.box_head = DropoutTwoMLPHead(head, self.fc_p)
             else:
-                raise ValueError(f"tricks.{self.name}: unknown RoI box head {type(head).__name__}")
+                from . import TrickConflictError
+
+                raise TrickConflictError(f"trick '{self.name}' does not fit this detector: its RoI box head "
+                                         f"{type(head).__name__} has no fc6/fc7 layers to put dropout after")
         else:
-            for branch in (model.head.classification_head, model.head.regression_head):
+            for branch in head_towers(model, self.name):
                 branch.conv.append(nn.Dropout2d(self.conv_p))
         return model

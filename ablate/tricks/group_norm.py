@@ -32,7 +32,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, TwoMLPH
 from torchvision.ops import Conv2dNormActivation
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
-from .base import Trick, TrickArgumentError, check_number
+from .base import Trick, TrickArgumentError, check_number, head_towers
 
 log = logging.getLogger("ablate.tricks")
 PARTS = ("backbone", "neck", "head", "rpn")
@@ -113,7 +113,9 @@ class GroupNorm(Trick):
         if hasattr(model, "roi_heads"):
             old = model.roi_heads.box_head
             if type(old) is not TwoMLPHead:
-                raise ValueError(f"tricks.{self.name}: the RoI box head is {type(old).__name__}, not torchvision's "
+                from . import TrickConflictError
+
+                raise TrickConflictError(f"tricks.{self.name}: the RoI box head is {type(old).__name__}, not torchvision's "
                                  "TwoMLPHead; select group_norm before the tricks that change the box head")
             channels = model.backbone.out_channels
             size = model.roi_heads.box_roi_pool.output_size
@@ -123,7 +125,7 @@ class GroupNorm(Trick):
                 norm_layer=partial(lambda c, g: nn.GroupNorm(groups_for(c, g), c), g=self.num_groups))
             return 4
         count = 0
-        for branch in (model.head.classification_head, model.head.regression_head):
+        for branch in head_towers(model, self.name):
             for block in branch.conv:
                 if isinstance(block, Conv2dNormActivation) and not any(isinstance(m, nn.GroupNorm) for m in block):
                     norm_after_conv(block, self.num_groups)
