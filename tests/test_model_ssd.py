@@ -67,6 +67,7 @@ def hand_case(model):
     anchors = [priors0, priors0]
     matched = [model.proposal_matcher(box_iou(targets[0]["boxes"], priors0)), torch.full((6,), -1)]
     assert matched[0].tolist() == [0, -1, -1, -1, -1, -1]
+    model.head.level_sizes = [6]  # one feature map of 6 priors (the head's forward records this)
     return targets, {"cls_logits": logits, "bbox_regression": regression}, anchors, matched
 
 
@@ -198,3 +199,16 @@ def test_smoke_training_run_ends_ok(tmp_path, shapes_cache):
     assert res.returncode == 0, res.stderr[-3000:]
     (record,) = (d["runs"]).rglob("result.json")
     assert json.loads(record.read_text())["status"] == "ok"
+
+
+@pytest.mark.parametrize("name", ["pan", "bifpn", "balanced_fpn", "asff", "sfam", "group_norm", "dropout"])
+def test_network_tricks_made_for_an_fpn_or_conv_towers_are_not_applicable_on_ssd_saying_why(name):
+    trick = build_trick(name, "ssd")
+    with pytest.raises(TrickConflictError, match=rf"trick '{name}'.* not applicable"):
+        tiny_model("ssd", tricks=[trick])
+
+
+def test_an_activation_swap_reaches_ssds_extra_layers_as_its_neck():
+    model = tiny_model("ssd", tricks=[build_trick("leaky_relu", "ssd")])
+    assert not any(isinstance(m, torch.nn.ReLU) for m in model.backbone.modules())
+    assert sum(isinstance(m, torch.nn.LeakyReLU) for m in model.backbone.extras.modules()) == 6

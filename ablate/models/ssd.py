@@ -18,7 +18,8 @@ the loss slots of ablate/models/losses.py.
 Slots on model.head (SSDLossHead): cls_loss, loss(logits [R, C], labels [R] (0 the background),
 box_weights [R], normalizer [R]) -> scalar over the positives and mined negatives R of the batch;
 box_loss, the box interface of losses.py (space "deltas": torchvision's box coder, weights 10, 10,
-5, 5; "boxes": decoded x1, y1, x2, y2). Loss keys: classification, bbox_regression.
+5, 5; "boxes": decoded x1, y1, x2, y2; `levels`, each prior's feature map 0..5). Loss keys:
+classification, bbox_regression.
 """
 from __future__ import annotations
 
@@ -100,6 +101,12 @@ class SSDLossHead(LossSlots, SSDHead):
     def default_loss(self, slot: str) -> nn.Module:
         return {"cls_loss": SoftmaxCrossEntropyLoss, "box_loss": SmoothL1DeltaLoss}[slot]()
 
+    def forward(self, x: list[Tensor]) -> dict[str, Tensor]:
+        # priors per feature map (cells x boxes per cell), so a box loss can tell each prior's map
+        boxes_per_cell = [branch[-1].out_channels // 4 for branch in self.regression_head.module_list]
+        self.level_sizes = [f.shape[-2] * f.shape[-1] * a for f, a in zip(x, boxes_per_cell)]
+        return super().forward(x)
+
     def ssd_losses(self, targets, head_outputs, anchors, matched_idxs, box_coder, neg_to_pos_ratio: float
                    ) -> dict[str, Tensor]:
         """SSD's two losses through the slots, each positive's terms weighted by its box."""
@@ -128,7 +135,9 @@ class SSDLossHead(LossSlots, SSDHead):
             pred, target = box_coder.decode_single(regression[positive], priors), gt_boxes[positive]
         else:
             pred, target = regression[positive], box_coder.encode_single(gt_boxes[positive], priors)
-        levels = torch.zeros(len(pred), dtype=torch.int64, device=pred.device)
+        sizes = torch.tensor(self.level_sizes, device=labels.device)
+        levels = torch.repeat_interleave(torch.arange(len(sizes), device=labels.device), sizes)
+        levels = levels.expand_as(labels)[positive]
         loss_box = box_fn(pred, target, weights[positive], weights.new_full((len(pred),), num_positive), levels)
         return {"bbox_regression": loss_box, "classification": loss_cls}
 

@@ -53,6 +53,12 @@ class Dropout(Trick):
             else:
                 raise ValueError(f"tricks.{self.name}: unknown RoI box head {type(head).__name__}")
         else:
+            if not hasattr(model.head.classification_head, "conv"):
+                from . import TrickConflictError
+
+                raise TrickConflictError(f"trick '{self.name}' puts dropout after the head's conv towers, and "
+                                         f"{type(model.head).__name__} has none (SSD predicts with one conv per "
+                                         "map): not applicable")
             for branch in (model.head.classification_head, model.head.regression_head):
                 branch.conv.append(nn.Dropout2d(self.conv_p))
         return model

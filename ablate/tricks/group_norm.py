@@ -32,7 +32,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, TwoMLPH
 from torchvision.ops import Conv2dNormActivation
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
-from .base import Trick, TrickArgumentError, check_number
+from .base import Trick, TrickArgumentError, check_number, feature_pyramid
 
 log = logging.getLogger("ablate.tricks")
 PARTS = ("backbone", "neck", "head", "rpn")
@@ -83,7 +83,7 @@ class GroupNorm(Trick):
                          "with ImageNet statistics), left as it is", self.name)
             changed += n
         if "neck" in self.parts:
-            fpn = model.backbone.fpn
+            fpn = feature_pyramid(model, self.name, "its neck part")
             for block in [*fpn.inner_blocks, *fpn.layer_blocks]:
                 norm_after_conv(block, self.num_groups)
                 changed += 1
@@ -123,6 +123,12 @@ class GroupNorm(Trick):
                 norm_layer=partial(lambda c, g: nn.GroupNorm(groups_for(c, g), c), g=self.num_groups))
             return 4
         count = 0
+        if not hasattr(model.head.classification_head, "conv"):
+            from . import TrickConflictError
+
+            raise TrickConflictError(f"trick '{self.name}' (its head part) normalises the head's conv towers, and "
+                                     f"{type(model.head).__name__} has none (SSD predicts with one conv per map): "
+                                     "not applicable; select parts without head")
         for branch in (model.head.classification_head, model.head.regression_head):
             for block in branch.conv:
                 if isinstance(block, Conv2dNormActivation) and not any(isinstance(m, nn.GroupNorm) for m in block):
