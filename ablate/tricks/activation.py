@@ -99,7 +99,9 @@ class Activation(Trick):
     def on_model(self, model: nn.Module) -> nn.Module:
         if "backbone" in self.parts:
             swap_activations(model.backbone.body, self.make)
-        if "neck" in self.parts:
+        if "neck" in self.parts and not hasattr(model.backbone, "fpn"):
+            swap_activations(model.backbone.extras, self.make)  # SSD: its extra layers are its neck
+        elif "neck" in self.parts:
             fpn = model.backbone.fpn
             swap_activations(fpn, self.make)
             if type(fpn.extra_blocks) is LastLevelP6P7:

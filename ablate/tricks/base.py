@@ -176,6 +176,19 @@ def off_at_end(off_last_fraction: float, epoch: int, num_epochs: int) -> bool:
     return epoch >= num_epochs - round_half_up(off_last_fraction * num_epochs)
 
 
+def feature_pyramid(model: nn.Module, trick: str, part: str = "") -> nn.Module:
+    """The detector's FPN (model.backbone.fpn); where it has none (SSD predicts from the backbone's
+    taps and its extra layers), TrickConflictError: the trick is not applicable, and says why."""
+    fpn = getattr(model.backbone, "fpn", None)
+    if fpn is None:
+        from . import TrickConflictError
+
+        raise TrickConflictError(f"trick '{trick}'{f' ({part})' if part else ''} works on the feature pyramid "
+                                 f"network (model.backbone.fpn), and this detector has none ({type(model).__name__} "
+                                 "predicts from the backbone's taps and its extra layers): not applicable")
+    return fpn
+
+
 def body_features(model: nn.Module, size: int = 64) -> dict[str, torch.Tensor]:
     """The detector backbone body's features (torchvision's IntermediateLayerGetter, finest first)
     on a dummy image, in eval mode and without gradients: their channels and strides."""
@@ -263,5 +276,5 @@ def head_towers(model: nn.Module, trick: str) -> tuple[nn.Module, nn.Module]:
     head = getattr(model, "head", None)
     if not all(hasattr(getattr(head, name, None), "conv") for name in ("classification_head", "regression_head")):
         raise TrickConflictError(f"trick '{trick}' does not fit this detector: its head ({type(head).__name__}) has no "
-                                 "classification and regression conv towers (FCOS's and RetinaNet's)")
+                                 "classification and regression conv towers (FCOS's and RetinaNet's): not applicable")
     return head.classification_head, head.regression_head

@@ -32,7 +32,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, TwoMLPH
 from torchvision.ops import Conv2dNormActivation
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
-from .base import Trick, TrickArgumentError, check_number, head_towers
+from .base import Trick, TrickArgumentError, check_number, feature_pyramid, head_towers
 
 log = logging.getLogger("ablate.tricks")
 PARTS = ("backbone", "neck", "head", "rpn")
@@ -83,7 +83,7 @@ class GroupNorm(Trick):
                          "with ImageNet statistics), left as it is", self.name)
             changed += n
         if "neck" in self.parts:
-            fpn = model.backbone.fpn
+            fpn = feature_pyramid(model, self.name, "its neck part")
             for block in [*fpn.inner_blocks, *fpn.layer_blocks]:
                 norm_after_conv(block, self.num_groups)
                 changed += 1

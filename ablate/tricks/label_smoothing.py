@@ -13,12 +13,17 @@ form, alpha_t |y' - p|^gamma BCE(p, y') (ablate.models.losses.soft_focal_loss, t
 Loss form of Li et al. 2020), which equals the focal loss on hard targets and is lowest at p = y':
 the hard label's focal factor (1 - p_t)^gamma would move the minimum to 0.995 for y' = 0.95, a far
 weaker regulariser than label smoothing.
+
+SSD (softmax over C = K + 1, background included, over the positives and mined negatives): the
+same q as two-stage, in SSD's own loss (ablate.models.ssd.SoftmaxCrossEntropyLoss: divided by the
+positives, as its baseline); the negatives are still mined by their plain cross-entropy.
 """
 from __future__ import annotations
 
 from torch import nn
 
-from ..models.losses import CrossEntropyLoss, FocalLoss, set_cls_loss
+from ..models.losses import CrossEntropyLoss, FocalLoss, detector_name, set_cls_loss, set_slot
+from ..models.ssd import SoftmaxCrossEntropyLoss
 from .base import Trick, check_number
 
 
@@ -29,6 +34,9 @@ class LabelSmoothing(Trick):
         self.epsilon = check_number("epsilon", epsilon, 0, 1, high_open=True)
 
     def on_model(self, model: nn.Module) -> nn.Module:
+        if detector_name(model) == "ssd":
+            set_slot(model, "cls_loss", SoftmaxCrossEntropyLoss(label_smoothing=self.epsilon))
+            return model
         set_cls_loss(model, one_stage=FocalLoss(label_smoothing=self.epsilon),
                      two_stage=CrossEntropyLoss(label_smoothing=self.epsilon))
         return model

@@ -24,7 +24,7 @@ from torch import nn
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
 from ..models.necks import ASFF, MLFPN, NASFPN, BiFPN, BalancedFeaturePyramid, NeckFPN, PANPath
-from .base import Trick, TrickArgumentError, body_features, check_choice, check_number
+from .base import Trick, TrickArgumentError, body_features, check_choice, check_number, feature_pyramid
 
 # kind: (its arguments, whether the path runs after the extra block; None: it replaces the FPN)
 KINDS = {"pan": ({"relu"}, False),
@@ -106,7 +106,7 @@ class Neck(Trick):
 
             raise TrickConflictError(f"trick '{self.name}' does not fit {type(model).__name__}: its heads use only the "
                                      "finest pyramid level, which PAN's bottom-up path leaves as the FPN gave it")
-        model.backbone.fpn = NeckFPN(model.backbone.fpn, self.path(model), self.after_extra)
+        model.backbone.fpn = NeckFPN(feature_pyramid(model, self.name), self.path(model), self.after_extra)
         return model
 
 
@@ -120,7 +120,7 @@ class MLFPNNeck(Neck):
     levels, TUMs of as many scales as the FPN gave the heads, each scale at the FPN's key and width."""
 
     def on_model(self, model: nn.Module) -> nn.Module:
-        fpn, feats = model.backbone.fpn, list(body_features(model).items())
+        fpn, feats = feature_pyramid(model, self.name), list(body_features(model).items())
         channels = model.backbone.out_channels
         if channels % 2 or (self.args["num_tums"] * channels) // self.args["reduction"] < 1:
             raise ValueError(f"tricks.{self.name}: the FPN's {channels} channels give no M2Det planes / 2 or no "
