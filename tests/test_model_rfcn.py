@@ -138,7 +138,7 @@ def test_score_map_level_must_be_a_pyramid_level():
         build_model(cfg, num_classes=2, image_size=IMAGE_SIZE)
 
 
-@pytest.mark.parametrize("name", ["ohem", "iou_balanced"])
+@pytest.mark.parametrize("name", ["ohem", "iou_balanced", "pisa"])
 def test_two_stage_samplers_work_on_rfcn(name):
     spy = really_on(name, model="rfcn")
     assert spy.slot_calls["roi_sampler"] > 0
@@ -160,3 +160,20 @@ def test_smoke_training_run_ends_ok(tmp_path, shapes_cache):
     data = json.loads(record.read_text())
     assert data["status"] == "ok" and data["config"]["model"]["name"] == "rfcn"
     assert data["config"]["model"]["head_convs"] == 1 and data["config"]["model"]["backbone"]["width"] == 8
+
+
+def test_group_norm_and_dropout_reach_rfcns_convolutional_roi_path():
+    gn = tiny_model("rfcn", tricks=[build_trick("group_norm", "rfcn")]).roi_heads.box_roi_pool.reduce
+    assert [type(m).__name__ for m in gn] == ["Conv2d", "GroupNorm", "ReLU"] and gn[1].num_groups == 32
+    plain = tiny_model("rfcn", seed=3).eval()
+    dropped = tiny_model("rfcn", seed=3, tricks=[build_trick("dropout", "rfcn")])
+    assert isinstance(dropped.roi_heads.box_roi_pool.reduce[-1], torch.nn.Dropout2d)
+    assert dropped.roi_heads.box_roi_pool.reduce[-1].p == 0.1  # conv_p: the maps' input, no fc layer
+    features = {"2": torch.rand(1, 64, 6, 6)}
+    boxes = [torch.tensor([[8.0, 8.0, 60.0, 70.0]])]
+    assert torch.equal(dropped.eval().roi_heads.box_roi_pool(features, boxes, None),
+                       plain.roi_heads.box_roi_pool(features, boxes, None))  # off in eval
+    dropped.train()
+    torch.manual_seed(0)
+    assert not torch.equal(dropped.roi_heads.box_roi_pool(features, boxes, None),
+                           plain.roi_heads.box_roi_pool(features, boxes, None))
