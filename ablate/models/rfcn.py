@@ -6,14 +6,14 @@ RoI. A 1x1 conv (+ ReLU) reduces the feature map, 1x1 convs make k·k·(C+1) pos
 maps and k·k·4 class-agnostic box maps, position-sensitive RoI pooling reads bin (i, j) of each RoI
 from its own group of maps, and the k·k bins vote by averaging into C+1 class logits and 4 deltas.
 
-Compared with the authors' code (daijifeng001/R-FCN, Caffe prototxts rfcn_end2end: conv_new_1 1024-d
-1x1 + ReLU, rfcn_cls / rfcn_bbox 1x1 with Gaussian std 0.01 weights and zero biases, PSROIPooling
-group_size 7, ave_cls_score_rois / ave_bbox_pred_rois average pooling), Detectron's
-modeling/rfcn_heads.py (add_rfcn_outputs: conv_dim_reduce, conv_cls, conv_bbox_pred, PSRoIPool, then
-AveragePool) and mmdetection v1's RFCNHead (conv_new + ReLU, conv_rfcn_cls, conv_rfcn_reg, PSRoIPool
-at 1/16). The pooling is torchvision.ops.ps_roi_align, whose input channel of output channel c and
-bin (i, j) is (c·k + i)·k + j, as the authors' PSROIPooling layer maps them. Where the three differ
-from ablate: see docs/heads.md, section rfcn.
+Compared with the authors' code (YuwenXiong/py-R-FCN models/pascal_voc/ResNet-101/rfcn_end2end/
+train_agnostic.prototxt: conv_new_1 1024-d 1x1 + ReLU, rfcn_cls / rfcn_bbox 1x1 with Gaussian std
+0.01 weights and zero biases, PSROIPooling group_size 7 at spatial_scale 0.0625, ave_cls_score_rois /
+ave_bbox_pred_rois average pooling; daijifeng001/R-FCN functions/rfcn/rfcn_config_simple.m),
+Detectron's modeling/rfcn_heads.py (add_rfcn_outputs) and mmdetection v1's RFCNHead. The pooling
+is torchvision.ops.ps_roi_align, whose input channel of output channel c and bin (i, j) is
+(c·k + i)·k + j, as the authors' PSROIPooling layer maps them. Where ablate departs from them:
+docs/heads.md, section rfcn.
 
 The pieces sit in torchvision's RoIHeads' three places, so the loss slots, samplers (OHEM, PISA's
 score-HLR) and post-processing of Faster R-CNN work unchanged:
