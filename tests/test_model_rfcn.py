@@ -110,6 +110,19 @@ def test_eval_output_is_torchvisions_detections():
         assert (det["boxes"][:, 2] <= img.shape[-1]).all() and (det["boxes"][:, 3] <= img.shape[-2]).all()
 
 
+def test_trains_and_predicts_under_cpu_bfloat16_autocast():
+    # train.amp=always: torchvision's CPU ps_roi_align has no bfloat16 kernel, the pooler runs in float32
+    model = tiny_model("rfcn")
+    images, targets = tiny_batch("rfcn")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = model(images, targets)
+        sum(losses.values()).backward()
+        detections = model.eval()(images)
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert model.roi_heads.box_roi_pool.cls_maps.weight.grad.abs().sum() > 0
+    assert len(detections) == 2 and detections[0]["boxes"].shape[-1] == 4
+
+
 def test_overfits_a_fixed_batch():
     model = tiny_model("rfcn")
     images, targets = tiny_batch("rfcn")

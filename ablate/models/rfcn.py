@@ -60,9 +60,11 @@ class PositionSensitivePool(nn.Module):
         return torch.cat([self.cls_maps(x), self.box_maps(x)], dim=1)
 
     def pool(self, maps: Tensor, proposals: list[Tensor]) -> Tensor:
-        """[R, maps' channels / k², k, k]: each RoI's bins, proposals in image pixels (stride: the level's)."""
-        return ps_roi_align(maps, [p.to(maps.dtype) for p in proposals], self.k, 1.0 / self.stride,
-                            self.sampling_ratio)
+        """[R, maps' channels / k², k, k]: each RoI's bins, proposals in image pixels (stride: the level's).
+        In float32: torchvision's CPU kernel has no bfloat16 (train.amp=always), and it is cheap."""
+        pooled = ps_roi_align(maps.float(), [p.float() for p in proposals], self.k, 1.0 / self.stride,
+                              self.sampling_ratio)
+        return pooled.to(maps.dtype)
 
     def forward(self, features: dict[str, Tensor], proposals: list[Tensor], image_shapes) -> Tensor:
         return self.pool(self.score_maps(features), proposals)
