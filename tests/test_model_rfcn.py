@@ -142,6 +142,15 @@ def test_overfits_a_fixed_batch():
     assert history[-1]["loss_classifier"] < 0.5 * history[0]["loss_classifier"], history
 
 
+def test_shares_faster_rcnns_pyramid_rpn_and_budgets():
+    # docs/heads.md: rfcn and faster_rcnn differ in the RoI box path only
+    rfcn, frcnn = model_config("rfcn"), model_config("faster_rcnn")
+    shared = [k for k in frcnn if k not in ("_target_", "name", "representation_size")]
+    assert {k: rfcn[k] for k in shared} == {k: frcnn[k] for k in shared}
+    built = tiny_model("rfcn").rpn
+    assert built._pre_nms_top_n == dict(training=rfcn.rpn_pre_nms_top_n_train, testing=rfcn.rpn_pre_nms_top_n_test)
+
+
 def test_score_map_level_must_be_a_pyramid_level():
     from ablate.errors import UserInputError
 
