@@ -41,7 +41,7 @@ write its record to runs/train/<variant>/<time>/result.json. Examples:
 A complete record of the same config made by the same code (ablate/fingerprint.py) is reused,
 not trained again; runtime.reuse=any_code reuses it whatever the code.
 
-Groups: data (shapes, coco), model (fcos, retinanet, faster_rcnn), model/backbone (tiny,
+Groups: data (shapes, coco), model (fcos, retinanet, faster_rcnn, rfcn), model/backbone (tiny,
 darknet19, resnet18, resnet50, resnet101, resnext50, vgg16, squeezenet, densenet121, mobilenet_v2,
 mobilenet_v3, shufflenet_v2, efficientnet with model.backbone.size=b0..b7; with timm installed,
 pip install -e '.[timm]': darknet53, cspdarknet53, cspresnext50; docs/backbones.md), tricks (a list

@@ -86,7 +86,7 @@ def test_hydras_own_unknown_trick_error_lists_the_tricks_there_are():
 def test_a_trick_that_does_not_fit_the_detector(dirs, tmp_path):
     line = run("train", "tricks=[iou_balanced]", "profile=smoke", f"paths.cache={tmp_path / 'cache'}", dirs=dirs)
     assert line == ("ablate: error: trick 'iou_balanced' does not fit model=fcos: it needs a two_stage detector "
-                    "(model=faster_rcnn), and fcos is one_stage")
+                    "(model=faster_rcnn or model=rfcn), and fcos is one_stage")
 
 
 @pytest.mark.parametrize("override, says", [
@@ -94,7 +94,7 @@ def test_a_trick_that_does_not_fit_the_detector(dirs, tmp_path):
     ("tricks=[a", "override 'tricks=[a': no viable alternative at input '[a'; see https://hydra.cc/"),
     ("train.no_such_key=1", "Could not override 'train.no_such_key'; key 'no_such_key' is not in struct; "
                             "to append to your config use +train.no_such_key=1"),
-    ("model=nope", "In 'config': Could not find 'model/nope'; options in 'model': faster_rcnn, fcos, retinanet"),
+    ("model=nope", "In 'config': Could not find 'model/nope'; options in 'model': faster_rcnn, fcos, retinanet, rfcn"),
     ("runtime.reuse=sometimes", "runtime.reuse='sometimes': choose one of same_code, any_code, never"),
 ])
 def test_a_bad_override_stops_before_any_run_folder(dirs, override, says):

@@ -82,21 +82,35 @@ def build_retinanet(cfg, num_classes: int, image_size: int) -> RetinaNet:
 
 
 def build_faster_rcnn(cfg, num_classes: int, image_size: int) -> FasterRCNN:
-    backbone = build_backbone(cfg.backbone, list(cfg.levels), cfg.extra_levels, cfg.fpn_channels, two_stage=True)
-    anchors = _anchors(cfg, 1, cfg.aspect_ratios)
+    backbone = build_two_stage_backbone(cfg)
     # torchvision's pooler; on CPU it pools through grid_sample (same values, faster backward).
     roi_pool = GridMultiScaleRoIAlign([str(i) for i in range(len(cfg.levels))], output_size=7, sampling_ratio=2)
     box_head = TwoMLPHead(backbone.out_channels * 7 * 7, cfg.representation_size)
+    return two_stage_detector(cfg, backbone, image_size, roi_pool, box_head,
+                              FastRCNNPredictor(cfg.representation_size, num_classes))
+
+
+def build_two_stage_backbone(cfg) -> nn.Module:
+    return build_backbone(cfg.backbone, list(cfg.levels), cfg.extra_levels, cfg.fpn_channels, two_stage=True)
+
+
+def two_stage_detector(cfg, backbone, image_size: int, box_roi_pool: nn.Module, box_head: nn.Module,
+                       box_predictor: nn.Module, roi_heads_class: type[LossRoIHeads] = LossRoIHeads) -> FasterRCNN:
+    """torchvision's two-stage detector with the FPN RPN and the budgets of cfg, and the given RoI box
+    path (pooler, head, predictor: Faster R-CNN's, or R-FCN's position-sensitive one), its RPN and RoI
+    heads the loss-slot subclasses (roi_heads_class names the detector the slots belong to)."""
+    anchors = _anchors(cfg, 1, cfg.aspect_ratios)
     model = FasterRCNN(
         backbone, num_classes=None, rpn_anchor_generator=anchors,
         rpn_pre_nms_top_n_train=cfg.rpn_pre_nms_top_n_train, rpn_post_nms_top_n_train=cfg.rpn_post_nms_top_n_train,
         rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_top_n_test, rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n_test,
-        box_roi_pool=roi_pool, box_head=box_head,
-        box_predictor=FastRCNNPredictor(cfg.representation_size, num_classes),
+        box_head=box_head, box_predictor=box_predictor,
         box_score_thresh=cfg.score_thresh, box_nms_thresh=cfg.nms_thresh,
         box_detections_per_img=cfg.detections_per_img,
         box_batch_size_per_image=cfg.box_batch_size_per_image, box_positive_fraction=cfg.box_positive_fraction,
         **_common(cfg, image_size))
+    # set after: torchvision's constructor takes MultiScaleRoIAlign poolers only
+    model.roi_heads.box_roi_pool = box_roi_pool
     model.rpn = LossRPN.adopt(model.rpn)
-    model.roi_heads = LossRoIHeads.from_roi_heads(model.roi_heads)
+    model.roi_heads = roi_heads_class.from_roi_heads(model.roi_heads)
     return _no_resize(model, cfg)

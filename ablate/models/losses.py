@@ -22,6 +22,9 @@ until a trick sets one), for a trick that wraps it.
 |             | bbox_regression,            | bbox_regression             | (RPN), loss_classifier, loss_box_reg |
 |             | bbox_ctrness                |                             | (RoI head)                           |
 
+R-FCN (rfcn, ablate/models/rfcn.py) has faster_rcnn's slots and loss keys: its RoI heads are this
+module's LossRoIHeads (RFCNRoIHeads, named rfcn) with a position-sensitive box path.
+
 sample_weighting re-weights the classification loss of each positive sample and may add loss terms
 (PISA's ISR-P and CARL): it gets a PositiveSamples and returns the new weights and the terms. A
 roi_sampler with `uses_outputs` gets the box head's outputs on every candidate (RoIOutputs) and may
@@ -781,7 +784,7 @@ def check_box_space(model: nn.Module, space: str) -> None:
 
 
 def detector_name(model: nn.Module) -> str:
-    """The detector a model is (fcos, retinanet, faster_rcnn), from the modules holding its slots."""
+    """The detector a model is (fcos, retinanet, faster_rcnn, rfcn), from the modules holding its slots."""
     holders = slot_holders(model)
     if not holders:
         raise LossSlotError(f"{type(model).__name__} has no loss slots; build it with ablate.models.build_model")

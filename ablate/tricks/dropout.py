@@ -6,6 +6,8 @@ Where:
   calls F.relu, so it is swapped for an equivalent module with the dropout (same parameters, same
   state-dict keys); an activation trick's head (ActTwoMLPHead: `act6`, `act7`) keeps its activations. A 4conv1fc box head
   (group_norm) gets the dropout after its fully connected layer.
+- R-FCN: its RoI path has no fully connected layer (the paper has no dropout); channel dropout, as
+  on the one-stage towers, on the features its score-map convs read (after its 1x1 conv and ReLU).
 - FCOS and RetinaNet: channel dropout (nn.Dropout2d: whole feature maps, Tompson et al. 2015) at
   the end of each tower, i.e. on the features the final prediction convs read (classification
   logits; box regression and FCOS's centerness). No one-stage detector paper uses dropout in its
@@ -16,6 +18,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead
 
+from ..models.rfcn import PositionSensitivePool
 from .base import Trick, check_fraction, head_towers
 
 
@@ -42,7 +45,10 @@ class Dropout(Trick):
         self.conv_p = check_fraction("conv_p", conv_p)
 
     def on_model(self, model: nn.Module) -> nn.Module:
-        if hasattr(model, "roi_heads"):
+        if isinstance(getattr(getattr(model, "roi_heads", None), "box_roi_pool", None), PositionSensitivePool):
+            # R-FCN has no fully connected layer: channel dropout on what its score-map convs read
+            model.roi_heads.box_roi_pool.reduce.append(nn.Dropout2d(self.conv_p))
+        elif hasattr(model, "roi_heads"):
             head = model.roi_heads.box_head
             if isinstance(head, FastRCNNConvFCHead):
                 for i in reversed(range(1, len(head))):

@@ -19,6 +19,8 @@ parts:
   GN configs use, 4conv1fc (Shared4Conv1FCBBoxHead; torchvision's FastRCNNConvFCHead): four 3x3
   convs of the FPN's width, each conv-GN-ReLU, then one FC of the same representation size. This
   changes the head's architecture too, as in the paper: the measured effect is GN with 4conv1fc.
+  R-FCN's RoI path has convs only: GN after each of its 1x1 convs before the score maps (conv-GN-ReLU,
+  as RetinaNet's towers), the score-map convs themselves left as the final prediction convs are.
 - rpn: GN in Faster R-CNN's RPN conv. Not in the defaults: mmdetection's and Detectron's GN
   configs leave the RPN head without normalisation.
 """
@@ -32,6 +34,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, TwoMLPH
 from torchvision.ops import Conv2dNormActivation
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
+from ..models.rfcn import PositionSensitivePool
 from .base import Trick, TrickArgumentError, check_number, feature_pyramid, head_towers
 
 log = logging.getLogger("ablate.tricks")
@@ -110,6 +113,15 @@ class GroupNorm(Trick):
         return model
 
     def head(self, model: nn.Module) -> int:
+        pool = getattr(getattr(model, "roi_heads", None), "box_roi_pool", None)
+        if isinstance(pool, PositionSensitivePool):  # R-FCN: conv-GN-ReLU for its 1x1 convs
+            layers = []
+            for layer in pool.reduce:
+                layers.append(layer)
+                if isinstance(layer, nn.Conv2d):
+                    layers.append(self.gn(layer.out_channels))
+            pool.reduce = nn.Sequential(*layers)
+            return sum(isinstance(m, nn.GroupNorm) for m in layers)
         if hasattr(model, "roi_heads"):
             old = model.roi_heads.box_head
             if type(old) is not TwoMLPHead:

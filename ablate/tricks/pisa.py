@@ -4,7 +4,8 @@ the highest-scoring negative of each cluster, weigh more in the loss.
 
 Three parts, each as mmdetection computes it (mmdet/models/losses/pisa_loss.py isr_p and carl_loss,
 mmdet/models/task_modules/samplers/score_hlr_sampler.py, mmcv's nms_match), on the detectors
-mmdetection has PISA on that this harness has (RetinaNet, Faster R-CNN):
+mmdetection has PISA on that this harness has (RetinaNet, Faster R-CNN), and R-FCN, whose RoI heads
+are Faster R-CNN's with another box path (the same samples, losses and class-specific deltas):
 
 - ISR-P (positives): IoU-HLR, the IoU of each positive's predicted box with its ground truth ranked
   first within the samples of the same object, then across the objects of the same class by
@@ -159,10 +160,10 @@ class ScoreHLRSampler:
 
 
 class PISA(Trick):
-    """Prime Sample Attention: ISR-P and CARL on RetinaNet and Faster R-CNN, and ISR-N (score-HLR
-    sampling of the RoI head's negatives) on Faster R-CNN."""
+    """Prime Sample Attention: ISR-P and CARL on RetinaNet, Faster R-CNN and R-FCN, and ISR-N (score-HLR
+    sampling of the RoI head's negatives) on the two-stage ones."""
     claims = ("roi_sampler", "sample_weighting")
-    fits = ("retinanet", "faster_rcnn")
+    fits = ("retinanet", "faster_rcnn", "rfcn")
 
     def __init__(self, isr_k: float, isr_bias: float, carl_k: float, carl_bias: float, hlr_k: float,
                  hlr_bias: float, score_thr: float, iou_thr: float):
