@@ -14,7 +14,7 @@ from ablate.results import RecordError
 from ablate.sweep.adaptive import PlanError
 from ablate.sweep.design import SweepFileError
 from ablate.tricks import TrickConfigError, TrickConflictError
-from conftest import ablate, paths
+from conftest import REPO_ROOT, ablate, paths
 
 QUIET = {"HYDRA_FULL_ERROR": "0"}  # as a user runs it, even where the tests' environment sets it
 
@@ -94,7 +94,8 @@ def test_a_trick_that_does_not_fit_the_detector(dirs, tmp_path):
     ("tricks=[a", "override 'tricks=[a': no viable alternative at input '[a'; see https://hydra.cc/"),
     ("train.no_such_key=1", "Could not override 'train.no_such_key'; key 'no_such_key' is not in struct; "
                             "to append to your config use +train.no_such_key=1"),
-    ("model=nope", "In 'config': Could not find 'model/nope'; options in 'model': faster_rcnn, fcos, retinanet, rfcn"),
+    ("model=nope", "In 'config': Could not find 'model/nope'; options in 'model': "
+                   + ", ".join(sorted(p.stem for p in (REPO_ROOT / "conf" / "model").glob("*.yaml")))),
     ("runtime.reuse=sometimes", "runtime.reuse='sometimes': choose one of same_code, any_code, never"),
 ])
 def test_a_bad_override_stops_before_any_run_folder(dirs, override, says):
