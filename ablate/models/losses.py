@@ -193,11 +193,18 @@ class SigmoidBCELoss(nn.Module):
     """A one-stage classification loss without the focal term: sigmoid binary cross-entropy summed
     over the K classes of each valid sample, weighted by its box, divided by the foreground count
     (the normalizer the focal loss gets, as mmdetection v3 normalises a sigmoid CrossEntropyLoss in
-    its one-stage heads)."""
+    its one-stage heads). YOLOv3's classification loss (GluonCV's YOLOV3Loss) is this form, normalised
+    by the number of images; with label smoothing, on the smoothed targets (smooth_binary_targets:
+    GluonCV's label_smooth of YOLOV3TargetMerger)."""
+
+    def __init__(self, label_smoothing: float = 0.0):
+        super().__init__()
+        self.label_smoothing = label_smoothing
 
     def forward(self, logits: Tensor, targets: Tensor, box_weights: Tensor, normalizer: Tensor,
                 levels: Tensor | None = None) -> Tensor:
-        per_sample = F.binary_cross_entropy_with_logits(logits, targets, reduction="none").sum(dim=1)
+        soft = smooth_binary_targets(targets, self.label_smoothing)
+        per_sample = F.binary_cross_entropy_with_logits(logits, soft, reduction="none").sum(dim=1)
         return (per_sample * box_weights / normalizer).sum()
 
 
