@@ -181,7 +181,7 @@ def test_baseline_slots_are_bce_and_yolos_box_loss():
     assert type(current_slot(model, "box_loss")) is YOLOv3BoxLoss
 
 
-@pytest.mark.parametrize("trick", ["giou", "ciou", "label_smoothing", "mixup"])
+@pytest.mark.parametrize("trick", ["giou", "ciou", "label_smoothing", "mixup", "mosaic", "dropout", "group_norm"])
 def test_loss_tricks_act_on_yolov3(trick):
     really_on(trick, model="yolov3")
 
@@ -203,6 +203,18 @@ def test_label_smoothing_smooths_yolos_bce_as_gluoncv():
         optimizer.step()
     p = logits.sigmoid()[0]
     assert p[3].item() == pytest.approx(1 - 1 / 40, abs=1e-4) and p[0].item() == pytest.approx(1 / 40, abs=1e-4)
+
+
+def test_head_tricks_reach_the_detection_blocks():
+    from torch import nn
+
+    from ablate.testing import build_trick
+
+    dropout = build_trick("dropout", "yolov3").on_model(tiny_model("yolov3"))
+    assert all(isinstance(block[-1], nn.Dropout2d) for block in dropout.head.blocks)
+    gn = build_trick("group_norm", "yolov3").on_model(tiny_model("yolov3"))
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in gn.head.modules())
+    assert sum(isinstance(m, nn.GroupNorm) for m in gn.head.blocks.modules()) == 3 * (5 + 1)
 
 
 def test_bce_and_focal_do_not_fit_yolov3():

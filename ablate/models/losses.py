@@ -22,6 +22,13 @@ until a trick sets one), for a trick that wraps it.
 |             | bbox_regression,            | bbox_regression             | (RPN), loss_classifier, loss_box_reg |
 |             | bbox_ctrness                |                             | (RoI head)                           |
 
+yolov3 (models/yolo.py, model.head holds both slots): cls_loss is SigmoidBCELoss over the K classes of
+each positive, box_loss YOLOv3BoxLoss on the deltas (raw tx, ty, tw, th against the centre's offset
+in its cell and log(w / anchor_w), log(h / anchor_h)); in the deltas form each positive's weight is
+its box's times GluonCV's 2 - w h / (W H), in the boxes form its box's alone. The normalizer is the
+number of images (losses summed per image, averaged over images). Loss keys: objectness (no slot),
+classification, bbox_regression. sample_weighting and roi_sampler: none.
+
 sample_weighting re-weights the classification loss of each positive sample and may add loss terms
 (PISA's ISR-P and CARL): it gets a PositiveSamples and returns the new weights and the terms. A
 roi_sampler with `uses_outputs` gets the box head's outputs on every candidate (RoIOutputs) and may

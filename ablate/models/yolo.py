@@ -122,7 +122,7 @@ class YOLOv3Head(LossSlots, nn.Module):
             level_anchors = self.anchors[level * self.per_level:(level + 1) * self.per_level]
             anchors.append(level_anchors.expand(h * w, a, 2).reshape(-1, 2))
             strides.append(torch.full((h * w * a,), self.strides[level], device=r.device))
-        return torch.cat(cells).to(raw[0].dtype), torch.cat(anchors).to(raw[0].dtype), torch.cat(strides).to(raw[0].dtype)
+        return torch.cat(cells).float(), torch.cat(anchors).float(), torch.cat(strides).float()
 
     @staticmethod
     def decode(deltas: Tensor, cells: Tensor, anchors: Tensor, strides: Tensor) -> Tensor:
@@ -154,7 +154,8 @@ class YOLOv3Head(LossSlots, nn.Module):
 
     def compute_loss(self, raw: list[Tensor], targets: list[dict], image_sizes: list[tuple[int, int]]
                      ) -> dict[str, Tensor]:
-        flat = torch.cat([r.flatten(1, 3) for r in raw], dim=1)  # [N, S, 5 + K]
+        # in float32 under autocast too: box coordinates in bf16 are 2 px apart at 300 px
+        flat = torch.cat([r.flatten(1, 3) for r in raw], dim=1).float()  # [N, S, 5 + K]
         cells, anchors, strides = self.grid(raw)
         dtype, n_images = flat.dtype, len(targets)
         cls_fn = self.cls_loss if self.cls_loss is not None else SigmoidBCELoss()
@@ -218,7 +219,7 @@ class YOLOv3Head(LossSlots, nn.Module):
                nms_thresh: float, topk_candidates: int, detections_per_img: int) -> list[dict[str, Tensor]]:
         """Score sigmoid(objectness) x sigmoid(class) of every prediction and class, those above
         score_thresh, the topk_candidates best of them, class-wise NMS, the detections_per_img best."""
-        flat = torch.cat([r.flatten(1, 3) for r in raw], dim=1)
+        flat = torch.cat([r.flatten(1, 3) for r in raw], dim=1).float()
         cells, anchors, strides = self.grid(raw)
         results = []
         for preds, size in zip(flat, image_sizes):

@@ -19,6 +19,7 @@ parts:
   GN configs use, 4conv1fc (Shared4Conv1FCBBoxHead; torchvision's FastRCNNConvFCHead): four 3x3
   convs of the FPN's width, each conv-GN-ReLU, then one FC of the same representation size. This
   changes the head's architecture too, as in the paper: the measured effect is GN with 4conv1fc.
+  YOLOv3: the BatchNorms of its detection blocks become GroupNorm.
 - rpn: GN in Faster R-CNN's RPN conv. Not in the defaults: mmdetection's and Detectron's GN
   configs leave the RPN head without normalisation.
 """
@@ -32,6 +33,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, TwoMLPH
 from torchvision.ops import Conv2dNormActivation
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
+from ..models.yolo import YOLOv3Head
 from .base import Trick, TrickArgumentError, check_number, feature_pyramid, head_towers
 
 log = logging.getLogger("ablate.tricks")
@@ -124,6 +126,8 @@ class GroupNorm(Trick):
                 (channels, *size), [channels] * 4, [old.fc7.out_features],
                 norm_layer=partial(lambda c, g: nn.GroupNorm(groups_for(c, g), c), g=self.num_groups))
             return 4
+        if isinstance(getattr(model, "head", None), YOLOv3Head):  # YOLOv3: its detection blocks' BatchNorms
+            return replace_batchnorms(model.head.blocks, self.num_groups)
         count = 0
         for branch in head_towers(model, self.name):
             for block in branch.conv:
