@@ -43,6 +43,21 @@ def test_anchors_are_the_papers_scaled_to_the_image_size():
     assert head.strides == [8, 16, 32]
 
 
+def test_bias_prior_sets_the_output_biases_from_the_priors():
+    cfg = model_config("yolov3")
+    torch.manual_seed(0)
+    plain = build_model(cfg, num_classes=2, image_size=IMAGE_SIZE).head
+    cfg.bias_prior = {"objects_per_image": 8, "class_prior": 0.6}
+    torch.manual_seed(0)
+    prior = build_model(cfg, num_classes=2, image_size=IMAGE_SIZE).head
+    for level, stride in enumerate((8, 16, 32)):
+        delta = (prior.outputs[level].bias - plain.outputs[level].bias).view(3, 7)
+        # ultralytics: objectness ln(8 / cells), 208 / 8 = 26 cells a side; classes ln(0.6 / (2 - 0.99))
+        assert delta[:, 4].tolist() == pytest.approx([math.log(8 / (208 / stride) ** 2)] * 3, rel=1e-5)
+        assert delta[:, 5:].flatten().tolist() == pytest.approx([math.log(0.6 / 1.01)] * 6, rel=1e-5)
+        assert delta[:, :4].abs().max() == 0
+
+
 def test_a_box_goes_to_the_anchor_of_largest_shape_iou_at_the_cell_of_its_centre():
     head = yolo().head
     boxes = torch.tensor([BOX])

@@ -102,6 +102,17 @@ class YOLOv3Head(LossSlots, nn.Module):
     def default_loss(self, slot: str) -> nn.Module:
         return {"cls_loss": SigmoidBCELoss, "box_loss": YOLOv3BoxLoss}[slot]()
 
+    @torch.no_grad()
+    def prior_biases(self, image_size: int, objects_per_image: float, class_prior: float) -> None:
+        """Output biases from priors (ultralytics/yolov3 models/yolo.py _initialize_biases, mmyolo's
+        YOLOv5HeadModule.init_weights): objectness ln(objects_per_image / cells of the level at
+        image_size), each class ln(class_prior / (K - 0.99)), so the first steps do not spend
+        themselves pushing thousands of 0.5 objectness scores down."""
+        for output, stride in zip(self.outputs, self.strides):
+            bias = output.bias.view(self.per_level, 5 + self.num_classes)
+            bias[:, 4] += math.log(objects_per_image / (image_size / stride) ** 2)
+            bias[:, 5:] += math.log(class_prior / (self.num_classes - 0.99))
+
     def forward(self, features: list[Tensor]) -> list[Tensor]:
         """Per level [N, H, W, anchors, 5 + K]: (tx, ty, tw, th, objectness, classes), raw."""
         out = []
@@ -269,6 +280,8 @@ def build_yolov3(cfg, num_classes: int, image_size: int) -> YOLOv3:
     backbone = build_backbone(cfg.backbone, levels, 0, cfg.fpn_channels, two_stage=False)
     head = YOLOv3Head(backbone.out_channels, num_classes, anchors, [2 ** lv for lv in levels], int(cfg.head_convs),
                       float(cfg.ignore_thresh))
+    if cfg.bias_prior is not None:
+        head.prior_biases(image_size, float(cfg.bias_prior.objects_per_image), float(cfg.bias_prior.class_prior))
     transform = NoResizeTransform(image_size, image_size, list(cfg.image_mean), list(cfg.image_std),
                                   size_divisible=2 ** levels[-1])
     return YOLOv3(backbone, head, transform, cfg)
