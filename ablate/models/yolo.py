@@ -12,7 +12,8 @@ K classes). Training targets: each ground-truth box goes to the one anchor of th
 other prediction is a negative for the objectness loss unless its decoded box overlaps some
 ground-truth box by more than ignore_thresh: then it is ignored.
 
-Losses, each summed over the predictions of an image and averaged over the images:
+Losses, each summed over the predictions of an image and averaged over the images (GluonCV's
+train_yolo3.py: trainer.step(batch_size) divides the batch's summed gradient by its size):
 - objectness: sigmoid BCE, target 1 at the positives (weighted by their box's weight, MixUp's
   ratio), 0 at the negatives, none at the ignored;
 - classification (cls_loss slot): sigmoid BCE over the K classes of each positive, by default
