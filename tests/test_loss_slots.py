@@ -11,10 +11,11 @@ from ablate.tricks import SLOTS, Trick, TrickConflictError, check_compatible
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-MODELS = ["fcos", "retinanet", "faster_rcnn"]
+MODELS = ["fcos", "retinanet", "faster_rcnn", "yolov3"]
 EXPECTED = {"fcos": {"cls_loss", "box_loss"}, "retinanet": {"cls_loss", "box_loss", "sample_weighting"},
-            "faster_rcnn": {"cls_loss", "box_loss", "roi_sampler", "sample_weighting"}}
-BOX_KEY = {"fcos": "bbox_regression", "retinanet": "bbox_regression", "faster_rcnn": "loss_box_reg"}
+            "faster_rcnn": {"cls_loss", "box_loss", "roi_sampler", "sample_weighting"}, "yolov3": {"cls_loss", "box_loss"}}
+BOX_KEY = {"fcos": "bbox_regression", "retinanet": "bbox_regression", "faster_rcnn": "loss_box_reg",
+           "yolov3": "bbox_regression"}
 
 
 def losses(model, name, weights=None, seed=0):

@@ -6,7 +6,7 @@ from torchvision import models as tvm
 from ablate.testing import model_config
 from ablate.models import build_model, count_parameters, label_offset
 
-MODELS = ["fcos", "retinanet", "faster_rcnn"]
+MODELS = ["fcos", "retinanet", "faster_rcnn", "yolov3"]
 
 
 def batch(size=96, offset=0):

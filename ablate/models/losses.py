@@ -25,6 +25,13 @@ until a trick sets one), for a trick that wraps it.
 R-FCN (rfcn, ablate/models/rfcn.py) has faster_rcnn's slots and loss keys: its RoI heads are this
 module's LossRoIHeads (RFCNRoIHeads, named rfcn) with a position-sensitive box path.
 
+yolov3 (models/yolo.py, model.head holds both slots): cls_loss is SigmoidBCELoss over the K classes of
+each positive, box_loss YOLOv3BoxLoss on the deltas (raw tx, ty, tw, th against the centre's offset
+in its cell and log(w / anchor_w), log(h / anchor_h)); in the deltas form each positive's weight is
+its box's times GluonCV's 2 - w h / (W H), in the boxes form its box's alone. The normalizer is the
+number of images (losses summed per image, averaged over images). Loss keys: objectness (no slot),
+classification, bbox_regression. sample_weighting and roi_sampler: none.
+
 sample_weighting re-weights the classification loss of each positive sample and may add loss terms
 (PISA's ISR-P and CARL): it gets a PositiveSamples and returns the new weights and the terms. A
 roi_sampler with `uses_outputs` gets the box head's outputs on every candidate (RoIOutputs) and may
@@ -196,11 +203,18 @@ class SigmoidBCELoss(nn.Module):
     """A one-stage classification loss without the focal term: sigmoid binary cross-entropy summed
     over the K classes of each valid sample, weighted by its box, divided by the foreground count
     (the normalizer the focal loss gets, as mmdetection v3 normalises a sigmoid CrossEntropyLoss in
-    its one-stage heads)."""
+    its one-stage heads). YOLOv3's classification loss (GluonCV's YOLOV3Loss) is this form, normalised
+    by the number of images; with label smoothing, on the smoothed targets (smooth_binary_targets:
+    GluonCV's label_smooth of YOLOV3TargetMerger)."""
+
+    def __init__(self, label_smoothing: float = 0.0):
+        super().__init__()
+        self.label_smoothing = label_smoothing
 
     def forward(self, logits: Tensor, targets: Tensor, box_weights: Tensor, normalizer: Tensor,
                 levels: Tensor | None = None) -> Tensor:
-        per_sample = F.binary_cross_entropy_with_logits(logits, targets, reduction="none").sum(dim=1)
+        soft = smooth_binary_targets(targets, self.label_smoothing)
+        per_sample = F.binary_cross_entropy_with_logits(logits, soft, reduction="none").sum(dim=1)
         return (per_sample * box_weights / normalizer).sum()
 
 

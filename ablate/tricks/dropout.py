@@ -10,8 +10,9 @@ Where:
   on the one-stage towers, on the features its score-map convs read (after its 1x1 conv and ReLU).
 - FCOS and RetinaNet: channel dropout (nn.Dropout2d: whole feature maps, Tompson et al. 2015) at
   the end of each tower, i.e. on the features the final prediction convs read (classification
-  logits; box regression and FCOS's centerness). No one-stage detector paper uses dropout in its
-  head; the rate is our choice, said in the YAML.
+  logits; box regression and FCOS's centerness); YOLOv3 at the end of each level's detection block
+  (the tip its output conv reads). No one-stage detector paper uses dropout in its head; the rate
+  is our choice, said in the YAML.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from torch import Tensor, nn
 from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead
 
 from ..models.rfcn import PositionSensitivePool
+from ..models.yolo import YOLOv3Head
 from .base import Trick, check_fraction, head_towers
 
 
@@ -61,6 +63,9 @@ class Dropout(Trick):
 
                 raise TrickConflictError(f"trick '{self.name}' does not fit this detector: its RoI box head "
                                          f"{type(head).__name__} has no fc6/fc7 layers to put dropout after")
+        elif isinstance(getattr(model, "head", None), YOLOv3Head):  # the end of each detection block
+            for block in model.head.blocks:
+                block.append(nn.Dropout2d(self.conv_p))
         else:
             for branch in head_towers(model, self.name):
                 branch.conv.append(nn.Dropout2d(self.conv_p))

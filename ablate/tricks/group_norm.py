@@ -21,6 +21,7 @@ parts:
   changes the head's architecture too, as in the paper: the measured effect is GN with 4conv1fc.
   R-FCN's RoI path has convs only: GN after each of its 1x1 convs before the score maps (conv-GN-ReLU,
   as RetinaNet's towers), the score-map convs themselves left as the final prediction convs are.
+  YOLOv3: the BatchNorms of its detection blocks become GroupNorm.
 - rpn: GN in Faster R-CNN's RPN conv. Not in the defaults: mmdetection's and Detectron's GN
   configs leave the RPN head without normalisation.
 """
@@ -35,6 +36,7 @@ from torchvision.ops import Conv2dNormActivation
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from ..models.rfcn import PositionSensitivePool
+from ..models.yolo import YOLOv3Head
 from .base import Trick, TrickArgumentError, check_number, feature_pyramid, head_towers
 
 log = logging.getLogger("ablate.tricks")
@@ -136,6 +138,8 @@ class GroupNorm(Trick):
                 (channels, *size), [channels] * 4, [old.fc7.out_features],
                 norm_layer=partial(lambda c, g: nn.GroupNorm(groups_for(c, g), c), g=self.num_groups))
             return 4
+        if isinstance(getattr(model, "head", None), YOLOv3Head):  # YOLOv3: its detection blocks' BatchNorms
+            return replace_batchnorms(model.head.blocks, self.num_groups)
         count = 0
         for branch in head_towers(model, self.name):
             for block in branch.conv:

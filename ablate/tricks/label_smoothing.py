@@ -12,7 +12,8 @@ targets, as YOLO's objectness stays hard. The loss is the baseline's focal loss 
 form, alpha_t |y' - p|^gamma BCE(p, y') (ablate.models.losses.soft_focal_loss, the Quality Focal
 Loss form of Li et al. 2020), which equals the focal loss on hard targets and is lowest at p = y':
 the hard label's focal factor (1 - p_t)^gamma would move the minimum to 0.995 for y' = 0.95, a far
-weaker regulariser than label smoothing.
+weaker regulariser than label smoothing. YOLOv3 (its classification loss sigmoid BCE, no focal
+term): BCE on the same smoothed targets of its positives, GluonCV's label_smooth.
 
 SSD (softmax over C = K + 1, background included, over the positives and mined negatives): the
 same q as two-stage, in SSD's own loss (ablate.models.ssd.SoftmaxCrossEntropyLoss: divided by the
@@ -22,7 +23,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..models.losses import CrossEntropyLoss, FocalLoss, detector_name, set_cls_loss, set_slot
+from ..models.losses import (CrossEntropyLoss, FocalLoss, SigmoidBCELoss, current_slot, detector_name,
+                             set_cls_loss, set_slot)
 from ..models.ssd import SoftmaxCrossEntropyLoss
 from .base import Trick, check_number
 
@@ -37,6 +39,9 @@ class LabelSmoothing(Trick):
         if detector_name(model) == "ssd":
             set_slot(model, "cls_loss", SoftmaxCrossEntropyLoss(label_smoothing=self.epsilon))
             return model
-        set_cls_loss(model, one_stage=FocalLoss(label_smoothing=self.epsilon),
+        # a sigmoid head keeps its loss's form: the focal loss (FCOS, RetinaNet) or BCE (YOLOv3)
+        sigmoid_bce = isinstance(current_slot(model, "cls_loss"), SigmoidBCELoss)
+        one_stage = SigmoidBCELoss if sigmoid_bce else FocalLoss
+        set_cls_loss(model, one_stage=one_stage(label_smoothing=self.epsilon),
                      two_stage=CrossEntropyLoss(label_smoothing=self.epsilon))
         return model
