@@ -278,7 +278,7 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path, tracker: tracking.Tracker
             model.train()
             epoch_loss, epoch_parts, n_batches = 0.0, {}, 0
             bar = tqdm(total=len(loader), desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False,
-                       disable=not (cfg.runtime.progress and sys.stderr.isatty()))
+                       disable=not (cfg.runtime.progress and sys.stderr.isatty() and distributed.is_primary()))
             t_epoch, cpu_epoch = time.perf_counter(), time.process_time()
             it = iter(loader)
             while True:
