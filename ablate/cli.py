@@ -5,6 +5,7 @@ Imports torch only for the commands that train, so `ablate --help` and `ablate r
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -75,6 +76,11 @@ def _run_hydra(argv: list[str]) -> None:
     # Composed here first (before torch is imported): bad input stops in one line before Hydra
     # makes a run folder or a sweep runs a job.
     ablate_config.compose_command_line(argv)
+    if os.environ.get("RANK", "0") != "0" and not {"-m", "--multirun"} & set(argv):
+        # torchrun's other processes of one run: the run's folder is rank 0's (train.main), so
+        # they make no folder, config copy or log file of their own (their warnings reach the console).
+        argv = [*argv, "hydra.run.dir=.", "hydra.output_subdir=null",
+                f"hydra.job_logging.handlers.file.filename={os.devnull}"]
     from .train import main as task
 
     conf = ablate_config.conf_dir()

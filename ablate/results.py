@@ -72,6 +72,8 @@ class RunRecord:
     created_at: str = ""
     # The run folder this record was copied from, when an identical config had already run.
     reused_from: str | None = None
+    # A run on several processes (ablate/distributed.py): {"world_size", "backend"}; None in one process.
+    distributed: dict[str, Any] | None = None
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:

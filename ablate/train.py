@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 import ablate
 from . import config as ablate_config
+from . import distributed
 from . import tracking
 from .data import build_data, make_loader
 from .errors import UserInputError, reported
@@ -230,6 +231,9 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path, tracker: tracking.Tracker
     offset = label_offset(cfg.model.family)
     model = apply_model_tricks(model, tricks, cfg.model.name)
     model = prepare_model(model, device, cfg.runtime)
+    # The module the loop calls: DDP over `model` on several processes (ablate/distributed.py).
+    train_model = distributed.wrap(model, device, cfg.runtime.distributed)
+    record.distributed = distributed.describe()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
@@ -269,12 +273,12 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path, tracker: tracking.Tracker
             eseed = epoch_seed(int(cfg.seed), epoch)
             torch.manual_seed(eseed)  # flips and any torch randomness of this epoch
             ctx_rng = np.random.default_rng(eseed)
-            loader = make_loader(data.train, cfg.data.batch_size, shuffle=True,
-                                 num_workers=cfg.data.num_workers, seed=eseed)
+            # On several processes, this process's share of each global batch of the same order.
+            loader = distributed.rank_loader(data.train, cfg.data.batch_size, cfg.data.num_workers, eseed)
             model.train()
             epoch_loss, epoch_parts, n_batches = 0.0, {}, 0
             bar = tqdm(total=len(loader), desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False,
-                       disable=not (cfg.runtime.progress and sys.stderr.isatty()))
+                       disable=not (cfg.runtime.progress and sys.stderr.isatty() and distributed.is_primary()))
             t_epoch, cpu_epoch = time.perf_counter(), time.process_time()
             it = iter(loader)
             while True:
@@ -293,11 +297,13 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path, tracker: tracking.Tracker
                 t_model = time.perf_counter()
                 totals["batch_tricks_s"] += t_model - t_tricks
                 with autocast():
-                    losses = model(images, targets)
+                    losses = train_model(images, targets)
                 loss = sum(losses.values())
-                if not torch.isfinite(loss):
-                    raise Diverged(f"loss is {loss.item()} at epoch {epoch + 1}, step {step} "
-                                   f"({ {k: round(v.item(), 4) for k, v in losses.items()} })")
+                # Averaged over the processes (one process: the values themselves).
+                value, part_values, step_images = distributed.step_values(loss, losses, len(images))
+                if not math.isfinite(value):
+                    raise Diverged(f"loss is {value} at epoch {epoch + 1}, step {step} "
+                                   f"({ {k: round(v, 4) for k, v in part_values.items()} })")
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 if cfg.train.clip_grad_norm:
@@ -312,18 +318,17 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path, tracker: tracking.Tracker
                 step += 1
                 for trick in tricks:  # after the step (EMA); its cost is the harness's share
                     trick.on_step(model, step)
-                totals["images"] += len(images)
+                totals["images"] += step_images
                 if time_to_first_step is None:
                     time_to_first_step = time.perf_counter() - start
-                value = loss.item()
                 epoch_loss += value
                 n_batches += 1
-                for k, v in losses.items():
-                    epoch_parts[k] = epoch_parts.get(k, 0.0) + v.item()
+                for k, v in part_values.items():
+                    epoch_parts[k] = epoch_parts.get(k, 0.0) + v
                 if step % cfg.train.log_every == 0:
                     record.curve.append({"epoch": epoch + 1, "step": step, "loss": value,
                                          "lr": optimizer.param_groups[0]["lr"]})
-                    tracker.log_step(step, value, losses, optimizer.param_groups[0]["lr"])
+                    tracker.log_step(step, value, part_values, optimizer.param_groups[0]["lr"])
                 bar.update(1)
                 bar.set_postfix(loss=f"{value:.3f}")
             bar.close()
@@ -332,7 +337,8 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path, tracker: tracking.Tracker
             totals["train_cpu_s"] += time.process_time() - cpu_epoch
             point = {"epoch": epoch + 1, "step": step, "epoch_loss": epoch_loss / max(n_batches, 1),
                      **{k: v / max(n_batches, 1) for k, v in epoch_parts.items()}}
-            if cfg.train.eval_every and (epoch + 1) % cfg.train.eval_every == 0 and epoch + 1 < cfg.train.epochs:
+            if (cfg.train.eval_every and (epoch + 1) % cfg.train.eval_every == 0 and epoch + 1 < cfg.train.epochs
+                    and distributed.is_primary()):  # the others wait at the barrier below
                 t_eval = time.perf_counter()
                 metrics, _, _ = evaluate_model(evaluated(model, tricks), data, cfg, device, autocast)
                 totals["eval_s"] += time.perf_counter() - t_eval
@@ -342,7 +348,7 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path, tracker: tracking.Tracker
             log.info("epoch %d/%d: loss %.4f, lr %.2e%s", epoch + 1, cfg.train.epochs, point["epoch_loss"],
                      optimizer.param_groups[0]["lr"],
                      f", val mAP {point['val_mAP']:.4f}" if "val_mAP" in point else "")
-            if cfg.runtime.checkpoint:
+            if cfg.runtime.checkpoint and distributed.is_primary():
                 t_save = time.perf_counter()
                 save_checkpoint(ckpt_path, {"epoch": epoch, "step": step, "config_hash": chash,
                                             "code_fingerprint": record.code["fingerprint"],
@@ -351,11 +357,12 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path, tracker: tracking.Tracker
                                             "curve": record.curve, "totals": totals,
                                             "tricks": {t.name: t.state_dict() for t in tricks}})
                 totals["checkpoint_s"] += time.perf_counter() - t_save
+            distributed.barrier()
     except Diverged as e:
         log.error("run diverged: %s", e)
         record.status, record.error = "diverged", str(e)
 
-    if record.status == "ok":
+    if record.status == "ok" and distributed.is_primary():  # evaluated and recorded by rank 0
         t_eval = time.perf_counter()
         model = evaluated(model, tricks)
         record.metrics, record.per_class_ap, detections = evaluate_model(model, data, cfg, device, autocast)
@@ -395,9 +402,11 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path, tracker: tracking.Tracker
         "time_to_first_step_s": time_to_first_step if time_to_first_step is not None else float("nan"),
     }
     tracker.log_final(record)
-    write_record(record, run_dir)
-    if not cfg.runtime.keep_checkpoint:
-        ckpt_path.unlink(missing_ok=True)
+    if distributed.is_primary():
+        write_record(record, run_dir)
+        if not cfg.runtime.keep_checkpoint:
+            ckpt_path.unlink(missing_ok=True)
+    distributed.barrier()
     return record
 
 
@@ -485,12 +494,34 @@ def main(cfg: DictConfig) -> str:
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
     with contextlib.nullcontext() if multirun else reported():
-        return run_task(cfg, Path(hc.runtime.output_dir), multirun)
+        # Started by torchrun or as one of several submitit tasks: one process group, rank 0's folder.
+        distributed.init_from_env(cfg)
+        return run_task(cfg, Path(distributed.from_primary(hc.runtime.output_dir)), multirun)
 
 
 def run_task(cfg: DictConfig, run_dir: Path, multirun: bool) -> str:
     """One run in run_dir, unless a record of it can be reused; returns its status."""
     ablate_config.check_values(cfg)
+    # On several processes rank 0 alone looks (it moves records aside); the others take its answer.
+    reused = distributed.from_primary(reused_status(cfg, run_dir, multirun) if distributed.is_primary() else None)
+    if reused is not None:
+        return reused
+    runs_root = Path(cfg.paths.runs)
+    gpu = contextlib.nullcontext(None)
+    if (multirun and cfg.runtime.device == "auto" and torch.cuda.device_count() > 1
+            and not distributed.active()):  # a process group has one GPU per process already
+        # Parallel jobs (joblib, submitit_local) on a machine with several GPUs: one GPU each.
+        gpu = claimed_gpu(runs_root / ".gpus", torch.cuda.device_count())
+    with gpu as index:
+        if index is not None:
+            cfg.runtime.device = f"cuda:{index}"
+            log.info("this job trains on GPU %d", index)
+        return run_and_record(cfg, run_dir, runs_root, multirun)
+
+
+def reused_status(cfg: DictConfig, run_dir: Path, multirun: bool) -> str | None:
+    """The status of a complete record that stands for this run (written into run_dir when it
+    comes from another sweep's folder), or None: the run trains."""
     config = ablate_config.to_container(cfg)
     chash, code, reuse = config_hash(config), code_fingerprint(config), str(cfg.runtime.reuse)
     done = existing_record(run_dir, chash, code, reuse)
@@ -508,23 +539,18 @@ def run_task(cfg: DictConfig, run_dir: Path, multirun: bool) -> str:
             write_record(reused, run_dir)
             log.info("%s: the same config ran in %s; its record is reused, not trained again", run_dir, found[0])
             return reused.status
-    gpu = contextlib.nullcontext(None)
-    if multirun and cfg.runtime.device == "auto" and torch.cuda.device_count() > 1:
-        # Parallel jobs (joblib, submitit_local) on a machine with several GPUs: one GPU each.
-        gpu = claimed_gpu(runs_root / ".gpus", torch.cuda.device_count())
-    with gpu as index:
-        if index is not None:
-            cfg.runtime.device = f"cuda:{index}"
-            log.info("this job trains on GPU %d", index)
-        return run_and_record(cfg, run_dir, runs_root, multirun)
+    return None
 
 
 def run_and_record(cfg: DictConfig, run_dir: Path, runs_root: Path, multirun: bool) -> str:
     """Train and evaluate; in a multirun, a failure or a misfit is recorded and the sweep goes on."""
     try:
-        with tracking.open_trackers(cfg, run_dir) as tracker:  # closed however the run ends
+        # Trackers on rank 0 only, as the record (ablate/distributed.py).
+        trackers = (tracking.open_trackers(cfg, run_dir) if distributed.is_primary()
+                    else contextlib.nullcontext(tracking.Trackers([])))
+        with trackers as tracker:  # closed however the run ends
             record = train_and_evaluate(cfg, run_dir, tracker)
-        if record.complete:
+        if record.complete and distributed.is_primary():
             index_record(runs_root, record, run_dir)
         return record.status
     except TrickConflictError as e:
@@ -532,14 +558,16 @@ def run_and_record(cfg: DictConfig, run_dir: Path, runs_root: Path, multirun: bo
             raise  # bad input, not a crash: `main` says what to change in one line
         record = new_record(cfg, "not_applicable")
         record.error = str(e)
-        write_record(record, run_dir)
+        if distributed.is_primary():
+            write_record(record, run_dir)
         log.warning("not applicable: %s", e)
         return record.status
     except Exception as e:
         tail = "".join(traceback.format_exception(e)).strip().splitlines()[-15:]
         record = new_record(cfg, "failed")
         record.error = "\n".join(tail)
-        write_record(record, run_dir)
+        if distributed.is_primary():
+            write_record(record, run_dir)
         if multirun or not isinstance(e, UserInputError):  # bad input: `main` says it in one line
             log.error("run failed: %s", e)
         if multirun:

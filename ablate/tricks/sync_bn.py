@@ -2,10 +2,12 @@
 statistics of every trainable BatchNorm computed over the whole batch of all processes that train
 together, not over each process's share of it.
 
-It applies only where a run trains on several processes: torch.distributed initialised with a
-world size above 1. A run of this harness trains in one process today (multi-process training is
-a later issue), so the trick is then not applicable (TrickConflictError: n/a in a sweep, the reason
-in the record), never a silent copy of the baseline. Where it applies, every nn.BatchNorm2d of the
+It applies only where a run trains on several GPU processes: torch.distributed initialised with a
+world size above 1 (torchrun, or several SLURM tasks: ablate/distributed.py) and a GPU backend. In
+one process, and on a gloo (CPU) process group, whose tensors torch.nn.SyncBatchNorm does not take
+(its forward raises ValueError on CPU input, torch 2.x), the trick is not applicable
+(TrickConflictError: n/a in a sweep, the reason in the record), never a silent copy of the
+baseline nor a crash at the first step. Where it applies, every nn.BatchNorm2d of the
 detector is converted with torch.nn.SyncBatchNorm.convert_sync_batchnorm (the statistics and affine
 parameters kept); torchvision's FrozenBatchNorm2d (a pretrained backbone's) is no _BatchNorm and
 stays, as it has no batch statistics to synchronise.
@@ -19,6 +21,8 @@ from .base import Trick
 
 NOT_APPLICABLE = ("sync_bn needs a run on several processes (torch.distributed, world size > 1); "
                   "this run trains in one")
+CPU_GROUP = ("torch.nn.SyncBatchNorm synchronises GPU tensors only (its forward raises on CPU input); this run's "
+             "process group is gloo, on the CPU: train on GPUs (nccl)")
 
 
 def world_size() -> int:
@@ -26,6 +30,13 @@ def world_size() -> int:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_world_size()
     return 1
+
+
+def backend() -> str | None:
+    """The process group's backend (gloo, nccl...), None unless torch.distributed is initialised."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_backend()
+    return None
 
 
 def to_sync_batchnorm(model: nn.Module) -> tuple[nn.Module, int]:
@@ -46,6 +57,8 @@ class SyncBN(Trick):
 
         if world_size() <= 1:
             raise TrickConflictError(f"trick '{self.name or 'sync_bn'}' is not applicable: {NOT_APPLICABLE}")
+        if backend() == "gloo":
+            raise TrickConflictError(f"trick '{self.name or 'sync_bn'}' is not applicable: {CPU_GROUP}")
         model, self.converted = to_sync_batchnorm(model)
         if self.converted == 0:
             raise TrickConflictError(f"trick '{self.name or 'sync_bn'}' is not applicable: the detector has no "
