@@ -100,6 +100,16 @@ def test_search_keys_belong_to_a_search_and_n_trials_is_a_count(tmp_path):
     assert spec.space["train.optimizer.lr"] == {"type": "float", "low": 0.0005, "high": 0.005, "log": True}
 
 
+def test_without_optuna_a_search_says_which_extra_to_install(monkeypatch):
+    from ablate.errors import MissingExtraError
+    from ablate.sweep.search import require_optuna
+
+    monkeypatch.setitem(sys.modules, "optuna", None)  # as if not installed: `import optuna` fails
+    with pytest.raises(MissingExtraError, match=r"design: search needs Optuna, which is not installed: "
+                                                r"pip install -e '\.\[tune\]'"):
+        require_optuna()
+
+
 def test_a_space_key_the_config_lacks_stops_the_sweep_in_one_line(tmp_path, dirs, shapes_cache):
     body = "space:\n  tricks.mixup.alfa: {type: float, low: 0.5, high: 2.0}\n"
     res = ablate("sweep", str(search_file(tmp_path, 2, body)), "profile=smoke", *paths(dirs),

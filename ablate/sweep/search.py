@@ -310,7 +310,7 @@ def trial_reporter(search_trial: Any, epochs: int) -> Callable[[int, float], boo
     storage = optuna.storages.RDBStorage(str(search_trial["storage"]))
     study_name, number = str(search_trial["study"]), int(search_trial["trial"])
     study = optuna.load_study(study_name=study_name, storage=storage, sampler=optuna.samplers.RandomSampler())
-    study.pruner = build_pruner(study.user_attrs["pruner"])
+    study.pruner = build_pruner(study.user_attrs.get("pruner", {"name": "none"}))
     trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study_name), number)
     trial = optuna.trial.Trial(study, trial_id)
     offset = int(search_trial["seed_index"]) * int(epochs)
@@ -383,6 +383,10 @@ def run_search(sweeper, design, arguments: list[str], sweep_dir: Path, out) -> t
                 if statuses[-1] != "ok":
                     break  # a pruned (or failed) seed ends the trial: its other seeds would not change that
             status, value = trial_outcome(sweep_dir, jobs, statuses)
+            if status == "not_applicable":  # every trial would be: the tricks do not fit the detector
+                study.tell(number, state=states.FAIL)
+                error = read_record(sweep_dir / jobs[0].variant / f"seed{jobs[0].seed}" / RECORD_NAME).error
+                raise UserInputError(f"{design.path}: the search's tricks do not fit: {error}")
             if status == "ok":
                 study.tell(number, value)
             else:
@@ -397,6 +401,11 @@ def run_search(sweeper, design, arguments: list[str], sweep_dir: Path, out) -> t
             pace = (time.monotonic() - started) / trained
             eta = f", about {_minutes(pace * remaining)} left" if remaining > 0 else ""
             shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+            if status == "pruned":  # the val mAP it was stopped at (Optuna keeps the last report as its value)
+                stopped = study.trials[number]
+                if stopped.value is not None:
+                    value = stopped.value
+                    status = f"pruned at step {stopped.last_step}"
             print(f"[{finished}/{spec.n_trials}] trial {number}: {status}"
                   + (f", mAP {value:.3f}" if value is not None else "") + f" ({shown}){best}{eta}",
                   file=out, flush=True)
