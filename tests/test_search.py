@@ -14,9 +14,11 @@ from hydra import compose, initialize_config_dir
 
 from ablate.config import conf_dir
 from ablate.report import build_report
-from ablate.results import RECORD_NAME, find_indexed, index_record, read_record
+from ablate.results import RECORD_NAME, RunRecord, find_indexed, index_record, read_record, write_record
 from ablate.sweep import SweepFileError, load_sweep
-from ablate.sweep.search import distributions, open_study
+from ablate.errors import UserInputError
+from ablate.sweep.design import Job
+from ablate.sweep.search import distributions, open_study, sampler_for, search_lock, trial_outcome
 from ablate.train import train_and_evaluate
 from conftest import REPO_ROOT, ablate, paths
 
@@ -81,6 +83,7 @@ def test_a_bad_space_entry_is_one_line_naming_its_key(tmp_path, body, says):
     ("pruner: {name: threshold}\n", "pruner: threshold needs lower or upper"),
     ("pruner: {name: median, n_warmup_steps: -1}\n", "pruner.n_warmup_steps: must be a non-negative int, got -1"),
     ("direction: up\n", "direction: one of ('maximize', 'minimize')"),
+    ("n_jobs: 0\n", "n_jobs: the trials launched together, an integer >= 1, got 0"),
 ])
 def test_bad_search_settings_name_their_key(tmp_path, extra, says):
     with pytest.raises(SweepFileError, match=None) as info:
@@ -119,6 +122,44 @@ def test_a_space_key_the_config_lacks_stops_the_sweep_in_one_line(tmp_path, dirs
         f"ablate: error: {tmp_path / 'tune.yaml'}: space.tricks.mixup.alfa: no such key in the config "
         "(tricks.mixup has: _target_, alpha, prob, off_last_fraction, loss_weights)"]
     assert not (dirs["runs"] / "tune").exists()  # checked before the sweep's folder is made
+
+
+# ---------------------------------------------------------------- the study
+
+
+def test_a_reopened_study_draws_new_points_and_refuses_another_space(tmp_path):
+    design = load_sweep(search_file(tmp_path, 4))
+    study = open_study(design, tmp_path)
+    first = study.ask(distributions(design.search))
+    study.tell(first, 0.1)
+    again = open_study(design, tmp_path)  # a relaunch: the sampler seeded 0 + 1 trial
+    assert again.ask(distributions(design.search)).params != first.params
+    # Seeded 0 as the first launch was, it would draw trial 0's point again: why the seed is offset.
+    again.sampler = sampler_for(design.search.sampler, 0)
+    assert again.ask(distributions(design.search)).params == first.params
+    changed = load_sweep(search_file(tmp_path, 4, SPACE.replace("high: 2.0", "high: 3.0")))
+    with pytest.raises(SweepFileError, match=r"space changed since the study in .*optuna.db began "
+                                             r"\(space.tricks.mixup.alpha\)"):
+        open_study(changed, tmp_path)
+
+
+def test_one_launch_of_a_search_at_a_time(tmp_path):
+    with search_lock(tmp_path):
+        with pytest.raises(UserInputError, match="another launch of this search is running"):
+            with search_lock(tmp_path):
+                pass
+    with search_lock(tmp_path):  # released when the launch ends
+        pass
+
+
+def test_a_trials_value_is_the_mean_val_map_of_its_seeds_and_any_other_status_wins(tmp_path):
+    jobs = [Job("trial2", ("mixup",), seed, ()) for seed in (0, 1)]
+    for seed, mAP in ((0, 0.25), (1, 0.375)):
+        write_record(RunRecord(status="ok", variant="trial2", sweep="s", tricks=["mixup"], seed=seed, config={},
+                               config_hash="h", base_hash="b", metrics={"mAP": mAP}), tmp_path / "trial2" / f"seed{seed}")
+    assert trial_outcome(tmp_path, jobs, ["ok", "ok"]) == ("ok", 0.3125)
+    assert trial_outcome(tmp_path, jobs, ["pruned"]) == ("pruned", None)
+    assert trial_outcome(tmp_path, jobs, ["ok", "diverged"]) == ("diverged", None)
 
 
 # ---------------------------------------------------------------- pruning, in the run
@@ -197,14 +238,15 @@ def test_a_killed_search_resumes_and_keeps_its_finished_trials(tmp_path, dirs, s
 
 
 def test_a_trial_left_running_is_run_again_and_the_report_shows_the_search(tmp_path, dirs, shapes_cache):
-    sweep = search_file(tmp_path, 2)
+    sweep = search_file(tmp_path, 2, extra="pruner: none\nn_jobs: 2\n")
     design = load_sweep(sweep)
     sweep_dir = dirs["runs"] / "tune"
     sweep_dir.mkdir(parents=True)
     # As a launch killed mid-trial leaves it: trial 0 running in the study.
     left = open_study(design, sweep_dir).ask(distributions(design.search))
-    res = ablate("sweep", str(sweep), "profile=smoke", *paths(dirs),
-                 env={"HYDRA_FULL_ERROR": "0", "ABLATE_CACHE": str(shapes_cache)})
+    # It and a new trial 1 run together, in two joblib processes.
+    res = ablate("sweep", str(sweep), "profile=smoke", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                 "runtime.num_threads=1", *paths(dirs), env={"HYDRA_FULL_ERROR": "0", "ABLATE_CACHE": str(shapes_cache)})
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     assert "search tune: study" in res.stdout and "0 of 2 trials done, 1 left running" in res.stdout
     assert f"trial 0 was running when the search stopped: training it again in {sweep_dir / 'trial0'}" in res.stdout

@@ -18,7 +18,7 @@ A sweep file (sweeps/<name>.yaml, or any path):
 A trick that does not fit a baseline's detector is recorded as not_applicable (n/a in the report).
 
 `design: search` tunes parameters instead of ablating tricks: `tricks` are switched on in every
-trial, and `space`, `n_trials`, `sampler`, `pruner` and `direction` say what Optuna searches
+trial, and `space`, `n_trials`, `sampler`, `pruner`, `direction` and `n_jobs` say what Optuna searches
 (ablate/sweep/search.py has the format and its defaults).
 
 No torch here: the sweeper runs in the launching process.
@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 SEARCH = "search"
 DESIGNS = ("one_at_a_time", "cumulative", "leave_one_out", "factorial", SEARCH)
 # The keys only a search reads (ablate/sweep/search.py).
-SEARCH_KEYS = {"space", "n_trials", "sampler", "pruner", "direction"}
+SEARCH_KEYS = {"space", "n_trials", "sampler", "pruner", "direction", "n_jobs"}
 KEYS = {"design", "tricks", "seeds", "baseline", "baselines", "name", "description"} | SEARCH_KEYS
 
 

@@ -13,6 +13,7 @@ A search sweep file (sweeps/tune_mixup.yaml is the example):
     sampler: tpe                     # tpe (default) or random, or {name: tpe, seed: 0, n_startup_trials: 10}
     pruner: median                   # median (default), percentile, threshold or none, or {name: median, ...}
     direction: maximize              # of the val mAP (default maximize)
+    n_jobs: 1                        # trials launched together, for a parallel launcher (default 1)
     seeds: 1                         # a trial's value is the mean val mAP over these seeds
     baseline: [train.eval_every=1]   # overrides of every trial (a pruner needs per-epoch val mAP)
 
@@ -21,7 +22,8 @@ defaults (MedianPruner: n_startup_trials 5, n_warmup_steps 0; TPESampler: n_star
 
 The study lives in SQLite beside the runs, ${paths.runs}/<sweep>/optuna.db, and each trial is an
 ordinary ablate run in ${paths.runs}/<sweep>/trial<N>/seed<S>/, launched through the configured
-Hydra launcher one trial after the other. Launching the same sweep again continues the same study:
+Hydra launcher one trial after the other (n_jobs trials at once: with hydra/launcher=joblib or
+SLURM they train in parallel, each reporting to the same SQLite file). Launching the same sweep again continues the same study:
 finished trials are kept, a trial that was running when the search was killed is run again in its
 own folder (resuming from its checkpoint), then new trials are asked until the study has n_trials.
 A trial's run reports each evaluation's val mAP (train.eval_every) to the study through
@@ -53,7 +55,7 @@ LOCK_FILE = "search.lock"
 DIRECTIONS = ("maximize", "minimize")
 TYPES = ("float", "int", "categorical")
 # Each sampler's and pruner's arguments a sweep file may set (Optuna's names), with their types.
-SAMPLER_ARGS = {"tpe": {"seed": int, "n_startup_trials": int, "multivariate": bool},
+SAMPLER_ARGS = {"tpe": {"seed": int, "n_startup_trials": int, "multivariate": bool, "constant_liar": bool},
                 "random": {"seed": int}}
 _PERCENTILE_ARGS = {"n_startup_trials": int, "n_warmup_steps": int, "interval_steps": int, "n_min_trials": int}
 PRUNER_ARGS = {"median": _PERCENTILE_ARGS,
@@ -72,6 +74,8 @@ class SearchSpec:
     sampler: dict[str, Any]
     pruner: dict[str, Any]
     direction: str
+    # Trials launched together (1: one after the other).
+    n_jobs: int = 1
 
 
 # ---------------------------------------------------------------- the sweep file (no Optuna needed)
@@ -177,7 +181,11 @@ def parse_search(raw: dict[str, Any], path: Path) -> SearchSpec:
     direction = raw.get("direction", "maximize")
     if direction not in DIRECTIONS:
         raise SweepFileError(f"{path}: direction: one of {DIRECTIONS} (of the val mAP), got {direction!r}")
-    return SearchSpec(space=entries, n_trials=n_trials, sampler=sampler, pruner=pruner, direction=direction)
+    n_jobs = raw.get("n_jobs", 1)
+    if isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or n_jobs < 1:
+        raise SweepFileError(f"{path}: n_jobs: the trials launched together, an integer >= 1, got {n_jobs!r}")
+    return SearchSpec(space=entries, n_trials=n_trials, sampler=sampler, pruner=pruner, direction=direction,
+                      n_jobs=n_jobs)
 
 
 def hydra_value(value: Any) -> str:
@@ -343,6 +351,25 @@ def trial_outcome(sweep_dir: Path, jobs: list[Job], statuses: list[str]) -> tupl
     return "ok", sum(values) / len(values)
 
 
+def trial_line(study, number: int, status: str, value: float | None, params: dict[str, Any], n_trials: int,
+               pace: float) -> str:
+    """The console line of a finished trial: its status and value, parameters, the best so far, the time left."""
+    finished = sum(t.state.is_finished() for t in study.trials)
+    best = ""
+    with contextlib.suppress(ValueError):  # no complete trial yet
+        best = f"; best {study.best_value:.3f} (trial {study.best_trial.number})"
+    remaining = n_trials - finished
+    eta = f", about {_minutes(pace * remaining)} left" if remaining > 0 else ""
+    shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+    if status == "pruned":  # the val mAP it was stopped at (Optuna keeps the last report as its value)
+        stopped = study.trials[number]
+        if stopped.value is not None:
+            value = stopped.value
+            status = f"pruned at step {stopped.last_step}"
+    return (f"[{finished}/{n_trials}] trial {number}: {status}" + (f", mAP {value:.3f}" if value is not None else "")
+            + f" ({shown}){best}{eta}")
+
+
 def run_search(sweeper, design, arguments: list[str], sweep_dir: Path, out) -> tuple[list, list]:
     """Ask, run, tell, until the study holds n_trials trials; first the trials a killed launch left
     running. Returns every job launched and the launcher's returns, as the other designs do."""
@@ -364,51 +391,45 @@ def run_search(sweeper, design, arguments: list[str], sweep_dir: Path, out) -> t
             print(f"trial {t.number} was running when the search stopped: training it again in "
                   f"{sweep_dir / f'trial{t.number}'} (from its checkpoint where there is one)", file=out, flush=True)
         pending = [(t.number, t.params) for t in left]
-        started, trained = time.monotonic(), 0
+        started, trained, job_index = time.monotonic(), 0, done * len(design.seeds)
         while pending or len(study.trials) < spec.n_trials:
-            if pending:
-                number, params = pending.pop(0)
-            else:
-                trial = study.ask(distributions(spec))
-                number, params = trial.number, trial.params
-            jobs = trial_jobs(design, number, params, storage)
-            statuses = []
-            for job in jobs:
-                batch = sweeper.batch([job], arguments)
+            # Up to n_jobs trials at once: a parallel launcher (joblib, SLURM) runs their jobs together.
+            batch_trials = []
+            while len(batch_trials) < spec.n_jobs and (pending or len(study.trials) < spec.n_trials):
+                if pending:
+                    number, params = pending.pop(0)
+                else:
+                    trial = study.ask(distributions(spec))
+                    number, params = trial.number, trial.params
+                batch_trials.append((number, params, trial_jobs(design, number, params, storage)))
+            statuses: dict[int, list[str]] = {number: [] for number, _, _ in batch_trials}
+            for index in range(len(design.seeds)):  # seed by seed: a pruned (or failed) seed ends its trial
+                live = [(number, jobs[index]) for number, _, jobs in batch_trials
+                        if all(s == "ok" for s in statuses[number])]
+                if not live:
+                    break
+                batch = [sweeper.batch([job], arguments)[0] for _, job in live]
                 sweeper.validate_batch_is_legal(batch)
-                (ret,) = sweeper.launcher.launch(batch, initial_job_idx=number * len(design.seeds) + len(statuses))
-                returns.append(ret)
-                all_jobs.append(job)
-                statuses.append(ret.return_value if ret.status == JobStatus.COMPLETED else "failed")
-                if statuses[-1] != "ok":
-                    break  # a pruned (or failed) seed ends the trial: its other seeds would not change that
-            status, value = trial_outcome(sweep_dir, jobs, statuses)
-            if status == "not_applicable":  # every trial would be: the tricks do not fit the detector
-                study.tell(number, state=states.FAIL)
-                error = read_record(sweep_dir / jobs[0].variant / f"seed{jobs[0].seed}" / RECORD_NAME).error
-                raise UserInputError(f"{design.path}: the search's tricks do not fit: {error}")
-            if status == "ok":
-                study.tell(number, value)
-            else:
-                study.tell(number, state=states.PRUNED if status == "pruned" else states.FAIL)
-            study.set_user_attr(f"trial{number}_status", status)
-            trained += 1
-            finished = sum(t.state.is_finished() for t in study.trials)
-            best = ""
-            with contextlib.suppress(ValueError):  # no complete trial yet
-                best = f"; best {study.best_value:.3f} (trial {study.best_trial.number})"
-            remaining = spec.n_trials - finished
-            pace = (time.monotonic() - started) / trained
-            eta = f", about {_minutes(pace * remaining)} left" if remaining > 0 else ""
-            shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
-            if status == "pruned":  # the val mAP it was stopped at (Optuna keeps the last report as its value)
-                stopped = study.trials[number]
-                if stopped.value is not None:
-                    value = stopped.value
-                    status = f"pruned at step {stopped.last_step}"
-            print(f"[{finished}/{spec.n_trials}] trial {number}: {status}"
-                  + (f", mAP {value:.3f}" if value is not None else "") + f" ({shown}){best}{eta}",
-                  file=out, flush=True)
+                rets = list(sweeper.launcher.launch(batch, initial_job_idx=job_index))
+                job_index += len(batch)
+                for (number, job), ret in zip(live, rets):
+                    statuses[number].append(ret.return_value if ret.status == JobStatus.COMPLETED else "failed")
+                    all_jobs.append(job)
+                    returns.append(ret)
+            for number, params, jobs in batch_trials:
+                status, value = trial_outcome(sweep_dir, jobs, statuses[number])
+                if status == "not_applicable":  # every trial would be: the tricks do not fit the detector
+                    study.tell(number, state=states.FAIL)
+                    error = read_record(sweep_dir / jobs[0].variant / f"seed{jobs[0].seed}" / RECORD_NAME).error
+                    raise UserInputError(f"{design.path}: the search's tricks do not fit: {error}")
+                if status == "ok":
+                    study.tell(number, value)
+                else:
+                    study.tell(number, state=states.PRUNED if status == "pruned" else states.FAIL)
+                study.set_user_attr(f"trial{number}_status", status)
+                trained += 1
+                print(trial_line(study, number, status, value, params, spec.n_trials,
+                                 (time.monotonic() - started) / trained), file=out, flush=True)
         with contextlib.suppress(ValueError):
             print(f"best: trial {study.best_trial.number}, mAP {study.best_value:.3f}, "
                   + ", ".join(f"{k}={v}" for k, v in study.best_params.items()), file=out, flush=True)
