@@ -269,3 +269,17 @@ def test_a_trial_left_running_is_run_again_and_the_report_shows_the_search(tmp_p
         study, evaluator=optuna.importance.PedAnovaImportanceEvaluator())
     for name, value in importance.items():
         assert f"| {name} | {value:.3f} |" in " ".join(text.split())
+
+
+def test_the_bag_of_tricks_report_counts_a_pruned_run_as_one_that_did_not_finish(tmp_path):
+    def record(variant, status, metrics, error=None):
+        return RunRecord(status=status, variant=variant, sweep="s", tricks=[] if variant == "baseline" else [variant],
+                         seed=0, config={}, config_hash=variant, base_hash="b", metrics=metrics, error=error)
+
+    write_record(record("baseline", "ok", {"mAP": 0.5}), tmp_path / "runs" / "baseline" / "seed0")
+    write_record(record("mixup", "pruned", {}, "pruned after epoch 1 (val mAP 0.1000)"),
+                 tmp_path / "runs" / "mixup" / "seed0")
+    text = " ".join(build_report([tmp_path / "runs"], tmp_path / "report").read_text().split())
+    assert "2 runs (1 ok, 1 pruned) of 2 variants" in text
+    assert "## Runs that did not finish" in text
+    assert "| mixup | 0 | pruned | pruned after epoch 1 (val mAP 0.1000) |" in text
