@@ -62,6 +62,8 @@ write reports/<sweep>/report.md. Exits non-zero if a run failed or diverged (the
   ablate sweep quick hydra/launcher=joblib  jobs in parallel processes
   ablate sweep quick data=coco data.root=DIR
   ablate sweep quick --force                train every job again (runtime.reuse=never)
+  ablate sweep tune_mixup                   design: search: Optuna trials over MixUp's parameters, a
+                                            study in runs/tune_mixup/optuna.db that a relaunch resumes
 
 A record is reused only if the code it depends on is unchanged (ablate/fingerprint.py): after an
 edit to a trick, its runs train again; runtime.reuse=any_code keeps them.

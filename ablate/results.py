@@ -19,7 +19,9 @@ SCHEMA_VERSION = 1
 RECORD_NAME = "result.json"
 # not_applicable: the run's tricks do not fit its detector or each other (a design may ask for
 # such a combination); it trains nothing and the report shows "n/a", never a zero change.
-STATUSES = ("ok", "failed", "diverged", "not_applicable")
+# pruned: a search's trial stopped early by its pruner (ablate/sweep/search.py): final for that
+# trial, but not a full run of its config, so never indexed for reuse by other sweeps.
+STATUSES = ("ok", "failed", "diverged", "not_applicable", "pruned")
 
 # COCOeval's 12 stats, in its order, under the names COCO gives them.
 COCO_METRICS = ("mAP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -173,7 +175,10 @@ INDEX_DIR = ".index"
 
 
 def index_record(runs_root: Path, record: RunRecord, run_dir: Path) -> None:
-    """Note where the complete run of a config lives: runs_root/.index/<config_hash> holds its folder."""
+    """Note where the complete run of a config lives: runs_root/.index/<config_hash> holds its folder
+    (not a pruned run's: it stopped early)."""
+    if record.status == "pruned":
+        return
     atomic_write_text(Path(runs_root) / INDEX_DIR / record.config_hash, str(Path(run_dir).resolve()) + "\n")
 
 
@@ -185,7 +190,7 @@ def find_indexed(runs_root: Path, chash: str) -> tuple[Path, RunRecord] | None:
         record = read_record(run_dir / RECORD_NAME)
     except (OSError, RecordError):
         return None
-    if record.config_hash != chash or not record.complete or record.reused_from:
+    if record.config_hash != chash or not record.complete or record.reused_from or record.status == "pruned":
         return None
     return run_dir, record
 

@@ -40,6 +40,7 @@ from .models.losses import LossSlotError
 from .results import (RECORD_NAME, atomic_write, RecordError, RunRecord, base_hash, config_hash, find_indexed, index_record,
                       read_record, write_record)
 from .fingerprint import code_changes, code_fingerprint, same_code, summarize
+from .sweep.search import trial_reporter
 from .tricks import BatchContext, TrickConflictError, build_tricks, lr_factor
 from .tricks.base import cosine_annealing
 
@@ -265,6 +266,8 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path, tracker: tracking.Tracker
         log.info("resuming from %s after epoch %d", ckpt_path, state["epoch"] + 1)
     tracker.start(record, step)
 
+    # A search's trial reports each evaluation to its study and stops when pruned (ablate/sweep/search.py).
+    prune = trial_reporter(cfg.runtime.get("search_trial"), cfg.train.epochs)
     time_to_first_step = None
     log.info("training %s (seed %d) on %s: %d images, %d epochs of %d steps", record.variant, record.seed,
              record.device, len(data.train), cfg.train.epochs, steps_per_epoch)
@@ -358,6 +361,13 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path, tracker: tracking.Tracker
                                             "tricks": {t.name: t.state_dict() for t in tricks}})
                 totals["checkpoint_s"] += time.perf_counter() - t_save
             distributed.barrier()
+            # The trial's pruner is asked by rank 0 (where val mAP is); every process stops with it.
+            pruned = prune is not None and "val_mAP" in point and prune(epoch + 1, point["val_mAP"])
+            if distributed.from_primary(pruned):
+                mAP = f" (val mAP {point['val_mAP']:.4f})" if "val_mAP" in point else ""  # rank 0 evaluated
+                record.status, record.error = "pruned", f"pruned after epoch {epoch + 1}{mAP}"
+                log.info("search trial %s", record.error)
+                break
     except Diverged as e:
         log.error("run diverged: %s", e)
         record.status, record.error = "diverged", str(e)

@@ -9,6 +9,7 @@ import logging
 from pathlib import Path
 
 from ablate.report.markdown import PLOTS, render_markdown
+from ablate.report.search import build_search_report, is_search
 from ablate.report.plots import plot_curves, plot_delta_map, plot_pareto, plot_per_class
 from ablate.report.table import (display_table, epoch_curves, paired_differences, per_class_deltas, records_table,
                                  runs_table)
@@ -42,7 +43,8 @@ def adaptive_lines(runs_dirs: list[Path], records: list) -> list[str]:
 
 
 def build_report(runs_dirs: list[Path], out_dir: Path, title: str | None = None) -> Path:
-    """Read every result.json under ``runs_dirs``; write report.md, table.csv, runs.csv and the plots
+    """A search's folder (design: search, holding optuna.db) gets the search's report (ablate/report/search.py).
+    Otherwise: read every result.json under ``runs_dirs``; write report.md, table.csv, runs.csv and the plots
     (delta_map.png, curves.png, pareto.png, per_class.png) into ``out_dir``; return the path of report.md.
 
     Unreadable records are logged, listed in the report and never read as results. Raises ReportError
@@ -54,6 +56,8 @@ def build_report(runs_dirs: list[Path], out_dir: Path, title: str | None = None)
     out_dir = Path(out_dir)
     if not runs_dirs:
         raise ReportError("no runs folder given")
+    if len(runs_dirs) == 1 and is_search(runs_dirs[0]):  # design: search: its trials, not a table of tricks
+        return build_search_report(runs_dirs[0], out_dir, title)
 
     found, errors = find_records(*runs_dirs)
     if not found:  # one error, which names the unreadable records

@@ -440,7 +440,7 @@ def unfinished_section(runs: pd.DataFrame) -> list[str]:
     })
     return ["## Runs that did not finish", "",
             "These runs add no number to the table above (a failed run is retried by the next sweep; "
-            "a diverged one stays as it is).", "",
+            "a diverged one stays as it is, and so does a search's trial its pruner stopped early).", "",
             markdown_table(frame), ""]
 
 

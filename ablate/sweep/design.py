@@ -17,6 +17,10 @@ A sweep file (sweeps/<name>.yaml, or any path):
 
 A trick that does not fit a baseline's detector is recorded as not_applicable (n/a in the report).
 
+`design: search` tunes parameters instead of ablating tricks: `tricks` are switched on in every
+trial, and `space`, `n_trials`, `sampler`, `pruner`, `direction` and `n_jobs` say what Optuna searches
+(ablate/sweep/search.py has the format and its defaults).
+
 No torch here: the sweeper runs in the launching process.
 """
 from __future__ import annotations
@@ -25,6 +29,7 @@ import dataclasses
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -33,8 +38,14 @@ from ..config import sweeps_dir
 from ..errors import UserInputError
 from .adaptive import Plan, PlanError
 
-DESIGNS = ("one_at_a_time", "cumulative", "leave_one_out", "factorial")
-KEYS = {"design", "tricks", "seeds", "baseline", "baselines", "name", "description"}
+if TYPE_CHECKING:
+    from .search import SearchSpec
+
+SEARCH = "search"
+DESIGNS = ("one_at_a_time", "cumulative", "leave_one_out", "factorial", SEARCH)
+# The keys only a search reads (ablate/sweep/search.py).
+SEARCH_KEYS = {"space", "n_trials", "sampler", "pruner", "direction", "n_jobs"}
+KEYS = {"design", "tricks", "seeds", "baseline", "baselines", "name", "description"} | SEARCH_KEYS
 
 
 class SweepFileError(UserInputError):
@@ -48,10 +59,12 @@ class Job:
     seed: int
     # The overrides of this job's baseline (model=..., data=...).
     base: tuple[str, ...] = ()
+    # Overrides the design itself sets, after the command line's: a search trial's parameters.
+    params: tuple[str, ...] = ()
 
     def overrides(self) -> list[str]:
         """What makes this job this variant at this seed (after the base and command-line overrides)."""
-        return [f"tricks=[{','.join(self.tricks)}]", f"seed={self.seed}", f"variant={self.variant}"]
+        return [f"tricks=[{','.join(self.tricks)}]", f"seed={self.seed}", f"variant={self.variant}", *self.params]
 
 
 @dataclass(frozen=True)
@@ -67,6 +80,8 @@ class SweepDesign:
     baseline_tricks: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
     # Adaptive seeds: `seeds` are then the first min seeds; more are added round by round.
     adaptive: Plan | None = None
+    # design: search: what Optuna searches (ablate/sweep/search.py's SearchSpec).
+    search: SearchSpec | None = None
 
     def variants(self, baseline: str | None = None) -> list[tuple[str, ...]]:
         """The trick combinations the design asks for (of one baseline), baseline (no trick) first."""
@@ -77,6 +92,8 @@ class SweepDesign:
             combos = [t[:k] for k in range(len(t) + 1)]
         elif self.design == "leave_one_out":
             combos = [(), t] + [tuple(x for x in t if x != left) for left in t]
+        elif self.design == SEARCH:  # every trial trains all the tricks (ablate/sweep/search.py runs it)
+            combos = [t]
         else:  # factorial
             combos = [c for k in range(len(t) + 1) for c in itertools.combinations(t, k)]
         seen, unique = set(), []
@@ -135,6 +152,9 @@ def load_sweep(path: Path) -> SweepDesign:
     design = raw.get("design", "one_at_a_time")
     if design not in DESIGNS:
         raise SweepFileError(f"{path}: design {design!r} is not one of {DESIGNS}")
+    misplaced = sorted(SEARCH_KEYS & set(raw)) if design != SEARCH else []
+    if misplaced:
+        raise SweepFileError(f"{path}: {', '.join(misplaced)}: only for design: search (this file's design is {design})")
     tricks = raw.get("tricks") or []
     if not isinstance(tricks, list) or not all(isinstance(t, str) for t in tricks):
         raise SweepFileError(f"{path}: tricks must be a list of trick names, got {tricks!r}")
@@ -183,6 +203,14 @@ def load_sweep(path: Path) -> SweepDesign:
         if "/" in label or "=" in label:
             raise SweepFileError(f"{path}: baseline name {label!r} may not contain '/' or '='")
         baselines[label] = tuple(overrides)
+    search = None
+    if design == SEARCH:
+        from .search import parse_search  # the search's own keys, read there
+
+        if adaptive is not None or len(baselines) > 1 or baseline_tricks:
+            raise SweepFileError(f"{path}: design: search takes a count or list of seeds and one baseline "
+                                 "(overrides of every trial), not adaptive seeds or named baselines")
+        search = parse_search(raw, path)
     return SweepDesign(name=str(raw.get("name") or path.stem), design=design, tricks=tuple(tricks),
                        seeds=tuple(seeds), baselines=baselines, path=path, baseline_tricks=baseline_tricks,
-                       adaptive=adaptive)
+                       adaptive=adaptive, search=search)

@@ -68,6 +68,11 @@ class AblationSweeper(Sweeper):
             if "," in arg.split("=", 1)[-1] and "[" not in arg:
                 raise UserInputError(f"override {arg!r}: a sweep over values belongs in a sweep file, not on the "
                                      "command line")
+        if design.search is not None:
+            from .search import check_search  # the space's keys exist; a pruner has evaluations to prune on
+
+            check_search(design, arguments, self)
+            return
         for overrides in self.batch(design.all_jobs(design.seeds[:1]), arguments):
             check_values(self.hydra_context.config_loader.load_sweep_config(self.config, overrides))
 
@@ -112,7 +117,12 @@ class AblationSweeper(Sweeper):
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-        if design.adaptive is None:
+        if design.search is not None:
+            from .search import run_search  # Optuna only for a search
+
+            with reported():  # Optuna missing, a study of another space: one line
+                jobs, returns = run_search(self, design, arguments, sweep_dir, sys.stdout)
+        elif design.adaptive is None:
             jobs = design.jobs()
             log.info("sweep %s (%s design): %d baseline(s), %d seed(s): %d runs in %s", design.name,
                      design.design, len(design.baselines), len(design.seeds), len(jobs), sweep_dir)
@@ -125,7 +135,7 @@ class AblationSweeper(Sweeper):
                 status = ret.return_value
             else:
                 status = f"failed ({ret._return_value!r})"
-            if status not in ("ok", "not_applicable"):
+            if status not in ("ok", "not_applicable", "pruned"):  # pruned: a search's trial stopped early
                 not_ok.append(f"{job.variant} seed {job.seed}: {status}")
 
         if self.report:

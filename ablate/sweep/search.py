@@ -1,0 +1,466 @@
+"""design: search: tune a trick's (and training's) parameters with Optuna, run by the ablation sweeper.
+
+A search sweep file (sweeps/tune_mixup.yaml is the example):
+
+    design: search
+    tricks: [mixup]                  # switched on in every trial
+    space:                           # dotted config keys, each a distribution:
+      tricks.mixup.alpha: {type: float, low: 0.5, high: 2.0}             # log: true, step: 0.1
+      train.optimizer.lr: {type: float, low: 0.0005, high: 0.005, log: true}
+      train.schedule.name: {type: categorical, choices: [step, cosine]}
+      data.batch_size: {type: int, low: 2, high: 8, step: 2}             # log: true
+    n_trials: 16                     # trials in the study, counting those of earlier launches
+    sampler: tpe                     # tpe (default) or random, or {name: tpe, seed: 0, n_startup_trials: 10}
+    pruner: median                   # median (default), percentile, threshold or none, or {name: median, ...}
+    direction: maximize              # of the val mAP (default maximize)
+    n_jobs: 1                        # trials launched together, for a parallel launcher (default 1)
+    seeds: 1                         # a trial's value is the mean val mAP over these seeds
+    baseline: [train.eval_every=1]   # overrides of every trial (a pruner needs per-epoch val mAP)
+
+The sampler's seed is 0 unless given; the pruners' and samplers' other arguments are Optuna's own
+defaults (MedianPruner: n_startup_trials 5, n_warmup_steps 0; TPESampler: n_startup_trials 10).
+
+The study lives in SQLite beside the runs, ${paths.runs}/<sweep>/optuna.db, and each trial is an
+ordinary ablate run in ${paths.runs}/<sweep>/trial<N>/seed<S>/, launched through the configured
+Hydra launcher one trial after the other (n_jobs trials at once: with hydra/launcher=joblib or
+SLURM they train in parallel, each reporting to the same SQLite file). Launching the same sweep again continues the same study:
+finished trials are kept, a trial that was running when the search was killed is run again in its
+own folder (resuming from its checkpoint), then new trials are asked until the study has n_trials.
+A trial's run reports each evaluation's val mAP (train.eval_every) to the study through
+runtime.search_trial, which is not part of the config hash, and stops with status `pruned` when
+the pruner says so.
+
+No torch here, and Optuna only where a search runs or is reported (the optional extra `tune`).
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from ..errors import MissingExtraError, UserInputError
+from ..results import RECORD_NAME, RecordError, read_record
+from .design import Job, SweepFileError
+
+log = logging.getLogger("ablate.sweep")
+
+STUDY_FILE = "optuna.db"
+LOCK_FILE = "search.lock"
+DIRECTIONS = ("maximize", "minimize")
+TYPES = ("float", "int", "categorical")
+# Each sampler's and pruner's arguments a sweep file may set (Optuna's names), with their types.
+SAMPLER_ARGS = {"tpe": {"seed": int, "n_startup_trials": int, "multivariate": bool, "constant_liar": bool},
+                "random": {"seed": int}}
+_PERCENTILE_ARGS = {"n_startup_trials": int, "n_warmup_steps": int, "interval_steps": int, "n_min_trials": int}
+PRUNER_ARGS = {"median": _PERCENTILE_ARGS,
+               "percentile": {"percentile": float, **_PERCENTILE_ARGS},
+               "threshold": {"lower": float, "upper": float, "n_warmup_steps": int, "interval_steps": int},
+               "none": {}}
+# Keys the design itself sets for every job.
+RESERVED_KEYS = ("tricks", "seed", "variant")
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    # Config key -> its distribution as the sweep file gives it, checked ({"type": "float", "low": ...}).
+    space: dict[str, dict[str, Any]]
+    n_trials: int
+    sampler: dict[str, Any]
+    pruner: dict[str, Any]
+    direction: str
+    # Trials launched together (1: one after the other).
+    n_jobs: int = 1
+
+
+# ---------------------------------------------------------------- the sweep file (no Optuna needed)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def parse_entry(key: str, entry: Any, path: Path) -> dict[str, Any]:
+    """One space entry, checked; errors name `space.<key>`."""
+    where = f"{path}: space.{key}"
+
+    def fail(why: str) -> SweepFileError:
+        return SweepFileError(f"{where}: {why}")
+
+    if not isinstance(entry, dict) or entry.get("type") not in TYPES:
+        raise fail(f"give a mapping with type one of {TYPES}, e.g. {{type: float, low: 0.5, high: 2.0}}, "
+                   f"got {entry!r}")
+    kind = entry["type"]
+    allowed = {"type", "choices"} if kind == "categorical" else {"type", "low", "high", "log", "step"}
+    unknown = sorted(set(entry) - allowed)
+    if unknown:
+        raise fail(f"unknown keys {unknown} for type {kind} (known: {sorted(allowed)})")
+    if kind == "categorical":
+        choices = entry.get("choices")
+        if (not isinstance(choices, list) or not choices
+                or not all(c is None or isinstance(c, (str, int, float, bool)) for c in choices)):
+            raise fail(f"choices must be a non-empty list of numbers, strings, booleans or null, got {choices!r}")
+        if len({json.dumps(c) for c in choices}) != len(choices):
+            raise fail(f"choices lists a value twice: {choices}")
+        return {"type": kind, "choices": list(choices)}
+    low, high = entry.get("low"), entry.get("high")
+    number = int if kind == "int" else float
+    for name, value in (("low", low), ("high", high)):
+        if not _number(value) or (kind == "int" and not isinstance(value, int)):
+            raise fail(f"{name} must be {'an integer' if kind == 'int' else 'a number'}, got {value!r}")
+    if not low < high:
+        raise fail(f"low ({low}) must be below high ({high})")
+    log_scale = entry.get("log", False)
+    if not isinstance(log_scale, bool):
+        raise fail(f"log must be true or false, got {log_scale!r}")
+    step = entry.get("step")
+    if step is not None and (not _number(step) or step <= 0 or (kind == "int" and not isinstance(step, int))):
+        raise fail(f"step must be a positive {'integer' if kind == 'int' else 'number'}, got {step!r}")
+    if log_scale and step is not None and not (kind == "int" and step == 1):
+        raise fail("log and step cannot be combined (Optuna samples a log scale continuously)")
+    if log_scale and low <= 0:
+        raise fail(f"log: true needs low > 0, got {low}")
+    out = {"type": kind, "low": number(low), "high": number(high), "log": log_scale}
+    if step is not None:
+        out["step"] = number(step)
+    return out
+
+
+def parse_named(value: Any, key: str, table: dict[str, dict[str, type]], default: str,
+                path: Path) -> dict[str, Any]:
+    """A sampler or pruner: a name, or a mapping {name, ...its arguments}; errors name the key."""
+    if value is None:
+        value = default
+    spec = {"name": value} if isinstance(value, str) else value
+    if not isinstance(spec, dict) or spec.get("name") not in table:
+        raise SweepFileError(f"{path}: {key} must be one of {', '.join(table)} or a mapping "
+                             f"{{name: ..., <its arguments>}}, got {value!r}")
+    name, args = spec["name"], {k: v for k, v in spec.items() if k != "name"}
+    types = table[name]
+    unknown = sorted(set(args) - set(types))
+    if unknown:
+        raise SweepFileError(f"{path}: {key}.{unknown[0]}: not an argument of {key} {name} "
+                             f"(known: {', '.join(types) or 'none'})")
+    for arg, value in args.items():
+        ok = isinstance(value, bool) if types[arg] is bool else (
+            _number(value) and (types[arg] is float or isinstance(value, int)) and value >= 0)
+        if not ok:
+            want = "true or false" if types[arg] is bool else f"a non-negative {types[arg].__name__}"
+            raise SweepFileError(f"{path}: {key}.{arg}: must be {want}, got {value!r}")
+    if name == "threshold" and "lower" not in args and "upper" not in args:
+        raise SweepFileError(f"{path}: {key}: threshold needs lower or upper (the val mAP it prunes below or above)")
+    if name == "percentile" and not (0 <= args.get("percentile", -1) <= 100):
+        raise SweepFileError(f"{path}: {key}.percentile: give the percentile (0-100) a trial must beat")
+    return {"name": name, **args}
+
+
+def parse_search(raw: dict[str, Any], path: Path) -> SearchSpec:
+    """The search keys of a sweep file, checked (load_sweep has checked the others)."""
+    space = raw.get("space")
+    if not isinstance(space, dict) or not space:
+        raise SweepFileError(f"{path}: space: design: search needs a space, e.g. "
+                             "space: {tricks.mixup.alpha: {type: float, low: 0.5, high: 2.0}}")
+    entries = {}
+    for key, entry in space.items():
+        if not isinstance(key, str) or not key or any(c in key for c in "=,[]{} ") or key.startswith("hydra."):
+            raise SweepFileError(f"{path}: space.{key}: not a config key (a dotted key such as tricks.mixup.alpha)")
+        if key in RESERVED_KEYS:
+            raise SweepFileError(f"{path}: space.{key}: the design sets {key}; search the tricks' arguments instead")
+        entries[key] = parse_entry(key, entry, path)
+    n_trials = raw.get("n_trials")
+    if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
+        raise SweepFileError(f"{path}: n_trials: the number of trials, an integer >= 1, got {n_trials!r}")
+    sampler = parse_named(raw.get("sampler"), "sampler", SAMPLER_ARGS, "tpe", path)
+    sampler.setdefault("seed", 0)  # reproducible by default (see sampler_for on resuming)
+    pruner = parse_named(raw.get("pruner"), "pruner", PRUNER_ARGS, "median", path)
+    direction = raw.get("direction", "maximize")
+    if direction not in DIRECTIONS:
+        raise SweepFileError(f"{path}: direction: one of {DIRECTIONS} (of the val mAP), got {direction!r}")
+    n_jobs = raw.get("n_jobs", 1)
+    if isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or n_jobs < 1:
+        raise SweepFileError(f"{path}: n_jobs: the trials launched together, an integer >= 1, got {n_jobs!r}")
+    return SearchSpec(space=entries, n_trials=n_trials, sampler=sampler, pruner=pruner, direction=direction,
+                      n_jobs=n_jobs)
+
+
+def hydra_value(value: Any) -> str:
+    """A parameter's value as Hydra's override grammar reads it back as the same value."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def param_overrides(params: dict[str, Any]) -> list[str]:
+    return [f"{key}={hydra_value(value)}" for key, value in params.items()]
+
+
+def example_params(spec: SearchSpec) -> dict[str, Any]:
+    """A point of the space (the low ends, the first choices): what the sweeper composes to check a trial."""
+    return {k: e["choices"][0] if e["type"] == "categorical" else e["low"] for k, e in spec.space.items()}
+
+
+def trial_jobs(design, number: int, params: dict[str, Any], storage: str) -> list[Job]:
+    """A trial's runs, one per seed, in ${paths.runs}/<sweep>/trial<N>/seed<S>; each reports to the study."""
+    base = design.baselines[next(iter(design.baselines))]
+    jobs = []
+    for index, seed in enumerate(design.seeds):
+        where = (f"runtime.search_trial={{storage:{hydra_value(storage)},study:{hydra_value(design.name)},"
+                 f"trial:{number},seed_index:{index}}}")
+        jobs.append(Job(f"trial{number}", design.tricks, seed, base, (*param_overrides(params), where)))
+    return jobs
+
+
+# ---------------------------------------------------------------- Optuna
+
+
+def require_optuna():
+    try:
+        import optuna
+    except ImportError as e:
+        raise MissingExtraError("design: search needs Optuna, which is not installed: pip install -e '.[tune]'") from e
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the sweeper prints one line per trial itself
+    return optuna
+
+
+def storage_url(sweep_dir: Path) -> str:
+    return f"sqlite:///{(Path(sweep_dir) / STUDY_FILE).resolve()}"
+
+
+def distributions(spec: SearchSpec) -> dict[str, Any]:
+    optuna = require_optuna()
+    dists = {}
+    for key, e in spec.space.items():
+        if e["type"] == "categorical":
+            dists[key] = optuna.distributions.CategoricalDistribution(e["choices"])
+        elif e["type"] == "int":
+            dists[key] = optuna.distributions.IntDistribution(e["low"], e["high"], log=e["log"], step=e.get("step", 1))
+        else:
+            dists[key] = optuna.distributions.FloatDistribution(e["low"], e["high"], log=e["log"], step=e.get("step"))
+    return dists
+
+
+def build_pruner(spec: dict[str, Any]):
+    optuna = require_optuna()
+    args = {k: v for k, v in spec.items() if k != "name"}
+    classes = {"median": optuna.pruners.MedianPruner, "percentile": optuna.pruners.PercentilePruner,
+               "threshold": optuna.pruners.ThresholdPruner, "none": optuna.pruners.NopPruner}
+    return classes[spec["name"]](**args)
+
+
+def sampler_for(spec: dict[str, Any], finished: int):
+    """The sampler, seeded with seed + the number of trials the study already holds: a resumed search
+    stays reproducible without drawing again the points its first launch drew (a sampler seeded
+    alike would repeat its random start-up trials)."""
+    optuna = require_optuna()
+    args = {k: v for k, v in spec.items() if k != "name"}
+    args["seed"] = args["seed"] + finished
+    return {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}[spec["name"]](**args)
+
+
+def open_study(design, sweep_dir: Path):
+    """The sweep's study in <sweep dir>/optuna.db, created or loaded (a relaunch continues it). Its
+    space, direction and pruner are kept in the study; a sweep file whose space changed since is refused."""
+    optuna = require_optuna()
+    spec = design.search
+    study = optuna.create_study(study_name=design.name, storage=storage_url(sweep_dir), load_if_exists=True,
+                                direction=spec.direction, pruner=build_pruner(spec.pruner))
+    if study.direction.name.lower() != spec.direction:
+        raise SweepFileError(f"{design.path}: direction: {spec.direction}, but the study in {sweep_dir / STUDY_FILE} "
+                             f"was made to {study.direction.name.lower()}; name the sweep anew (name: ...) to start another")
+    stored = study.user_attrs.get("space")
+    if stored is not None and stored != spec.space:
+        changed = sorted(k for k in set(stored) | set(spec.space) if stored.get(k) != spec.space.get(k))
+        raise SweepFileError(f"{design.path}: space changed since the study in {sweep_dir / STUDY_FILE} began "
+                             f"(space.{changed[0]}); name the sweep anew (name: ...) or move that folder away")
+    study.set_user_attr("space", spec.space)
+    study.set_user_attr("pruner", spec.pruner)
+    study.set_user_attr("tricks", list(design.tricks))
+    study.set_user_attr("seeds", list(design.seeds))
+    study.sampler = sampler_for(spec.sampler, len(study.trials))
+    return study
+
+
+@contextlib.contextmanager
+def search_lock(sweep_dir: Path) -> Iterator[None]:
+    """One launch at a time per study: a trial left running in the study is then known to be one a
+    killed launch left behind, never one another live launch is training."""
+    handle = open(Path(sweep_dir) / LOCK_FILE, "a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserInputError(f"{sweep_dir}: another launch of this search is running ({LOCK_FILE} is held); "
+                                 "wait for it to end") from None
+        yield
+    finally:
+        handle.close()  # releases the lock (as does the death of the process)
+
+
+# ---------------------------------------------------------------- a trial's run (in the job's process)
+
+
+def trial_reporter(search_trial: Any, epochs: int) -> Callable[[int, float], bool] | None:
+    """For a run that is a search's trial (runtime.search_trial set), a function that reports the
+    val mAP of an epoch to its study and returns whether the pruner stops the run; None otherwise.
+    Steps count the epochs of all the trial's seeds: seed_index x epochs + epoch."""
+    if not search_trial:
+        return None
+    optuna = require_optuna()
+    storage = optuna.storages.RDBStorage(str(search_trial["storage"]))
+    study_name, number = str(search_trial["study"]), int(search_trial["trial"])
+    study = optuna.load_study(study_name=study_name, storage=storage, sampler=optuna.samplers.RandomSampler())
+    study.pruner = build_pruner(study.user_attrs.get("pruner", {"name": "none"}))
+    trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study_name), number)
+    trial = optuna.trial.Trial(study, trial_id)
+    offset = int(search_trial["seed_index"]) * int(epochs)
+
+    def report(epoch: int, value: float) -> bool:
+        trial.report(value, offset + epoch)
+        return trial.should_prune()
+
+    return report
+
+
+# ---------------------------------------------------------------- the search (in the sweeper's process)
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
+def trial_outcome(sweep_dir: Path, jobs: list[Job], statuses: list[str]) -> tuple[str, float | None]:
+    """A trial's status (ok only if every seed is ok; else the first other status) and its value, the
+    mean val mAP over its seeds' records."""
+    values = []
+    for job, status in zip(jobs, statuses):
+        if status != "ok":
+            return status, None
+        try:
+            values.append(read_record(sweep_dir / job.variant / f"seed{job.seed}" / RECORD_NAME).metrics["mAP"])
+        except (OSError, RecordError, KeyError):
+            return "failed", None
+    return "ok", sum(values) / len(values)
+
+
+def trial_line(study, number: int, status: str, value: float | None, params: dict[str, Any], n_trials: int,
+               pace: float) -> str:
+    """The console line of a finished trial: its status and value, parameters, the best so far, the time left."""
+    finished = sum(t.state.is_finished() for t in study.trials)
+    best = ""
+    with contextlib.suppress(ValueError):  # no complete trial yet
+        best = f"; best {study.best_value:.3f} (trial {study.best_trial.number})"
+    remaining = n_trials - finished
+    eta = f", about {_minutes(pace * remaining)} left" if remaining > 0 else ""
+    shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+    if status == "pruned":  # the val mAP it was stopped at (Optuna keeps the last report as its value)
+        stopped = study.trials[number]
+        if stopped.value is not None:
+            value = stopped.value
+            status = f"pruned at step {stopped.last_step}"
+    return (f"[{finished}/{n_trials}] trial {number}: {status}" + (f", mAP {value:.3f}" if value is not None else "")
+            + f" ({shown}){best}{eta}")
+
+
+def run_search(sweeper, design, arguments: list[str], sweep_dir: Path, out) -> tuple[list, list]:
+    """Ask, run, tell, until the study holds n_trials trials; first the trials a killed launch left
+    running. Returns every job launched and the launcher's returns, as the other designs do."""
+    optuna = require_optuna()
+    from hydra.core.utils import JobStatus
+
+    spec = design.search
+    storage = storage_url(sweep_dir)
+    all_jobs, returns = [], []
+    with search_lock(sweep_dir):
+        study = open_study(design, sweep_dir)
+        states = optuna.trial.TrialState
+        left = [t for t in study.trials if t.state == states.RUNNING]
+        done = len(study.trials) - len(left)
+        print(f"search {design.name}: study {storage_url(sweep_dir).removeprefix('sqlite:///')}, "
+              f"{done} of {spec.n_trials} trials done" + (f", {len(left)} left running" if left else ""),
+              file=out, flush=True)
+        for t in left:
+            print(f"trial {t.number} was running when the search stopped: training it again in "
+                  f"{sweep_dir / f'trial{t.number}'} (from its checkpoint where there is one)", file=out, flush=True)
+        pending = [(t.number, t.params) for t in left]
+        started, trained, job_index = time.monotonic(), 0, done * len(design.seeds)
+        while pending or len(study.trials) < spec.n_trials:
+            # Up to n_jobs trials at once: a parallel launcher (joblib, SLURM) runs their jobs together.
+            batch_trials = []
+            while len(batch_trials) < spec.n_jobs and (pending or len(study.trials) < spec.n_trials):
+                if pending:
+                    number, params = pending.pop(0)
+                else:
+                    trial = study.ask(distributions(spec))
+                    number, params = trial.number, trial.params
+                batch_trials.append((number, params, trial_jobs(design, number, params, storage)))
+            statuses: dict[int, list[str]] = {number: [] for number, _, _ in batch_trials}
+            for index in range(len(design.seeds)):  # seed by seed: a pruned (or failed) seed ends its trial
+                live = [(number, jobs[index]) for number, _, jobs in batch_trials
+                        if all(s == "ok" for s in statuses[number])]
+                if not live:
+                    break
+                batch = [sweeper.batch([job], arguments)[0] for _, job in live]
+                sweeper.validate_batch_is_legal(batch)
+                rets = list(sweeper.launcher.launch(batch, initial_job_idx=job_index))
+                job_index += len(batch)
+                for (number, job), ret in zip(live, rets):
+                    statuses[number].append(ret.return_value if ret.status == JobStatus.COMPLETED else "failed")
+                    all_jobs.append(job)
+                    returns.append(ret)
+            for number, params, jobs in batch_trials:
+                status, value = trial_outcome(sweep_dir, jobs, statuses[number])
+                if status == "not_applicable":  # every trial would be: the tricks do not fit the detector
+                    study.tell(number, state=states.FAIL)
+                    error = read_record(sweep_dir / jobs[0].variant / f"seed{jobs[0].seed}" / RECORD_NAME).error
+                    raise UserInputError(f"{design.path}: the search's tricks do not fit: {error}")
+                if status == "ok":
+                    study.tell(number, value)
+                else:
+                    study.tell(number, state=states.PRUNED if status == "pruned" else states.FAIL)
+                study.set_user_attr(f"trial{number}_status", status)
+                trained += 1
+                print(trial_line(study, number, status, value, params, spec.n_trials,
+                                 (time.monotonic() - started) / trained), file=out, flush=True)
+        with contextlib.suppress(ValueError):
+            print(f"best: trial {study.best_trial.number}, mAP {study.best_value:.3f}, "
+                  + ", ".join(f"{k}={v}" for k, v in study.best_params.items()), file=out, flush=True)
+    return all_jobs, returns
+
+
+def check_search(design, arguments: list[str], sweeper) -> None:
+    """Before anything runs: every space key is a key of the composed config (a trick's argument
+    needs the trick in `tricks`), a pruner has per-epoch val mAP to prune on (train.eval_every), and
+    a trial at a point of the space composes and has good values."""
+    from ..config import check_values
+    from omegaconf import OmegaConf
+
+    spec = design.search
+    for arg in arguments:
+        key = arg.split("=", 1)[0].lstrip("+~")
+        if key in spec.space:
+            raise UserInputError(f"override {arg!r}: the search's space decides {key} (space.{key} in {design.path})")
+    load = sweeper.hydra_context.config_loader.load_sweep_config
+    (job,) = trial_jobs(design, 0, {}, "sqlite://")[:1]
+    cfg = load(sweeper.config, sweeper.batch([job], arguments)[0])
+    for key in spec.space:
+        if OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
+            parent, _, leaf = key.rpartition(".")
+            node = OmegaConf.select(cfg, parent) if parent else cfg
+            known = f" ({parent or 'the config'} has: {', '.join(str(k) for k in node)})" if OmegaConf.is_dict(node) \
+                else ""
+            hint = (" (is the trick in the sweep file's tricks?)" if key.startswith("tricks.") and node is None else "")
+            raise SweepFileError(f"{design.path}: space.{key}: no such key in the config{known}{hint}")
+    if spec.pruner["name"] != "none" and not cfg.train.eval_every:
+        raise SweepFileError(f"{design.path}: pruner: {spec.pruner['name']} prunes on the val mAP of every "
+                             "train.eval_every epochs, which is 0: add train.eval_every=1 to baseline, or pruner: none")
+    (job,) = trial_jobs(design, 0, example_params(spec), "sqlite://")[:1]
+    check_values(load(sweeper.config, sweeper.batch([job], arguments)[0]))
