@@ -85,3 +85,19 @@ def test_the_everything_sweep_lists_every_trick_file():
     files = {p.stem for p in (conf_dir() / "tricks").glob("*.yaml")}
     assert set(every.tricks) == files, f"not in sweeps/everything.yaml: {sorted(files - set(every.tricks))}"
     assert set(every.baselines) == {"fcos", "retinanet", "faster_rcnn"}
+
+
+def test_the_bag_of_freebies_sweep_stacks_its_tricks_on_yolov3_and_every_row_fits():
+    # Zhang et al. 2019, Table 3 (YOLOv3): cumulative, in the paper's order; each row's tricks fit
+    # YOLOv3 (a misfit would make that row and every later one n/a).
+    from ablate.config import compose
+    from ablate.tricks import build_tricks
+
+    sweep = load_sweep(sweeps_dir() / "bag_of_freebies.yaml")
+    assert sweep.design == "cumulative"
+    assert sweep.tricks[-3:] == ("cosine", "label_smoothing", "mixup")
+    last = [j for j in sweep.jobs() if j.seed == 0][-1]
+    assert last.tricks == tuple(sweep.tricks)
+    cfg = compose([*last.base, *last.overrides()])
+    assert cfg.model.name == "yolov3" and cfg.model.family == "yolo"
+    assert [t.name for t in build_tricks(cfg.tricks, cfg.model)] == list(sweep.tricks)
