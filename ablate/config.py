@@ -68,9 +68,23 @@ def coco_root(cfg_data: Any) -> Path:
 REUSE_MODES = ("same_code", "any_code", "never")
 
 
+# Counts the loop reads as they are, each with the smallest value that makes sense (an image side
+# below the detectors' largest stride, 32, leaves no feature map); None: may also be null.
+COUNTS = {"train.epochs": 1, "data.batch_size": 1, "eval.batch_size": 1, "data.image_size": 32,
+          "train.log_every": 1, "train.eval_every": 0, "data.num_workers": 0}
+OPTIONAL_COUNTS = {"data.max_train_images": 1, "data.max_val_images": 1}
+
+
 def check_values(cfg: DictConfig) -> None:
     """The values the code reads as they are, checked before anything runs: an integer seed (an
-    override `seed=` gives ''), a known runtime.reuse, data.root a folder (data=coco)."""
+    override `seed=` gives ''), the counts above, a known runtime.reuse, data.root a folder (data=coco)."""
+    for key, low in {**COUNTS, **OPTIONAL_COUNTS}.items():
+        value = OmegaConf.select(cfg, key)
+        if value is None and key in OPTIONAL_COUNTS:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise UserInputError(f"{key}={value!r}: must be an integer >= {low}"
+                                 + (" or null" if key in OPTIONAL_COUNTS else ""))
     seed = cfg.seed
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise UserInputError(f"seed={seed!r}: must be an integer, e.g. seed=0")

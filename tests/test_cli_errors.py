@@ -97,6 +97,9 @@ def test_a_trick_that_does_not_fit_the_detector(dirs, tmp_path):
     ("model=nope", "In 'config': Could not find 'model/nope'; options in 'model': "
                    + ", ".join(sorted(p.stem for p in (REPO_ROOT / "conf" / "model").glob("*.yaml")))),
     ("runtime.reuse=sometimes", "runtime.reuse='sometimes': choose one of same_code, any_code, never"),
+    ("train.epochs=-1", "train.epochs=-1: must be an integer >= 1"),
+    ("data.image_size=16", "data.image_size=16: must be an integer >= 32"),
+    ("data.max_train_images=0", "data.max_train_images=0: must be an integer >= 1 or null"),
 ])
 def test_a_bad_override_stops_before_any_run_folder(dirs, override, says):
     assert run("train", override, "profile=smoke", dirs=dirs).startswith(f"ablate: error: {says}")
