@@ -13,7 +13,7 @@ from ablate.models.losses import IoUTypeLoss, L1BoxLoss, LossSlotError, ScaledLo
 from ablate.testing import build_trick, tiny_batch, tiny_model
 from ablate.train import apply_model_tricks
 from ablate.tricks import TrickConflictError
-from tests.conftest import ablate, paths
+from conftest import ablate, paths
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
