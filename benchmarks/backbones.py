@@ -5,6 +5,8 @@ inference forward (ablate.evaluate.count_flops) and training images/s, at 320 px
     python benchmarks/backbones.py                     # every conf/model/backbone/*.yaml
     python benchmarks/backbones.py --backbones tiny resnet18 "efficientnet model.backbone.size=b3"
     python benchmarks/backbones.py --backbones tiny --size 64 --batch 1 --steps 1 --warmup 1 --threads 1
+    python benchmarks/backbones.py --models fcos retinanet yolov3 ssd centernet faster_rcnn rfcn \
+        --backbones tiny resnet18                    # the README's baselines table (head x backbone)
 
 A backbone is a conf/model/backbone/ name, optionally with overrides after it (one quoted
 argument). Parameters and FLOPs are the backbone body's and the whole detector's (FPN and heads
@@ -98,7 +100,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backbones", nargs="*",
                         default=sorted(p.stem for p in (conf_dir() / "model" / "backbone").glob("*.yaml")))
-    parser.add_argument("--model", default="fcos", help="the detector (conf/model/)")
+    parser.add_argument("--models", nargs="*", default=["fcos"], help="the detectors (conf/model/), each on every backbone")
     parser.add_argument("--size", type=int, default=320, help="image side, px")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=2, help="training steps before the timed ones")
@@ -111,24 +113,27 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     rows = []
-    for backbone in args.backbones:
-        cfg = compose_model(backbone, args.model, args.overrides)
-        try:
-            r = measure(cfg, args.size, args.batch, args.warmup, args.steps, device)
-        except ImportError as e:  # a timm backbone without timm
-            print(f"  {backbone}: skipped ({e})", flush=True)
-            continue
-        rows.append((backbone, r))
-        print(f"  {backbone}: levels {r['levels']}, body {r['body_params'] / 1e6:.2f} M params "
-              f"{r['body_flops'] / 1e9:.2f} GFLOPs; {args.model} {r['params'] / 1e6:.2f} M params "
-              f"{r['flops'] / 1e9:.2f} GFLOPs; {r['images_per_s']:.2f} training images/s", flush=True)
-    print(f"\n{args.model} at {args.size} px, batch {args.batch}, {args.device}, {torch.get_num_threads()} threads, "
+    for model in args.models:
+        for backbone in args.backbones:
+            cfg = compose_model(backbone, model, args.overrides)
+            try:
+                r = measure(cfg, args.size, args.batch, args.warmup, args.steps, device)
+            except ImportError as e:  # a timm backbone without timm
+                print(f"  {backbone}: skipped ({e})", flush=True)
+                continue
+            rows.append((model, backbone, r))
+            print(f"  {model} on {backbone}: levels {r['levels']}, body {r['body_params'] / 1e6:.2f} M params "
+                  f"{r['body_flops'] / 1e9:.2f} GFLOPs; detector {r['params'] / 1e6:.2f} M params "
+                  f"{r['flops'] / 1e9:.2f} GFLOPs; {r['images_per_s']:.2f} training images/s", flush=True)
+    print(f"\nat {args.size} px, batch {args.batch}, {args.device}, {torch.get_num_threads()} threads, "
           f"median of {args.steps} steps")
-    print("backbone | levels | body params (M) | body GFLOPs | detector params (M) | detector GFLOPs | training images/s")
-    print("---|---|---|---|---|---|---")
-    for backbone, r in rows:
-        print(f"{backbone} | {','.join(map(str, r['levels']))} | {r['body_params'] / 1e6:.2f} | {r['body_flops'] / 1e9:.2f} "
-              f"| {r['params'] / 1e6:.2f} | {r['flops'] / 1e9:.2f} | {r['images_per_s']:.2f}")
+    print("detector | backbone | levels | body params (M) | body GFLOPs | detector params (M) | detector GFLOPs "
+          "| training images/s")
+    print("---|---|---|---|---|---|---|---")
+    for model, backbone, r in rows:
+        print(f"{model} | {backbone} | {','.join(map(str, r['levels']))} | {r['body_params'] / 1e6:.2f} "
+              f"| {r['body_flops'] / 1e9:.2f} | {r['params'] / 1e6:.2f} | {r['flops'] / 1e9:.2f} "
+              f"| {r['images_per_s']:.2f}")
 
 
 if __name__ == "__main__":
