@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from typing import Iterator
+from typing import Iterator, NoReturn
 
 EXIT_BAD_INPUT = 2
 
@@ -103,3 +103,15 @@ def reported() -> Iterator[None]:
             raise
         print(f"ablate: error: {message}", file=sys.stderr, flush=True)
         raise SystemExit(EXIT_BAD_INPUT) from None
+
+
+def stop(error: Exception, status: int = 1) -> NoReturn:
+    """End a command that ran but could not finish (runs that failed, a cluster job cancelled) with
+    one line, `ablate: error: <message>`, and exit status 1: what happened is in the message and the
+    run's records and logs, a traceback of the harness would add nothing (it comes with
+    HYDRA_FULL_ERROR=1)."""
+    if full_error():
+        raise error
+    print(f"ablate: error: {_joined([str(error)])}", file=sys.stderr, flush=True)
+    raise SystemExit(status) from None
+

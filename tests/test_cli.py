@@ -186,3 +186,17 @@ def test_a_sweep_killed_mid_run_resumes_and_keeps_finished_records(dirs, tmp_pat
     assert "resuming from" in (killed / "train.log").read_text()
     statuses = {p.parent.parent.name: read_record(p).status for p in quick.glob("*/seed0/result.json")}
     assert statuses == {"baseline": "ok", "warmup": "ok", "mixup": "ok"}
+
+
+def test_a_failed_sweep_ends_in_one_line_without_a_traceback(dirs, tmp_path):
+    # What went wrong is in the line and the records; the harness's traceback only with HYDRA_FULL_ERROR=1.
+    conf = tmp_path / "conf"
+    shutil.copytree(REPO / "conf", conf)
+    (conf / "tricks" / "broken.yaml").write_text("# @package tricks.broken\n_target_: ablate.tricks.no_such.Trick\n")
+    sweep = tmp_path / "mine.yaml"
+    sweep.write_text("design: one_at_a_time\ntricks: [broken]\nseeds: 1\n")
+    env = dict(dirs["env"], ABLATE_CONF=str(conf), HYDRA_FULL_ERROR="0")
+    res = ablate("sweep", str(sweep), "profile=smoke", *paths(dirs), env=env)
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines()[-1] == "ablate: error: 1 of 2 runs did not finish: broken seed 0: failed"
+    assert "Traceback" not in res.stderr and "SweepFailed" not in res.stderr

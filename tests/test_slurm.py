@@ -24,9 +24,12 @@ from conftest import REPO_ROOT
 
 pytestmark = pytest.mark.slurm
 
-# Long enough that a signal sent once the first checkpoint exists lands mid-training (a smoke epoch
-# takes ~0.3 s here, each job's start ~3 s), short enough to keep the module near a minute.
+# Long enough that a signal sent once the first checkpoint exists lands mid-training, SLURM's
+# KillWait (5 s) included, short enough to keep the module near two minutes: 30 epochs of 64 images
+# at smoke size (16 images, ~0.17 s an epoch on an idle 2-core machine, let a cancelled run finish
+# within KillWait).
 EPOCHS = 30
+TRAIN_IMAGES = ["data.generator.num_train=64", "data.max_train_images=64"]
 
 
 def last_line(text: str) -> str:
@@ -75,7 +78,7 @@ def start_sweep(sweep: Path, root: Path, partition: str, cache: Path, epochs: in
     """`ablate sweep` on SLURM as a user runs it: one CPU, 1 GB and no GPU per job, a time limit
     (60 min) far beyond the run, so a SIGUSR2 means preemption to submitit, not a timeout."""
     args = [sys.executable, "-m", "ablate.cli", "sweep", str(sweep), "profile=smoke", f"train.epochs={epochs}",
-            "runtime.num_threads=1", f"paths.runs={root / 'runs'}", f"paths.reports={root / 'reports'}",
+            *TRAIN_IMAGES, "runtime.num_threads=1", f"paths.runs={root / 'runs'}", f"paths.reports={root / 'reports'}",
             "hydra/launcher=slurm", f"hydra.launcher.partition={partition}", "hydra.launcher.gpus_per_node=0",
             "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=60",
             f"hydra.launcher.name=ablate-test-{root.name}"]

@@ -19,7 +19,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
 from ..config import check_values
-from ..errors import UserInputError, reported
+from ..errors import UserInputError, reported, stop
 from ..results import atomic_write_text, find_records
 from .adaptive import ADAPTIVE_FILE, OPEN, SPENDING, decisions_from_records
 from .design import load_sweep
@@ -54,7 +54,16 @@ class AblationSweeper(Sweeper):
         batch = self.batch(jobs, arguments)
         self.validate_batch_is_legal(batch)
         with Progress(jobs, Path(str(self.config.hydra.sweep.dir)), sys.stdout):
-            return list(self.launcher.launch(batch, initial_job_idx=first_index))
+            try:
+                return list(self.launcher.launch(batch, initial_job_idx=first_index))
+            except Exception as e:
+                if type(e).__name__ != "UncompletedJobError":  # submitit's, for a job SLURM ended
+                    raise
+                # "Job 19_0 (task: 0) with path ...", "has not produced any output (state: CANCELLED)"
+                what = " ".join(str(e).splitlines()[:2])
+                stop(SweepFailed(f"a cluster job ended before its run did ({what}); wait until squeue no longer "
+                                 "lists this sweep's jobs, then launch the same command again: complete runs "
+                                 "are kept, interrupted ones resume from their checkpoints"))
 
     def check(self, design, arguments: list[str]) -> None:
         """Bad input stops the sweep in one line (ablate/errors.py) before any job runs or its folder
@@ -146,5 +155,5 @@ class AblationSweeper(Sweeper):
             log.info("report: %s", path)
             print(f"report: {path}")
         if not_ok:
-            raise SweepFailed(f"{len(not_ok)} of {len(jobs)} runs did not finish: " + "; ".join(not_ok))
+            stop(SweepFailed(f"{len(not_ok)} of {len(jobs)} runs did not finish: " + "; ".join(not_ok)))
         return returns
