@@ -73,12 +73,18 @@ def test_smoke_sweep_writes_a_report_with_a_row_per_variant_and_a_second_launch_
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
 
 
-def test_a_failing_variant_does_not_stop_the_others(dirs, tmp_path):
+def broken_sweep(tmp_path, tricks: str):
+    """A copy of conf/ with a trick `broken` whose class does not exist, and a sweep `mine` of `tricks`."""
     conf = tmp_path / "conf"
     shutil.copytree(REPO / "conf", conf)
     (conf / "tricks" / "broken.yaml").write_text("# @package tricks.broken\n_target_: ablate.tricks.no_such.Trick\n")
     sweep = tmp_path / "mine.yaml"
-    sweep.write_text("design: one_at_a_time\ntricks: [broken, warmup]\nseeds: 1\n")
+    sweep.write_text(f"design: one_at_a_time\ntricks: [{tricks}]\nseeds: 1\n")
+    return conf, sweep
+
+
+def test_a_failing_variant_does_not_stop_the_others(dirs, tmp_path):
+    conf, sweep = broken_sweep(tmp_path, "broken, warmup")
     res = ablate("sweep", str(sweep), "profile=smoke", *paths(dirs), env=dict(dirs["env"], ABLATE_CONF=str(conf)))
     assert res.returncode != 0
     assert "1 of 3 runs did not finish: broken seed 0: failed" in res.stderr
@@ -190,11 +196,7 @@ def test_a_sweep_killed_mid_run_resumes_and_keeps_finished_records(dirs, tmp_pat
 
 def test_a_failed_sweep_ends_in_one_line_without_a_traceback(dirs, tmp_path):
     # What went wrong is in the line and the records; the harness's traceback only with HYDRA_FULL_ERROR=1.
-    conf = tmp_path / "conf"
-    shutil.copytree(REPO / "conf", conf)
-    (conf / "tricks" / "broken.yaml").write_text("# @package tricks.broken\n_target_: ablate.tricks.no_such.Trick\n")
-    sweep = tmp_path / "mine.yaml"
-    sweep.write_text("design: one_at_a_time\ntricks: [broken]\nseeds: 1\n")
+    conf, sweep = broken_sweep(tmp_path, "broken")
     env = dict(dirs["env"], ABLATE_CONF=str(conf), HYDRA_FULL_ERROR="0")
     res = ablate("sweep", str(sweep), "profile=smoke", *paths(dirs), env=env)
     assert res.returncode == 1
