@@ -18,7 +18,8 @@ from ablate.results import RECORD_NAME, RunRecord, find_indexed, index_record, r
 from ablate.sweep import SweepFileError, load_sweep
 from ablate.errors import UserInputError
 from ablate.sweep.design import Job
-from ablate.sweep.search import distributions, open_study, sampler_for, search_lock, trial_outcome
+from ablate.sweep.search import (distributions, open_study, sampler_for, search_lock, trial_outcome,
+                                  with_all_params)
 from ablate.train import train_and_evaluate
 from conftest import REPO_ROOT, ablate, paths
 
@@ -283,3 +284,17 @@ def test_the_bag_of_tricks_report_counts_a_pruned_run_as_one_that_did_not_finish
     assert "2 runs (1 ok, 1 pruned) of 2 variants" in text
     assert "## Runs that did not finish" in text
     assert "| mixup | 0 | pruned | pruned after epoch 1 (val mAP 0.1000) |" in text
+
+
+def test_a_trial_killed_while_its_parameters_were_drawn_gets_the_rest_on_resume(tmp_path):
+    # ask() stores each parameter as it draws it: a kill in between leaves a running trial with some.
+    design = load_sweep(search_file(tmp_path, 2))
+    dists = distributions(design.search)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    first = next(iter(dists))
+    half = study.ask({first: dists[first]})
+    frozen = study.trials[half.number]
+    params = with_all_params(study, frozen, dists)
+    assert set(params) == set(dists) and params[first] == frozen.params[first]
+    assert study.trials[half.number].params == params  # stored in the study, as ask would have
+    assert with_all_params(study, study.trials[half.number], dists) == params  # whole: unchanged

@@ -370,6 +370,19 @@ def trial_line(study, number: int, status: str, value: float | None, params: dic
             + f" ({shown}){best}{eta}")
 
 
+def with_all_params(study, frozen, dists: dict[str, Any]) -> dict[str, Any]:
+    """The parameters of a trial left running. A search killed while `ask` was drawing them leaves
+    a trial with only some (each is stored as it is drawn): the rest are drawn now, by the study's
+    sampler as `ask` would have, so the trial is run again with a whole point of the space."""
+    missing = {name: dist for name, dist in dists.items() if name not in frozen.params}
+    if not missing:
+        return frozen.params
+    trial = require_optuna().trial.Trial(study, frozen._trial_id)
+    for name, dist in missing.items():
+        trial._suggest(name, dist)  # Optuna's draw of one parameter; no public call takes a distribution
+    return trial.params
+
+
 def run_search(sweeper, design, arguments: list[str], sweep_dir: Path, out) -> tuple[list, list]:
     """Ask, run, tell, until the study holds n_trials trials; first the trials a killed launch left
     running. Returns every job launched and the launcher's returns, as the other designs do."""
@@ -390,7 +403,7 @@ def run_search(sweeper, design, arguments: list[str], sweep_dir: Path, out) -> t
         for t in left:
             print(f"trial {t.number} was running when the search stopped: training it again in "
                   f"{sweep_dir / f'trial{t.number}'} (from its checkpoint where there is one)", file=out, flush=True)
-        pending = [(t.number, t.params) for t in left]
+        pending = [(t.number, with_all_params(study, t, distributions(spec))) for t in left]
         started, trained, job_index = time.monotonic(), 0, done * len(design.seeds)
         while pending or len(study.trials) < spec.n_trials:
             # Up to n_jobs trials at once: a parallel launcher (joblib, SLURM) runs their jobs together.
