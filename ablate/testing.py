@@ -190,6 +190,24 @@ def train_steps(model: str, tricks: Sequence[Trick] = (), steps: int = 3, seed: 
         return history, net
 
 
+def fixed_batch_history(model: str, steps: int, lr: float) -> list[dict[str, float]]:
+    """Each loss part, at each of `steps` AdamW steps of the tiny `model` on one fixed tiny batch
+    (an overfit test: the loss must fall); the RoI sampler's draws seeded per step, as train_steps."""
+    with one_thread():
+        net = tiny_model(model).train()
+        images, targets = tiny_batch(model)
+        optimizer = torch.optim.AdamW(net.parameters(), lr=lr)
+        history = []
+        for step in range(steps):
+            torch.manual_seed(step)
+            losses = net(images, targets)
+            optimizer.zero_grad()
+            sum(losses.values()).backward()
+            optimizer.step()
+            history.append({k: float(v.detach()) for k, v in losses.items()})
+    return history
+
+
 def loss_history(model: str, tricks: Sequence[Trick] = (), steps: int = 3, seed: int = 0, lr: float = 1e-3,
                  batch_size: int = 4) -> list[float]:
     """The summed training loss of each of `steps` steps (see train_steps)."""

@@ -10,7 +10,7 @@ import torch
 from ablate.models.centernet import (centernet_targets, draw_gaussian, gaussian_radius, local_peaks,
                                      penalty_reduced_focal_loss)
 from ablate.models.losses import IoUTypeLoss, L1BoxLoss, LossSlotError, ScaledLoss, current_slot, set_slot
-from ablate.testing import build_trick, tiny_batch, tiny_model
+from ablate.testing import fixed_batch_history, build_trick, tiny_batch, tiny_model
 from ablate.train import apply_model_tricks
 from ablate.tricks import TrickConflictError
 from conftest import ablate, paths
@@ -136,17 +136,7 @@ def test_eval_output_format():
 
 
 def test_overfits_a_tiny_fixed_batch():
-    model = tiny_model("centernet")
-    images, targets = tiny_batch("centernet")
-    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3)
-    model.train()
-    history = []
-    for _ in range(25):
-        loss = sum(model(images, targets).values())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        history.append(float(loss.detach()))
+    history = [sum(h.values()) for h in fixed_batch_history("centernet", steps=25, lr=5e-3)]
     assert history[-1] < 0.4 * history[0], history
 
 

@@ -11,7 +11,7 @@ import torch
 from ablate.models import build_model
 from ablate.models.losses import current_slot
 from ablate.models.rfcn import AverageVote, PositionSensitivePool, RFCNRoIHeads
-from ablate.testing import IMAGE_SIZE, build_trick, model_config, really_on, tiny_batch, tiny_model
+from ablate.testing import fixed_batch_history, IMAGE_SIZE, build_trick, model_config, really_on, tiny_batch, tiny_model
 from conftest import ablate, paths
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -124,19 +124,7 @@ def test_trains_and_predicts_under_cpu_bfloat16_autocast():
 
 
 def test_overfits_a_fixed_batch():
-    model = tiny_model("rfcn")
-    images, targets = tiny_batch("rfcn")
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    model.train()
-    history = []
-    for step in range(12):
-        torch.manual_seed(step)
-        losses = model(images, targets)
-        loss = sum(losses.values())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        history.append({k: v.item() for k, v in losses.items()})
+    history = fixed_batch_history("rfcn", steps=12, lr=3e-3)
     total = [sum(h.values()) for h in history]
     assert total[-1] < 0.5 * total[0], total
     assert history[-1]["loss_classifier"] < 0.5 * history[0]["loss_classifier"], history

@@ -11,7 +11,7 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import box_iou
 
 from ablate.models.ssd import SizedDefaultBoxes, hard_negatives
-from ablate.testing import build_trick, model_config, tiny_batch, tiny_model, trick_config
+from ablate.testing import fixed_batch_history, build_trick, model_config, tiny_batch, tiny_model, trick_config
 from ablate.tricks import TrickConflictError, build_tricks
 from conftest import ablate, paths
 
@@ -166,16 +166,7 @@ def test_the_papers_scale_rule_when_scales_is_null():
 
 
 def test_overfits_a_fixed_batch():
-    model = tiny_model("ssd").train()
-    images, targets = tiny_batch("ssd")
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    history = []
-    for _ in range(15):
-        loss = sum(model(images, targets).values())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        history.append(loss.item())
+    history = [sum(h.values()) for h in fixed_batch_history("ssd", steps=15, lr=3e-3)]
     assert history[-1] < 0.25 * history[0], history
 
 

@@ -11,7 +11,7 @@ import torch
 from ablate.models import build_model
 from ablate.models.losses import SigmoidBCELoss, current_slot
 from ablate.models.yolo import YOLOv3BoxLoss, shape_iou
-from ablate.testing import model_config, one_thread, really_on, tiny_batch, tiny_model
+from ablate.testing import fixed_batch_history, model_config, really_on, tiny_batch, tiny_model
 from conftest import ablate, paths
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -171,19 +171,7 @@ def test_eval_output_format_and_frame():
 
 
 def test_it_learns_a_fixed_batch():
-    with one_thread():
-        model = tiny_model("yolov3")
-        images, targets = tiny_batch("yolov3")
-        optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-        model.train()
-        history = []
-        for _ in range(30):
-            losses = model(images, targets)
-            loss = sum(losses.values())
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            history.append({k: v.item() for k, v in losses.items()})
+    history = fixed_batch_history("yolov3", steps=30, lr=3e-3)
     first, last = history[0], history[-1]
     assert sum(last.values()) < 0.3 * sum(first.values())
     assert last["classification"] < 0.5 * first["classification"]
