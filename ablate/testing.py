@@ -26,7 +26,8 @@ from .models.losses import slot_holders
 from .tricks import BatchContext, Trick, build_tricks, lr_factor
 
 __all__ = ["trick_config", "build_trick", "model_config", "tiny_model", "tiny_batch", "batch_context",
-           "one_thread", "train_steps", "loss_history", "HookSpy", "really_on"]
+           "one_thread", "train_steps", "loss_history", "HookSpy", "really_on", "fixed_batch_history",
+           "eval_detections"]
 
 IMAGE_SIZE = 96
 
@@ -206,6 +207,32 @@ def fixed_batch_history(model: str, steps: int, lr: float) -> list[dict[str, flo
             optimizer.step()
             history.append({k: float(v.detach()) for k, v in losses.items()})
     return history
+
+
+def eval_detections(model: str, num_classes: int = 2) -> list[dict[str, torch.Tensor]]:
+    """The tiny `model` in eval mode on the tiny batch, its detections checked against what the COCO
+    evaluation reads (ablate/evaluate.py): per image exactly boxes [N, 4] (x1, y1, x2, y2 in the
+    input image's pixels, inside it), scores [N] in [0, 1] and int64 labels [N] that are dataset
+    classes (1..K after the family's label offset: never the background), N <= detections_per_img.
+    Returns them for the head's own checks."""
+    with one_thread(), torch.no_grad():
+        net = tiny_model(model, num_classes=num_classes).eval()
+        images, _ = tiny_batch(model)
+        out = net(images)
+    offset = label_offset(model_config(model).family)
+    limit = model_config(model).get("detections_per_img", 100)
+    assert len(out) == len(images)
+    for det, image in zip(out, images):
+        assert set(det) == {"boxes", "scores", "labels"}, set(det)
+        n = len(det["scores"])
+        assert det["boxes"].shape == (n, 4) and det["labels"].shape == (n,) and 0 < n <= limit, (det["boxes"].shape, n)
+        assert det["labels"].dtype == torch.int64
+        dataset_labels = det["labels"] + offset
+        assert dataset_labels.min() >= 1 and dataset_labels.max() <= num_classes, det["labels"]
+        assert ((det["scores"] >= 0) & (det["scores"] <= 1)).all()
+        assert (det["boxes"][:, 2:] >= det["boxes"][:, :2]).all() and (det["boxes"] >= 0).all()
+        assert (det["boxes"][:, 2] <= image.shape[2]).all() and (det["boxes"][:, 3] <= image.shape[1]).all()
+    return out
 
 
 def loss_history(model: str, tricks: Sequence[Trick] = (), steps: int = 3, seed: int = 0, lr: float = 1e-3,

@@ -11,7 +11,7 @@ import torch
 from ablate.models import build_model
 from ablate.models.losses import current_slot
 from ablate.models.rfcn import AverageVote, PositionSensitivePool, RFCNRoIHeads
-from ablate.testing import fixed_batch_history, IMAGE_SIZE, build_trick, model_config, really_on, tiny_batch, tiny_model
+from ablate.testing import eval_detections, fixed_batch_history, IMAGE_SIZE, build_trick, model_config, really_on, tiny_batch, tiny_model
 from conftest import ablate, paths
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -98,16 +98,7 @@ def test_roi_losses_of_hand_set_score_maps():
 
 
 def test_eval_output_is_torchvisions_detections():
-    model = tiny_model("rfcn").eval()
-    images, _ = tiny_batch("rfcn")
-    with torch.no_grad():
-        out = model(images)
-    assert len(out) == 2
-    for det, img in zip(out, images):
-        assert set(det) == {"boxes", "scores", "labels"}
-        assert det["boxes"].shape == (len(det["scores"]), 4) and len(det["labels"]) == len(det["scores"]) > 0
-        assert det["labels"].min() >= 1 and det["labels"].max() <= 2  # no background detections
-        assert (det["boxes"][:, 2] <= img.shape[-1]).all() and (det["boxes"][:, 3] <= img.shape[-2]).all()
+    eval_detections("rfcn")
 
 
 def test_trains_and_predicts_under_cpu_bfloat16_autocast():

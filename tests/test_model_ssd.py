@@ -11,7 +11,7 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import box_iou
 
 from ablate.models.ssd import SizedDefaultBoxes, hard_negatives
-from ablate.testing import fixed_batch_history, build_trick, model_config, tiny_batch, tiny_model, trick_config
+from ablate.testing import eval_detections, fixed_batch_history, build_trick, model_config, tiny_batch, tiny_model, trick_config
 from ablate.tricks import TrickConflictError, build_tricks
 from conftest import ablate, paths
 
@@ -171,17 +171,7 @@ def test_overfits_a_fixed_batch():
 
 
 def test_eval_output_is_torchvision_detections_with_labels_of_the_classes_never_the_background():
-    model = tiny_model("ssd", num_classes=2).eval()
-    images, _ = tiny_batch("ssd")
-    with torch.no_grad():
-        out = model(images)
-    assert len(out) == 2
-    for det, image in zip(out, images):
-        assert set(det) == {"boxes", "scores", "labels"}
-        assert det["boxes"].shape == (len(det["scores"]), 4) and len(det["scores"]) > 0
-        assert det["labels"].min() >= 1 and det["labels"].max() <= 2
-        assert (det["boxes"][:, 2:] <= torch.tensor([image.shape[2], image.shape[1]])).all()
-        assert ((det["scores"] >= 0) & (det["scores"] <= 1)).all()
+    eval_detections("ssd")
 
 
 def test_smoke_training_run_ends_ok(tmp_path, shapes_cache):

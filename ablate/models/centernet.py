@@ -223,7 +223,7 @@ class CenterNetHead(LossSlots, nn.Module):
     def decode(self, outputs: dict[str, Tensor], image_sizes) -> list[dict[str, Tensor]]:
         """ctdet_decode: the 3x3 local maxima of the sigmoid heatmap, the top detections_per_img
         over all classes and places of the image, boxes (x + offset ± w / 2) x stride, clipped to
-        the image; no score threshold (the authors keep all 100 for COCO)."""
+        the image, a negative size read as 0; no score threshold (the authors keep all 100 for COCO)."""
         heat = local_peaks(torch.sigmoid(outputs["heatmap"].float()), self.nms_kernel)
         results = []
         for i, (h_img, w_img) in enumerate(image_sizes):
@@ -235,7 +235,9 @@ class CenterNetHead(LossSlots, nn.Module):
             labels = torch.div(index, out_h * out_w, rounding_mode="floor")
             pixel = index % (out_h * out_w)
             ys, xs = torch.div(pixel, out_w, rounding_mode="floor"), pixel % out_w
-            size = outputs["size"][i, :, ys, xs].float().T
+            # a negative regressed side is an empty box, not an inverted one (x2 < x1 would read as
+            # a negative COCO width); the authors decode it as is, which only an untrained head does
+            size = outputs["size"][i, :, ys, xs].float().T.clamp(min=0)
             offset = outputs["offset"][i, :, ys, xs].float().T
             centre = torch.stack([xs, ys], dim=1).to(size) + offset
             boxes = torch.cat([centre - size / 2, centre + size / 2], dim=1) * self.stride
