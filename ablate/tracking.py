@@ -157,6 +157,11 @@ class TensorBoardTracker(Tracker):
             self.writer.close()  # flushes
 
 
+# A record's status as an MLflow run's end state: a trial the search's pruner stopped on purpose
+# is KILLED (MLflow's "stopped by the user"), not FAILED; failed and diverged runs are FAILED.
+MLFLOW_STATUS = {"ok": "FINISHED", "pruned": "KILLED"}
+
+
 class MlflowTracker(Tracker):
     def __init__(self, cfg: Mapping[str, Any], run_dir: Path):
         try:
@@ -230,7 +235,7 @@ class MlflowTracker(Tracker):
         if self.run_id is None:
             return
         self.client.set_tag(self.run_id, "status", status)
-        self.client.set_terminated(self.run_id, status="FINISHED" if status == "ok" else "FAILED")
+        self.client.set_terminated(self.run_id, status=MLFLOW_STATUS.get(status, "FAILED"))
 
 
 def tracking_uri(value: str) -> str:

@@ -3,6 +3,7 @@ back with the libraries' own readers and compared with the run's record."""
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -11,7 +12,7 @@ from ablate.config import compose, register_resolvers
 from ablate.errors import MissingExtraError, UserInputError
 from ablate.fingerprint import code_fingerprint
 from ablate.results import COCO_METRICS, base_hash, config_hash, read_record
-from ablate.tracking import MLFLOW_RUN_FILE, open_trackers
+from ablate.tracking import MLFLOW_RUN_FILE, MlflowTracker, open_trackers
 from conftest import ablate, paths
 
 pytest.importorskip("tensorboard")
@@ -189,3 +190,17 @@ def test_a_missing_library_names_the_extra_and_an_unknown_tracker_is_refused(tmp
     with pytest.raises(UserInputError, match="logger=wandb: no such tracker"):
         with open_trackers({"logger": {"wandb": {}}}, tmp_path):
             pass
+
+
+@pytest.mark.parametrize("status, ended", [("ok", "FINISHED"), ("pruned", "KILLED"), ("diverged", "FAILED"),
+                                           ("failed", "FAILED")])
+def test_an_mlflow_run_ends_in_the_state_of_its_records_status(tmp_path, monkeypatch, status, ended):
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    record = SimpleNamespace(sweep="s", variant="baseline", seed=0, config_hash="c", base_hash="b", tricks=[],
+                             status="failed", device="cpu", git_commit=None, config={}, curve=[])
+    tracker = MlflowTracker({"tracking_uri": str(tmp_path / "mlruns"), "allow_file_store": True,
+                             "experiment": "e", "run_name": "r"}, tmp_path)
+    tracker.begin(record, resume_step=0)
+    tracker.end(status)
+    run = MlflowClient(tracking_uri=tracker.uri).get_run(tracker.run_id)
+    assert run.info.status == ended and run.data.tags["status"] == status
