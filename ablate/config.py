@@ -172,7 +172,37 @@ def check_trick_file(name: str, folder: Path | None = None) -> Path:
     if not isinstance(node, DictConfig) or "_target_" not in node:
         raise TrickFileError(f"{path}: a trick file must set _target_ (the trick's class, e.g. "
                              "ablate.tricks.mixup.MixUp) and its arguments")
+    locate_target(str(node._target_), path)
     return path
+
+
+def locate_target(target: str, path: Path) -> Any:
+    """The object a `_target_` names (module path, then attributes), or a TrickFileError naming the
+    file and saying which part was not found (Hydra's own message names neither the file nor what
+    the module does have)."""
+    import importlib
+
+    parts = target.split(".")
+    module, found = None, 0
+    for i in range(len(parts), 0, -1):
+        name = ".".join(parts[:i])
+        try:
+            module, found = importlib.import_module(name), i
+            break
+        except ModuleNotFoundError as e:
+            if e.name is None or not name.startswith(e.name):  # the module exists, an import inside it failed
+                raise TrickFileError(f"{path}: _target_ {target!r}: importing {name} failed: {e}") from None
+    if module is None:
+        raise TrickFileError(f"{path}: _target_ {target!r}: no module {parts[0]!r} can be imported")
+    obj = module
+    for attr in parts[found:]:
+        if not hasattr(obj, attr):
+            have = sorted(n for n, v in vars(obj).items()
+                          if isinstance(v, type) and v.__module__ == getattr(obj, "__name__", None))
+            raise TrickFileError(f"{path}: _target_ {target!r}: {'.'.join(parts[:found])} has no {attr!r}"
+                                 + (f"; its classes: {', '.join(have)}" if have else ""))
+        obj = getattr(obj, attr)
+    return obj
 
 
 def check_trick_files(names: list[str]) -> None:

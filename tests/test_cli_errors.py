@@ -6,7 +6,7 @@ import json
 import pytest
 
 from ablate import errors
-from ablate.config import TrickFileError, compose, group_options
+from ablate.config import TrickFileError, check_trick_file, compose, group_options
 from ablate.data import DatasetError
 from ablate.errors import UserInputError, one_line, reported
 from ablate.report import ReportError
@@ -72,6 +72,19 @@ def test_an_unknown_trick_lists_the_tricks_there_are(dirs):
     assert "no trick 'no_such_trick'" in line
     assert line.endswith("tricks: " + ", ".join(group_options("tricks")))
     assert not dirs["runs"].exists()
+
+
+@pytest.mark.parametrize("target, says", [
+    ("ablate.tricks.warmup.Warmupp", r"_target_ 'ablate.tricks.warmup.Warmupp': ablate.tricks.warmup "
+                                     r"has no 'Warmupp'; its classes: Warmup$"),
+    ("ablate.trickz.warmup.LinearWarmup", r"_target_ 'ablate.trickz.warmup.LinearWarmup': ablate has no 'trickz'"),
+    ("no_such_package.Trick", r"_target_ 'no_such_package.Trick': no module 'no_such_package' can be imported"),
+])
+def test_a_target_that_names_nothing_is_named_with_its_file(tmp_path, target, says):
+    (tmp_path / "tricks").mkdir()
+    (tmp_path / "tricks" / "typo.yaml").write_text(f"# @package tricks.typo\n_target_: {target}\n")
+    with pytest.raises(TrickFileError, match=r"typo.yaml: " + says):
+        check_trick_file("typo", tmp_path / "tricks")
 
 
 def test_hydras_own_unknown_trick_error_lists_the_tricks_there_are():
