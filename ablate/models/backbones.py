@@ -110,7 +110,7 @@ def _stages(layers: list[tuple[str, nn.Module]], ends: set[str] | None = None) -
     in the FPN paper's naming). Each stage ends at the last layer at its stride, so the downsampling
     layer opens the next one (as a ResNet stage's first block), or at each layer of `ends` (the
     layers after the last of them left out)."""
-    strides, _ = _probe_stages(nn.Sequential(OrderedDict(layers)))
+    strides, _ = probe_stages(nn.Sequential(OrderedDict(layers)))
     stages: OrderedDict[str, nn.Module] = OrderedDict()
     current = nn.Sequential()
     for i, (name, layer) in enumerate(layers):
@@ -193,8 +193,9 @@ def _freeze(body: nn.Sequential, trainable_layers: int) -> None:
         child.requires_grad_(False)
 
 
-def _probe_stages(body: nn.Sequential) -> tuple[dict[str, int], dict[str, int]]:
-    """Output stride and channels of each child of a sequential body, from a dummy forward."""
+def probe_stages(body: nn.Sequential) -> tuple[dict[str, int], dict[str, int]]:
+    """Output stride and channels of each child of a sequential body, from a dummy forward (eval
+    mode, no gradients: the body's state is left as it was)."""
     strides, channels, x = {}, {}, torch.zeros(1, 3, 64, 64)
     was_training = body.training
     body.eval()
@@ -209,7 +210,7 @@ def _probe_stages(body: nn.Sequential) -> tuple[dict[str, int], dict[str, int]]:
 def pyramid_taps(body: nn.Sequential) -> dict[int, tuple[str, int]]:
     """{level L: (child, channels)} of a sequential body: a level's output is the last child of the
     body at its stride 2^L."""
-    strides, channels = _probe_stages(body)
+    strides, channels = probe_stages(body)
     return {stride.bit_length() - 1: (child, channels[child]) for child, stride in strides.items()}
 
 

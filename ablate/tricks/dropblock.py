@@ -14,10 +14,10 @@ p = 1 - keep_prob(t); its gamma is the paper's eq. 1. In eval mode nothing is dr
 """
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 from torchvision.ops import DropBlock2d, FrozenBatchNorm2d, drop_block2d
 
+from ..models.backbones import probe_stages
 from .base import BatchContext, Images, Targets, Trick, TrickArgumentError, check_number
 
 NORMS = (nn.modules.batchnorm._BatchNorm, FrozenBatchNorm2d, nn.GroupNorm)
@@ -35,19 +35,6 @@ class FittedDropBlock2d(DropBlock2d):
         return drop_block2d(input, self.p, size, self.inplace, self.eps, self.training)
 
 
-def stage_levels(body: nn.Module) -> dict[str, int]:
-    """Pyramid level (log2 of the output stride) of each child of a sequential backbone body."""
-    levels, x = {}, torch.zeros(1, 3, 64, 64)
-    was_training = body.training
-    body.eval()
-    with torch.no_grad():
-        for name, child in body.named_children():
-            x = child(x)
-            levels[name] = (64 // x.shape[-1]).bit_length() - 1
-    body.train(was_training)
-    return levels
-
-
 class DropBlock(Trick):
     claims = ("backbone_dropout",)
 
@@ -63,7 +50,7 @@ class DropBlock(Trick):
 
     def on_model(self, model: nn.Module) -> nn.Module:
         body = model.backbone.body
-        levels = stage_levels(body)
+        levels = {name: stride.bit_length() - 1 for name, stride in probe_stages(body)[0].items()}
         missing = [lv for lv in self.levels if lv not in levels.values()]
         if missing:
             raise ValueError(f"tricks.{self.name}.levels={self.levels}: the backbone has no level {missing} "
