@@ -95,3 +95,61 @@ def test_a_composed_run_config_builds_fcos_on_timm_and_fingerprints_timms_versio
     with torch.no_grad():
         assert set(model([torch.rand(3, 128, 128)])[0]) >= {"boxes", "scores", "labels"}
     assert code_fingerprint(to_container(cfg))["versions"]["timm"] == timm.__version__
+
+
+def activations(module: nn.Module) -> int:
+    return sum(isinstance(m, (nn.ReLU, nn.LeakyReLU, nn.SiLU, nn.Mish)) or type(m).__name__.startswith("Mish")
+               for m in module.modules())
+
+
+def test_norm_tricks_keep_the_activation_timms_batchnormact_applies_itself():
+    """timm's BatchNormAct2d normalises and activates in one layer: GN, FRN and SyncBN replace the norm
+    and keep the activation after it (a bare replacement left cspdarknet53 without any of its 67)."""
+    from timm.layers import BatchNormAct2d
+
+    from ablate.tricks.frn import FilterResponseNorm2d, replace_with_frn
+    from ablate.tricks.group_norm import replace_batchnorms
+    from ablate.tricks.sync_bn import to_sync_batchnorm
+
+    x = torch.randn(2, 4, 5, 5)
+    leaky = nn.Sequential(BatchNormAct2d(4, act_layer=nn.LeakyReLU))
+    assert replace_batchnorms(leaky, 2) == 1
+    assert torch.allclose(leaky(x), nn.functional.leaky_relu(nn.functional.group_norm(x, 2, eps=1e-5)))
+    leaky, relu = nn.Sequential(BatchNormAct2d(4, act_layer=nn.LeakyReLU)), nn.Sequential(BatchNormAct2d(4))
+    assert replace_with_frn(leaky, 1e-6) == replace_with_frn(relu, 1e-6) == 1
+    frn = FilterResponseNorm2d(4, 1e-6, tlu=False)
+    assert torch.allclose(leaky(x), nn.functional.leaky_relu(frn(x)))  # FRN, then its LeakyReLU
+    assert relu[0][0].tau is not None and activations(relu) == 0  # BN+ReLU became FRN+TLU, as the paper's
+    synced, n = to_sync_batchnorm(nn.Sequential(BatchNormAct2d(4, act_layer=nn.LeakyReLU)))
+    assert n == 1 and isinstance(synced[0], nn.SyncBatchNorm) and isinstance(synced[0].act, nn.LeakyReLU)
+
+    body = timm.create_model("cspdarknet53", features_only=True)
+    before = activations(body)
+    assert before == 67 and replace_batchnorms(body, 32) == 67 and activations(body) == before
+
+
+def test_cbn_replaces_the_bn_of_timms_conv_norm_act_blocks_and_keeps_their_activation():
+    from ablate.models import build_model
+    from ablate.testing import build_trick, model_config
+    from ablate.tricks.cbn import CrossIterationBatchNorm2d
+
+    torch.manual_seed(0)
+    model = build_model(model_config("fcos", backbone="cspdarknet53"), 2, 96)
+    body = model.backbone.body
+    before = activations(body)
+    assert before == 67
+    build_trick("cbn").on_model(model)
+    assert sum(isinstance(m, CrossIterationBatchNorm2d) for m in body.modules()) == 67
+    assert activations(body) == before
+
+
+def test_a_pretrained_timm_bodys_frozen_norms_are_seen_by_the_norm_tricks(tmp_path):
+    from ablate.tricks import TrickConflictError
+    from ablate.tricks.frn import refuse_frozen_bn
+
+    torch.save(timm.create_model("cspresnext50").state_dict(), tmp_path / "w.pth")
+    cfg = backbone_config("cspresnext50", pretrained=True, weights_file=str(tmp_path / "w.pth"))
+    body = build_backbone(cfg, [3, 4, 5], 0, 16, False).body
+    assert any(type(m).__name__ == "FrozenBatchNormAct2d" for m in body.modules())
+    with pytest.raises(TrickConflictError, match="does not fit a pretrained backbone"):
+        refuse_frozen_bn(body, "frn", "FRN")

@@ -73,6 +73,18 @@ EFFICIENTNET_SIZES = [f"b{k}" for k in range(8)]
 _DENSENET_OLD_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
 
 
+def frozen_norm_types() -> tuple[type, ...]:
+    """The layer types of a pretrained body's frozen ImageNet BatchNorm: torchvision's
+    FrozenBatchNorm2d, and where timm is installed its FrozenBatchNormAct2d
+    (timm.layers.freeze_batch_norm_2d makes it of a timm body's BatchNormAct2d; of a plain
+    BatchNorm2d it makes torchvision's)."""
+    try:
+        from timm.layers import FrozenBatchNormAct2d
+    except ImportError:
+        return (FrozenBatchNorm2d,)
+    return (FrozenBatchNorm2d, FrozenBatchNormAct2d)
+
+
 def frozen_batch_norm(module: nn.Module) -> nn.Module:
     """`module` with every BatchNorm2d replaced by a FrozenBatchNorm2d of the same statistics, affine
     parameters and eps: torchvision's convention for fine-tuning a pretrained backbone."""

@@ -189,6 +189,17 @@ def feature_pyramid(model: nn.Module, trick: str, part: str = "") -> nn.Module:
     return fpn
 
 
+def with_its_activation(old: nn.Module, new: nn.Module) -> nn.Module:
+    """`new`, to stand where the normalisation layer `old` stood. timm's BatchNormAct2d (the norm layer
+    of the timm backbones, a BatchNorm2d subclass) applies its dropout and activation itself after
+    normalising: a bare replacement would silently remove every activation of such a backbone, so
+    they follow `new` here. Any other `old` is replaced by `new` alone."""
+    act = getattr(old, "act", None)
+    if not isinstance(act, nn.Module):
+        return new
+    return nn.Sequential(new, getattr(old, "drop", nn.Identity()), act)
+
+
 def body_features(model: nn.Module, size: int = 64) -> dict[str, torch.Tensor]:
     """The detector backbone body's features (torchvision's IntermediateLayerGetter, finest first)
     on a dummy image, in eval mode and without gradients: their channels and strides."""

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from .base import LRFactor, Trick, check_fraction, check_number
+from .base import LRFactor, Trick, check_fraction, check_number, with_its_activation
 from .frn import refuse_frozen_bn
 
 
@@ -113,18 +113,22 @@ class CrossIterationBatchNorm2d(nn.Module):
 
 
 def conv_bn_pairs(module: nn.Module) -> list[tuple[nn.Module, str, nn.Conv2d]]:
-    """(parent, attribute, conv) of each nn.BatchNorm2d under `module` directly after a conv."""
+    """(parent, attribute, conv) of each nn.BatchNorm2d (or timm's BatchNormAct2d) under `module`
+    directly after a conv."""
     pairs = []
     for parent in module.modules():
         children = list(parent.named_children())
         for i, (name, child) in enumerate(children):
-            if type(child) is not nn.BatchNorm2d:
+            # a trainable BatchNorm2d, or timm's BatchNormAct2d (BN with its activation, kept after CBN)
+            if not (type(child) is nn.BatchNorm2d or type(child).__name__ == "BatchNormAct2d"):
                 continue
             conv = None
             if isinstance(parent, (BasicBlock, Bottleneck)) and name.startswith("bn"):
                 conv = getattr(parent, "conv" + name[2:], None)
             elif isinstance(parent, nn.Sequential) and i > 0:
                 conv = children[i - 1][1]
+            elif name == "bn":  # timm's ConvNormAct: conv, then bn
+                conv = getattr(parent, "conv", None)
             if isinstance(conv, nn.Conv2d):
                 pairs.append((parent, name, conv))
     return pairs
@@ -147,8 +151,9 @@ class CBN(Trick):
             raise ValueError(f"tricks.{self.name}: the backbone has no BatchNorm2d after a convolution to replace")
         self.layers = []
         for parent, name, conv in pairs:
-            layer = CrossIterationBatchNorm2d(getattr(parent, name), conv, self.window)
-            setattr(parent, name, layer)
+            old = getattr(parent, name)
+            layer = CrossIterationBatchNorm2d(old, conv, self.window)
+            setattr(parent, name, with_its_activation(old, layer))
             self.layers.append(layer)
         return model
 

@@ -15,12 +15,11 @@ p = 1 - keep_prob(t); its gamma is the paper's eq. 1. In eval mode nothing is dr
 from __future__ import annotations
 
 from torch import Tensor, nn
-from torchvision.ops import DropBlock2d, FrozenBatchNorm2d, drop_block2d
+from torchvision.ops import DropBlock2d, drop_block2d
 
-from ..models.backbones import probe_stages
+from ..models.backbones import frozen_norm_types, probe_stages
 from .base import BatchContext, Images, Targets, Trick, TrickArgumentError, check_number
 
-NORMS = (nn.modules.batchnorm._BatchNorm, FrozenBatchNorm2d, nn.GroupNorm)
 
 
 class FittedDropBlock2d(DropBlock2d):
@@ -60,7 +59,7 @@ class DropBlock(Trick):
                 continue
             for parent in list(child.modules()):
                 for attr, sub in list(parent.named_children()):
-                    if isinstance(sub, NORMS):
+                    if isinstance(sub, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, *frozen_norm_types())):
                         block = FittedDropBlock2d(0.0, self.block_size)
                         setattr(parent, attr, nn.Sequential(sub, block))
                         self.blocks.append(block)

@@ -26,9 +26,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
-from torchvision.ops import FrozenBatchNorm2d
+from ..models.backbones import frozen_norm_types
 
-from .base import Trick, check_number
+from .base import Trick, check_number, with_its_activation
 
 
 class FilterResponseNorm2d(nn.Module):
@@ -110,6 +110,13 @@ def replace_with_frn(module: nn.Module, eps: float) -> int:
             setattr(module, name, FRNResidualBlock(child, eps))
             count += child.downsample is not None
             count += 3 if isinstance(child, Bottleneck) else 2
+        elif isinstance(child, nn.BatchNorm2d) and isinstance(getattr(child, "act", None), nn.Module):
+            # timm's BatchNormAct2d, normalisation and activation in one layer: FRN+TLU in place of
+            # BN+ReLU, FRN followed by the activation where it is another one
+            tlu = isinstance(child.act, RELUS)
+            frn = FilterResponseNorm2d(child.num_features, eps, tlu=tlu)
+            setattr(module, name, nn.Sequential(frn, child.drop) if tlu else with_its_activation(child, frn))
+            count += 1
         elif isinstance(child, nn.BatchNorm2d):
             children = list(module.named_children())
             index = [n for n, _ in children].index(name)
@@ -129,7 +136,7 @@ def refuse_frozen_bn(body: nn.Module, trick: str, what: str) -> None:
     that a normalisation trick replacing BN (`what`) would discard."""
     from . import TrickConflictError
 
-    if any(isinstance(m, FrozenBatchNorm2d) for m in body.modules()):
+    if any(isinstance(m, frozen_norm_types()) for m in body.modules()):
         raise TrickConflictError(f"trick '{trick}' does not fit a pretrained backbone (frozen ImageNet "
                                  f"BatchNorm, which {what} would discard); train it from scratch with "
                                  "model.backbone.pretrained=false")

@@ -37,7 +37,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from ..models.rfcn import PositionSensitivePool
 from ..models.yolo import YOLOv3Head
-from .base import Trick, TrickArgumentError, check_number, feature_pyramid, head_towers
+from .base import Trick, TrickArgumentError, check_number, feature_pyramid, head_towers, with_its_activation
 
 log = logging.getLogger("ablate.tricks")
 PARTS = ("backbone", "neck", "head", "rpn")
@@ -49,13 +49,14 @@ def groups_for(channels: int, num_groups: int) -> int:
 
 
 def replace_batchnorms(module: nn.Module, num_groups: int) -> int:
-    """Every nn.BatchNorm2d under `module` (not FrozenBatchNorm2d) replaced by GroupNorm; how many."""
+    """Every nn.BatchNorm2d under `module` (not FrozenBatchNorm2d) replaced by GroupNorm (followed by
+    its activation where it is timm's BatchNormAct2d); how many."""
     count = 0
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.BatchNorm2d):
-                setattr(parent, name, nn.GroupNorm(groups_for(child.num_features, num_groups), child.num_features,
-                                                   eps=child.eps))
+                norm = nn.GroupNorm(groups_for(child.num_features, num_groups), child.num_features, eps=child.eps)
+                setattr(parent, name, with_its_activation(child, norm))
                 count += 1
     return count
 

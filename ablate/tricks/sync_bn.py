@@ -40,10 +40,15 @@ def backend() -> str | None:
 
 
 def to_sync_batchnorm(model: nn.Module) -> tuple[nn.Module, int]:
-    """The model with each trainable BatchNorm converted to SyncBatchNorm, and how many were."""
+    """The model with each trainable BatchNorm converted to SyncBatchNorm (timm's BatchNormAct2d to
+    timm's SyncBatchNormAct, activation kept), and how many were."""
     count = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) and not isinstance(m, nn.SyncBatchNorm)
                 for m in model.modules())
-    return nn.SyncBatchNorm.convert_sync_batchnorm(model), count
+    try:  # a timm backbone's BatchNormAct2d: torch's conversion would drop its activation, timm's keeps it
+        from timm.layers import convert_sync_batchnorm
+    except ImportError:
+        convert_sync_batchnorm = nn.SyncBatchNorm.convert_sync_batchnorm
+    return convert_sync_batchnorm(model), count
 
 
 class SyncBN(Trick):
