@@ -33,25 +33,26 @@ from .losses import L1BoxLoss, LossSlots, ScaledLoss
 HEATMAP_CLAMP = 1e-4
 
 
+def radius_quadratics(height: float, width: float, min_overlap: float) -> list[tuple[float, float, float]]:
+    """The (a, b, c) of CornerNet's three quadratics in r (sample/utils.py gaussian_radius), one per
+    way a box whose corners move by r can keep IoU >= min_overlap with a true box of height x width:
+    one corner inside and one outside, both inside, both outside."""
+    return [(1.0, height + width, width * height * (1 - min_overlap) / (1 + min_overlap)),
+            (4.0, 2 * (height + width), (1 - min_overlap) * width * height),
+            (4 * min_overlap, -2 * min_overlap * (height + width), (min_overlap - 1) * width * height)]
+
+
 def gaussian_radius(height: float, width: float, min_overlap: float) -> float:
     """The authors' gaussian_radius (utils/image.py, from CornerNet): the smallest of three roots,
-    one per way a box whose corners move by r can keep IoU >= min_overlap with the true box.
+    one per case of radius_quadratics.
 
     Reproduced with its known quirks (CornerNet issue #110, CenterNet issue #110 and others): each
     root is (b + sqrt(b^2 - 4ac)) / 2 whatever a is (so r2 and r3 are not divided by 2a: r2 is 4x,
     r3 is 4 min_overlap x the root of its quadratic), r1 and r2 take the larger root rather than the
     smaller, and the cases are about corners moving, not the centre. The result is what CenterNet
-    trained with, so that is what the heatmap here is drawn with."""
-    a1, b1 = 1.0, height + width
-    c1 = width * height * (1 - min_overlap) / (1 + min_overlap)
-    r1 = (b1 + math.sqrt(b1 ** 2 - 4 * a1 * c1)) / 2
-    a2, b2 = 4.0, 2 * (height + width)
-    c2 = (1 - min_overlap) * width * height
-    r2 = (b2 + math.sqrt(b2 ** 2 - 4 * a2 * c2)) / 2
-    a3, b3 = 4 * min_overlap, -2 * min_overlap * (height + width)
-    c3 = (min_overlap - 1) * width * height
-    r3 = (b3 + math.sqrt(b3 ** 2 - 4 * a3 * c3)) / 2
-    return min(r1, r2, r3)
+    trained with, so that is what the heatmap here is drawn with (CornerNet's own, with the roots
+    as its authors take them, is models/cornernet.py corner_gaussian_radius)."""
+    return min((b + math.sqrt(b ** 2 - 4 * a * c)) / 2 for a, b, c in radius_quadratics(height, width, min_overlap))
 
 
 @lru_cache(maxsize=256)
@@ -159,29 +160,40 @@ def head_branch(in_channels: int, channels: int, num_convs: int, out_channels: i
     return nn.Sequential(*layers)
 
 
-class CenterNetHead(LossSlots, nn.Module):
+class KeypointHead(LossSlots, nn.Module):
+    """What CenterNet's and CornerNet's heads share: one box_loss slot taking "deltas" losses only
+    (each head says why in box_spaces_reason), and the settings of their Gaussian heatmaps (the
+    penalty-reduced focal loss on them, the local peaks kept when decoding)."""
+
+    slot_attrs = {"box_loss": "box_loss"}
+    box_spaces = ("deltas",)
+
+    def __init__(self, num_classes: int, cfg):
+        super().__init__()
+        self.num_classes = num_classes
+        self.stride = int(cfg.down_ratio)
+        self.min_overlap = float(cfg.min_overlap)
+        self.focal_alpha, self.focal_beta = float(cfg.focal_alpha), float(cfg.focal_beta)
+        self.heatmap_weight = float(cfg.heatmap_weight)
+        self.nms_kernel, self.detections_per_img = int(cfg.nms_kernel), int(cfg.detections_per_img)
+        self.box_loss: nn.Module | None = None
+
+
+class CenterNetHead(KeypointHead):
     """The three heads on the stride-4 features (heatmap of K classes, size, offset), their losses
     and the decoding. Its box_loss slot is the size regression: by default L1 on (w, h) in output
     units, times size_weight; a trick may put another loss on (w, h) there ("deltas" form, called
     with pred and target [N, 2], the normaliser 2N + 1e-4 of RegL1Loss)."""
 
-    slot_attrs = {"box_loss": "box_loss"}
     detector = "centernet"
-    box_spaces = ("deltas",)
     box_spaces_reason = (
         "its size head is unconstrained and starts at 0 (the authors' init), where IoU-type losses on the "
         "decoded box have no useful gradient (measured: the IoU loss stays at -ln eps, GIoU drives sizes "
         "negative); TTFNet and CenterNet+, which train with GIoU, change the head for it (ReLU distances)")
 
     def __init__(self, in_channels: int, num_classes: int, cfg):
-        super().__init__()
-        self.num_classes = num_classes
-        self.stride = int(cfg.down_ratio)
-        self.min_overlap = float(cfg.min_overlap)
-        self.focal_alpha, self.focal_beta = float(cfg.focal_alpha), float(cfg.focal_beta)
-        self.heatmap_weight, self.size_weight = float(cfg.heatmap_weight), float(cfg.size_weight)
-        self.offset_weight = float(cfg.offset_weight)
-        self.nms_kernel, self.detections_per_img = int(cfg.nms_kernel), int(cfg.detections_per_img)
+        super().__init__(num_classes, cfg)
+        self.size_weight, self.offset_weight = float(cfg.size_weight), float(cfg.offset_weight)
         self.heatmap = head_branch(in_channels, cfg.head_channels, cfg.head_convs, num_classes)
         self.size = head_branch(in_channels, cfg.head_channels, cfg.head_convs, 2)
         self.offset = head_branch(in_channels, cfg.head_channels, cfg.head_convs, 2)
@@ -193,7 +205,6 @@ class CenterNetHead(LossSlots, nn.Module):
                 if isinstance(m, nn.Conv2d):
                     nn.init.normal_(m.weight, std=0.001)
                     nn.init.zeros_(m.bias)
-        self.box_loss: nn.Module | None = None
 
     def default_loss(self, slot: str) -> nn.Module:
         if slot != "box_loss":
@@ -248,8 +259,9 @@ class CenterNetHead(LossSlots, nn.Module):
 
 
 class CenterNet(nn.Module):
-    """Images (float, [0, 1], already sized) -> the FPN's stride-4 features -> CenterNetHead.
-    Training: the dict of losses; eval: torchvision-style detections."""
+    """Images (float, [0, 1], already sized) -> the FPN's stride-4 features -> its head (CenterNetHead;
+    CornerNetHead in the CornerNet subclass). Training: the dict of losses; eval: torchvision-style
+    detections."""
 
     # Only the FPN's finest level reaches the heads: a neck that changes the other levels alone
     # (PAN's bottom-up path) changes nothing here (ablate/tricks/neck.py reads this).
@@ -267,7 +279,7 @@ class CenterNet(nn.Module):
 
     def forward(self, images: list[Tensor], targets: list[dict] | None = None):
         if self.training and targets is None:
-            raise ValueError("CenterNet in training mode needs targets")
+            raise ValueError(f"{type(self).__name__} in training mode needs targets")
         original_sizes = [tuple(img.shape[-2:]) for img in images]
         batch, targets = self.transform(images, targets)
         outputs = self.head(self.features(batch.tensors))
@@ -277,7 +289,9 @@ class CenterNet(nn.Module):
         return self.transform.postprocess(detections, batch.image_sizes, original_sizes)
 
 
-def build_centernet(cfg, num_classes: int, image_size: int) -> CenterNet:
+def build_on_finest_level(cfg, image_size: int, make_head, detector=CenterNet) -> nn.Module:
+    """`detector` (CenterNet, or CornerNet: a head on one map at stride model.down_ratio) with the
+    head make_head(channels) on the FPN's finest level, upsampled to that stride when coarser."""
     levels = list(cfg.levels)
     stride = int(cfg.down_ratio)
     if levels != sorted(levels) or not levels:
@@ -286,6 +300,10 @@ def build_centernet(cfg, num_classes: int, image_size: int) -> CenterNet:
         raise UserInputError(f"model.down_ratio={stride}: a power of two no larger than the finest level's stride "
                              f"({2 ** levels[0]}, model.levels={levels}); the paper's is 4")
     backbone = build_backbone(cfg.backbone, levels, 0, cfg.fpn_channels, two_stage=False)
-    head = CenterNetHead(backbone.out_channels, num_classes, cfg)
+    head = make_head(backbone.out_channels)
     transform = NoResizeTransform(image_size, image_size, list(cfg.image_mean), list(cfg.image_std))
-    return CenterNet(transform, backbone, head, upsample=2 ** levels[0] // stride)
+    return detector(transform, backbone, head, upsample=2 ** levels[0] // stride)
+
+
+def build_centernet(cfg, num_classes: int, image_size: int) -> CenterNet:
+    return build_on_finest_level(cfg, image_size, lambda channels: CenterNetHead(channels, num_classes, cfg))

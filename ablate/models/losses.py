@@ -41,6 +41,11 @@ centernet (models/centernet.py) has one slot, box_loss: its size regression, L1 
 object's peak (loss key `size`), in the "deltas" form only (its box_spaces_reason says why); its
 heatmap loss takes Gaussian targets, not K-class targets, so it has no cls_loss slot.
 
+cornernet (models/cornernet.py) has one slot too, box_loss: the SmoothL1 regression of the sub-pixel
+offset of both corners of each object (loss key `offset`; pred and target [2N, 2], the top-left rows
+then the bottom-right ones), "deltas" form only: it regresses no box (its box_spaces_reason). Its
+heatmap loss (Gaussian targets) and the pull/push embedding losses are no slot.
+
 box_loss is the loss under `bbox_regression` / `loss_box_reg`: the final head's, not the RPN's
 (as mmdetection's bbox_head.loss_bbox). FCOS's centerness loss and the RPN's losses are no slot.
 
@@ -260,12 +265,17 @@ class GIoUBoxLoss(nn.Module):
 class SmoothL1BoxLoss(nn.Module):
     """Faster R-CNN's RoI box loss as torchvision's fastrcnn_loss computes it: smooth L1 (beta 1/9)
     on the encoded deltas of the positive RoIs, summed and divided by the number of sampled RoIs
-    (the RPN's box loss is the same term over its sampled anchors)."""
+    (the RPN's box loss is the same term over its sampled anchors). CornerNet's offset loss is this
+    form with beta 1 (models/cornernet.py)."""
     space = "deltas"
+
+    def __init__(self, beta: float = 1 / 9):
+        super().__init__()
+        self.beta = beta
 
     def forward(self, pred: Tensor, target: Tensor, box_weights: Tensor, normalizer: Tensor,
                 levels: Tensor | None = None) -> Tensor:
-        per_sample = F.smooth_l1_loss(pred, target, beta=1 / 9, reduction="none").sum(dim=1)
+        per_sample = F.smooth_l1_loss(pred, target, beta=self.beta, reduction="none").sum(dim=1)
         return (per_sample * box_weights / normalizer).sum()
 
 

@@ -48,7 +48,8 @@ SLOTS = {
 }
 # What to select instead when a trick does not fit the detector.
 FAMILY_EXAMPLES = {"one_stage": "model=fcos or model=retinanet", "two_stage": "model=faster_rcnn or model=rfcn",
-                   "yolo": "model=yolov3", "ssd": "model=ssd", "centernet": "model=centernet"}
+                   "yolo": "model=yolov3", "ssd": "model=ssd", "centernet": "model=centernet",
+                   "cornernet": "model=cornernet"}
 
 Images = list[torch.Tensor]
 Targets = list[dict[str, torch.Tensor]]
