@@ -37,6 +37,17 @@ def paths(d) -> list[str]:
     return [f"paths.runs={d['runs']}", f"paths.reports={d['reports']}"]
 
 
+def smoke_record(model: str, tmp_path: Path, cache: Path) -> dict:
+    """`ablate train model=MODEL profile=smoke` in tmp_path (the data cache `cache`), asserted to exit 0;
+    its record (result.json)."""
+    d = {"runs": tmp_path / "runs", "reports": tmp_path / "reports"}
+    run_dir = tmp_path / "runs" / "one"
+    res = ablate("train", f"model={model}", "profile=smoke", f"hydra.run.dir={run_dir}", *paths(d),
+                 env={"ABLATE_CACHE": str(cache)})
+    assert res.returncode == 0, res.stderr[-3000:]
+    return json.loads((run_dir / "result.json").read_text())
+
+
 @pytest.fixture(scope="module")
 def single_thread():
     """One intra-op thread for a module of tiny-model tests (ablate.testing.one_thread says why);

@@ -1,7 +1,6 @@
 """CenterNet (ablate/models/centernet.py) against hand-computed cases of the authors' formulas
 (github xingyizhou/CenterNet: utils/image.py gaussian_radius and draw_umich_gaussian, models/losses.py
 _neg_loss and RegL1Loss, models/decode.py ctdet_decode), an overfit run and one smoke training."""
-import json
 import math
 
 import pytest
@@ -13,7 +12,7 @@ from ablate.models.losses import IoUTypeLoss, L1BoxLoss, LossSlotError, ScaledLo
 from ablate.testing import eval_detections, fixed_batch_history, build_trick, tiny_batch, tiny_model
 from ablate.train import apply_model_tricks
 from ablate.tricks import TrickConflictError
-from conftest import ablate, paths
+from conftest import smoke_record
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -153,10 +152,5 @@ def test_size_loss_is_the_box_loss_slot_and_tricks_that_cannot_act_here_do_not_f
 
 
 def test_smoke_training_ends_ok(tmp_path, shapes_cache):
-    d = {"runs": tmp_path / "runs", "reports": tmp_path / "reports"}
-    run_dir = tmp_path / "runs" / "one"
-    res = ablate("train", "model=centernet", "profile=smoke", f"hydra.run.dir={run_dir}", *paths(d),
-                 env={"ABLATE_CACHE": str(shapes_cache)})
-    assert res.returncode == 0, res.stderr[-3000:]
-    record = json.loads((run_dir / "result.json").read_text())
+    record = smoke_record("centernet", tmp_path, shapes_cache)
     assert record["status"] == "ok" and set(record["metrics"]) >= {"mAP", "AP50"}

@@ -41,6 +41,12 @@ centernet (models/centernet.py) has one slot, box_loss: its size regression, L1 
 object's peak (loss key `size`), in the "deltas" form only (its box_spaces_reason says why); its
 heatmap loss takes Gaussian targets, not K-class targets, so it has no cls_loss slot.
 
+reppoints (models/reppoints.py, model.head holds both slots): cls_loss is the focal loss on the refine
+stage's labels (the one-stage interface, normalised by the refine stage's positives); box_loss is the
+loss of both point stages (keys points_init, points_refine), each stage's term times its weight (0.5,
+1.0): in the deltas form the pseudo boxes and their targets divided by 4 x the level's stride (smooth
+L1, beta 0.11, by default), in the boxes form the pseudo boxes in pixels.
+
 box_loss is the loss under `bbox_regression` / `loss_box_reg`: the final head's, not the RPN's
 (as mmdetection's bbox_head.loss_bbox). FCOS's centerness loss and the RPN's losses are no slot.
 
@@ -260,12 +266,17 @@ class GIoUBoxLoss(nn.Module):
 class SmoothL1BoxLoss(nn.Module):
     """Faster R-CNN's RoI box loss as torchvision's fastrcnn_loss computes it: smooth L1 (beta 1/9)
     on the encoded deltas of the positive RoIs, summed and divided by the number of sampled RoIs
-    (the RPN's box loss is the same term over its sampled anchors)."""
+    (the RPN's box loss is the same term over its sampled anchors). RepPoints takes it with its
+    config's beta (0.11) on its boxes divided by the level's base scale."""
     space = "deltas"
+
+    def __init__(self, beta: float = 1 / 9):
+        super().__init__()
+        self.beta = beta
 
     def forward(self, pred: Tensor, target: Tensor, box_weights: Tensor, normalizer: Tensor,
                 levels: Tensor | None = None) -> Tensor:
-        per_sample = F.smooth_l1_loss(pred, target, beta=1 / 9, reduction="none").sum(dim=1)
+        per_sample = F.smooth_l1_loss(pred, target, beta=self.beta, reduction="none").sum(dim=1)
         return (per_sample * box_weights / normalizer).sum()
 
 
