@@ -61,10 +61,15 @@ def build_trick(name: str, model: str = "fcos", **overrides: Any) -> Trick:
     return trick
 
 
-def tiny_model(name: str, seed: int = 0, tricks: Sequence[Trick] = (), num_classes: int = 2) -> nn.Module:
-    """The detector `name` (tiny backbone) built from `seed`, with the tricks' on_model applied in order."""
+def tiny_model(name: str, seed: int = 0, tricks: Sequence[Trick] = (), num_classes: int = 2,
+               **model_overrides: Any) -> nn.Module:
+    """The detector `name` (tiny backbone) built from `seed`, with the tricks' on_model applied in order;
+    model_overrides set keys of its model config (e.g. score_thresh=0.0)."""
     torch.manual_seed(seed)
-    model = build_model(model_config(name), num_classes=num_classes, image_size=IMAGE_SIZE)
+    cfg = model_config(name)
+    for key, value in model_overrides.items():
+        OmegaConf.update(cfg, key, value, merge=False)
+    model = build_model(cfg, num_classes=num_classes, image_size=IMAGE_SIZE)
     for trick in tricks:
         model = trick.on_model(model)
     return model
@@ -209,14 +214,15 @@ def fixed_batch_history(model: str, steps: int, lr: float) -> list[dict[str, flo
     return history
 
 
-def eval_detections(model: str, num_classes: int = 2) -> list[dict[str, torch.Tensor]]:
+def eval_detections(model: str, num_classes: int = 2, **model_overrides: Any) -> list[dict[str, torch.Tensor]]:
     """The tiny `model` in eval mode on the tiny batch, its detections checked against what the COCO
     evaluation reads (ablate/evaluate.py): per image exactly boxes [N, 4] (x1, y1, x2, y2 in the
     input image's pixels, inside it), scores [N] in [0, 1] and int64 labels [N] that are dataset
     classes (1..K after the family's label offset: never the background), N <= detections_per_img.
-    Returns them for the head's own checks."""
+    model_overrides as tiny_model's (an untrained head whose scores start below its threshold needs
+    a lower one to detect anything). Returns them for the head's own checks."""
     with one_thread(), torch.no_grad():
-        net = tiny_model(model, num_classes=num_classes).eval()
+        net = tiny_model(model, num_classes=num_classes, **model_overrides).eval()
         images, _ = tiny_batch(model)
         out = net(images)
     offset = label_offset(model_config(model).family)

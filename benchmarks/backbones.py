@@ -5,7 +5,7 @@ inference forward (ablate.evaluate.count_flops) and training images/s, at 320 px
     python benchmarks/backbones.py                     # every conf/model/backbone/*.yaml
     python benchmarks/backbones.py --backbones tiny resnet18 "efficientnet model.backbone.size=b3"
     python benchmarks/backbones.py --backbones tiny --size 64 --batch 1 --steps 1 --warmup 1 --threads 1
-    python benchmarks/backbones.py --models fcos retinanet yolov3 ssd centernet cornernet faster_rcnn rfcn \
+    python benchmarks/backbones.py --models fcos retinanet yolov3 ssd centernet cornernet reppoints faster_rcnn rfcn \
         --backbones tiny resnet18                    # the README's baselines table (head x backbone)
 
 A backbone is a conf/model/backbone/ name, optionally with overrides after it (one quoted

@@ -7,7 +7,8 @@ from torch import nn
 
 # The detector families (cfg.model.family) tricks declare they fit, each with whether its classifier
 # keeps index 0 for the background: softmax heads (Faster R-CNN and R-FCN, SSD) do; sigmoid heads
-# (FCOS, RetinaNet, YOLOv3's class scores, CenterNet's and CornerNet's heatmaps) score each class on its own.
+# (FCOS, RetinaNet, RepPoints, YOLOv3's class scores, CenterNet's and CornerNet's heatmaps) score each
+# class on its own.
 FAMILIES = {"one_stage": False, "two_stage": True, "yolo": False, "ssd": True, "centernet": False,
             "cornernet": False}
 

@@ -46,6 +46,12 @@ offset of both corners of each object (loss key `offset`; pred and target [2N, 2
 then the bottom-right ones), "deltas" form only: it regresses no box (its box_spaces_reason). Its
 heatmap loss (Gaussian targets) and the pull/push embedding losses are no slot.
 
+reppoints (models/reppoints.py, model.head holds both slots): cls_loss is the focal loss on the refine
+stage's labels (the one-stage interface, normalised by the refine stage's positives); box_loss is the
+loss of both point stages (keys points_init, points_refine), each stage's term times its weight (0.5,
+1.0): in the deltas form the pseudo boxes and their targets divided by 4 x the level's stride (smooth
+L1, beta 0.11, by default), in the boxes form the pseudo boxes in pixels.
+
 box_loss is the loss under `bbox_regression` / `loss_box_reg`: the final head's, not the RPN's
 (as mmdetection's bbox_head.loss_bbox). FCOS's centerness loss and the RPN's losses are no slot.
 
@@ -266,7 +272,8 @@ class SmoothL1BoxLoss(nn.Module):
     """Faster R-CNN's RoI box loss as torchvision's fastrcnn_loss computes it: smooth L1 (beta 1/9)
     on the encoded deltas of the positive RoIs, summed and divided by the number of sampled RoIs
     (the RPN's box loss is the same term over its sampled anchors). CornerNet's offset loss is this
-    form with beta 1 (models/cornernet.py)."""
+    form with beta 1 (models/cornernet.py); RepPoints takes it with its config's beta (0.11) on its
+    boxes divided by the level's base scale (models/reppoints.py)."""
     space = "deltas"
 
     def __init__(self, beta: float = 1 / 9):

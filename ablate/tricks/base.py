@@ -47,9 +47,9 @@ SLOTS = {
     "weight_average": "the weights evaluated: an average of the trained ones (on_step, eval_model: EMA)",
 }
 # What to select instead when a trick does not fit the detector.
-FAMILY_EXAMPLES = {"one_stage": "model=fcos or model=retinanet", "two_stage": "model=faster_rcnn or model=rfcn",
-                   "yolo": "model=yolov3", "ssd": "model=ssd", "centernet": "model=centernet",
-                   "cornernet": "model=cornernet"}
+FAMILY_EXAMPLES = {"one_stage": "model=fcos or model=retinanet or model=reppoints",
+                   "two_stage": "model=faster_rcnn or model=rfcn", "yolo": "model=yolov3", "ssd": "model=ssd",
+                   "centernet": "model=centernet", "cornernet": "model=cornernet"}
 
 Images = list[torch.Tensor]
 Targets = list[dict[str, torch.Tensor]]
