@@ -14,7 +14,8 @@ import time
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+import torchvision  # noqa: F401  (registers torch.ops.torchvision, whose deform_conv2d is counted below)
+from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 from .results import COCO_METRICS
 
@@ -98,6 +99,16 @@ def measure_latency(model: nn.Module, images: list[torch.Tensor], device: torch.
 
 
 @torch.no_grad()
+def _deform_conv_flops(x_shape, w_shape, *args, out_shape, **kwargs) -> int:
+    """A deformable convolution counted as the convolution of its shapes (as mmcv's and fvcore's
+    counters do): the bilinear sampling at the offsets is not counted."""
+    return conv_flop_count(list(x_shape), list(w_shape), list(out_shape))
+
+
+# Operators torch's counter does not know: torchvision's deform_conv2d (RepPoints' deformable convs).
+CUSTOM_FLOPS = {torch.ops.torchvision.deform_conv2d: _deform_conv_flops}
+
+
 def count_flops(model: nn.Module, image: torch.Tensor, device: torch.device) -> int:
     """FLOPs of one inference forward on one image (torch.utils.flop_counter; NMS is not counted).
     A two-stage detector's RoI head runs on the proposals the RPN's NMS keeps, a number its weights
@@ -110,7 +121,7 @@ def count_flops(model: nn.Module, image: torch.Tensor, device: torch.device) -> 
     try:
         if rpn is not None:
             rpn.nms_thresh = 1.0  # IoU > 1 never happens: NMS keeps every proposal
-        with FlopCounterMode(display=False) as counter:
+        with FlopCounterMode(display=False, custom_mapping=CUSTOM_FLOPS) as counter:
             model([image.to(device).float().div_(255)])
     finally:
         if rpn is not None:

@@ -137,3 +137,24 @@ def test_two_stage_flops_do_not_depend_on_what_the_weights_nms_keeps():
         flops = [count_flops(m, image, torch.device("cpu")) for m in (a, b, c)]
         assert flops[0] == flops[1] == flops[2] > 0
         assert a.rpn.nms_thresh == 0.7  # restored
+
+
+def test_a_deformable_conv_counts_as_the_conv_of_its_shapes():
+    """torch's FLOP counter does not know torchvision's deform_conv2d (RepPoints' deformable convs):
+    ablate counts it as a convolution of the same shapes, 2 x C_out x C_in x k^2 per output place."""
+    import torch
+    from torchvision.ops import DeformConv2d
+
+    from ablate.evaluate import count_flops
+
+    class TwoConvs(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.deform, self.plain = DeformConv2d(3, 16, 3, padding=1), torch.nn.Conv2d(3, 16, 3, padding=1)
+
+        def forward(self, images):
+            x = images[0][None]
+            return self.deform(x, torch.zeros(1, 18, *x.shape[-2:])), self.plain(x)
+
+    image = torch.zeros(3, 10, 12, dtype=torch.uint8)
+    assert count_flops(TwoConvs(), image, torch.device("cpu")) == 2 * (2 * 16 * 3 * 9 * 10 * 12)
