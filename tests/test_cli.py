@@ -74,10 +74,12 @@ def test_smoke_sweep_writes_a_report_with_a_row_per_variant_and_a_second_launch_
 
 
 def broken_sweep(tmp_path, tricks: str):
-    """A copy of conf/ with a trick `broken` whose class does not exist, and a sweep `mine` of `tricks`."""
+    """A copy of conf/ with a trick `broken` that fails when its run builds it (an argument its class
+    does not take: the file itself passes the check before the sweep), and a sweep `mine` of `tricks`."""
     conf = tmp_path / "conf"
     shutil.copytree(REPO / "conf", conf)
-    (conf / "tricks" / "broken.yaml").write_text("# @package tricks.broken\n_target_: ablate.tricks.no_such.Trick\n")
+    (conf / "tricks" / "broken.yaml").write_text("# @package tricks.broken\n_target_: ablate.tricks.warmup.Warmup\n"
+                                                 "no_such_argument: 1\n")
     sweep = tmp_path / "mine.yaml"
     sweep.write_text(f"design: one_at_a_time\ntricks: [{tricks}]\nseeds: 1\n")
     return conf, sweep
@@ -89,7 +91,7 @@ def test_a_failing_variant_does_not_stop_the_others(dirs, tmp_path):
     assert res.returncode != 0
     assert "1 of 3 runs did not finish: broken seed 0: failed" in res.stderr
     broken = read_record(dirs["runs"] / "mine" / "broken" / "seed0" / "result.json")
-    assert broken.status == "failed" and "ablate.tricks.no_such" in broken.error
+    assert broken.status == "failed" and "no_such_argument" in broken.error
     assert read_record(dirs["runs"] / "mine" / "warmup" / "seed0" / "result.json").status == "ok"
     report = (dirs["reports"] / "mine" / "report.md").read_text()
     assert "Runs that did not finish" in report and "broken" in report
