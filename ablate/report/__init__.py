@@ -73,8 +73,9 @@ def split_search_trials(found: list[tuple[Path, RunRecord]], runs_dirs: list[Pat
 def build_report(runs_dirs: list[Path], out_dir: Path, title: str | None = None) -> Path:
     """A search's folder (design: search, holding optuna.db) gets the search's report (ablate/report/search.py).
     Otherwise: read every result.json under ``runs_dirs`` but a search's trials (a folder under them, or one of
-    them, holding optuna.db: left out, logged and named in report.md with the command that reports them); write report.md, table.csv, runs.csv and the plots
-    (delta_map.png, curves.png, pareto.png, per_class.png) into ``out_dir``; return the path of report.md.
+    them, holding optuna.db: left out, logged and named in report.md with the command that reports them);
+    write report.md, table.csv, runs.csv and the plots (delta_map.png, curves.png, pareto.png, per_class.png)
+    into ``out_dir``; return the path of report.md.
 
     Unreadable records are logged, listed in the report and never read as results. Raises ReportError
     when no readable record is found.

@@ -5,8 +5,9 @@ here holds them in points (52.3), the unit of published bag-of-tricks tables.
 
 A *variant* is the set of runs with the same ``base_hash``, the same tricks and the same trick arguments
 (``tricks_hash``: tricks.mixup.alpha=0.2 and 1.5 are two variants, labelled ``mixup [mixup.alpha=0.2]`` and
-``mixup [mixup.alpha=1.5]``); its *baseline* is the variant with the same ``base_hash`` and no tricks. Only runs with status ``ok`` contribute
-numbers; failed and diverged runs are counted in the ``status`` column and listed in the report.
+``mixup [mixup.alpha=1.5]``); its *baseline* is the variant with the same ``base_hash`` and no tricks. Only
+runs with status ``ok`` contribute numbers; failed and diverged runs are counted in the ``status`` column and
+listed in the report.
 An ok run may carry run-health warnings (``RunRecord.health``, ablate/health.py: the detector collapsed or
 learned nothing); its numbers still count, and the variant is flagged in the ``health`` column.
 """
@@ -356,8 +357,8 @@ def records_table(records: list[RunRecord]) -> pd.DataFrame:
 
     Columns: variant (the runs' variant name, with the trick arguments that tell it apart where one base ran the
     same tricks with several: "mixup [mixup.alpha=1.5]"), tricks, tricks_hash ('' for a baseline), trick_args (the
-    tricks' arguments as JSON, {"mixup.alpha": 1.5, ...}; '' for a baseline), base, base_hash, baseline (bool), status, health, health_runs, baseline_unhealthy
-    (bool), runs, seeds (ok runs), seed_list,
+    tricks' arguments as JSON, {"mixup.alpha": 1.5, ...}; '' for a baseline), base, base_hash, baseline (bool),
+    status, health, health_runs, baseline_unhealthy (bool), runs, seeds (ok runs), seed_list,
     mAP, mAP_std, delta_mAP, delta_mAP_std, delta_paired, delta_seeds, delta_ci_low, delta_ci_high,
     delta_ci_half, delta_ci_method, delta_ci_df, delta_sign, AP50, AP50_std, ... ARl, ARl_std (the 12 COCO
     metrics, mean and std over ok runs), train_s, images_per_s, peak_memory_mb, inference_ms, params_M,
@@ -468,8 +469,8 @@ def records_table(records: list[RunRecord]) -> pd.DataFrame:
         row["kind"] = "" if base_row is None or not row["seeds"] else \
             trick_kind(row["params_M"], row["flops_G"], base_row["params_M"], base_row["flops_G"])
 
-    columns = ["variant", "tricks", "tricks_hash", "trick_args", "base", "base_hash", "baseline", "status", "health", "health_runs",
-               "baseline_unhealthy", "runs", "seeds", "seed_list", "mAP",
+    columns = ["variant", "tricks", "tricks_hash", "trick_args", "base", "base_hash", "baseline", "status", "health",
+               "health_runs", "baseline_unhealthy", "runs", "seeds", "seed_list", "mAP",
                "mAP_std", "delta_mAP", "delta_mAP_std", "delta_paired", "delta_seeds", "delta_ci_low",
                "delta_ci_high", "delta_ci_half", "delta_ci_method", "delta_ci_df", "delta_sign"]
     for name in COCO_METRICS[1:]:
