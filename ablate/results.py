@@ -48,7 +48,8 @@ class RunRecord:
     seed: int
     config: dict[str, Any]
     config_hash: str
-    # Hash of the config without its tricks: runs with the same base_hash share a baseline.
+    # Hash of the config without its tricks and seed: runs with the same base_hash share a baseline (a
+    # variant is one base_hash, one list of tricks and one tricks_hash, their arguments).
     base_hash: str
     metrics: dict[str, float] = field(default_factory=dict)
     per_class_ap: dict[str, float] = field(default_factory=dict)
@@ -128,6 +129,13 @@ def config_hash(config: dict[str, Any], sections: tuple[str, ...] = HASHED_SECTI
 def base_hash(config: dict[str, Any]) -> str:
     """The hash of the config with its tricks and seed taken out: what a variant is compared against."""
     return config_hash(config, tuple(s for s in HASHED_SECTIONS if s not in ("tricks", "seed")))
+
+
+def tricks_hash(config: dict[str, Any]) -> str:
+    """The hash of the config's tricks section alone: the selected tricks with their arguments. Two runs of
+    one base and the same trick names but another tricks_hash ran the tricks with other arguments
+    (tricks.mixup.alpha=0.2 against 1.5): two variants, not two runs of one."""
+    return config_hash(config, ("tricks",))
 
 
 def atomic_write(path: Path, write: Callable[[IO], Any], binary: bool = False) -> Path:

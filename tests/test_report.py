@@ -1,6 +1,7 @@
 """ablate.report: the table, the ΔmAP chart and report.md, built from result.json records alone."""
 from __future__ import annotations
 
+import json
 import logging
 import math
 import struct
@@ -14,8 +15,9 @@ from matplotlib import image as mpimg
 from ablate.report import ReportError, build_report, records_table
 from ablate.report.markdown import markdown_table
 from ablate.report.plots import delta_map_figure
-from ablate.report.table import DELTA_HEADER, delta_against, fmt_delta, fmt_points, paired_differences
-from ablate.results import RunRecord, write_record
+from ablate.report.table import (DELTA_HEADER, delta_against, epoch_curves, fmt_delta, fmt_points, paired_differences,
+                                 per_class_deltas)
+from ablate.results import RunRecord, tricks_hash, write_record
 from conftest import assert_imports_without
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,14 +26,17 @@ MINUS = "\u2212"
 
 def make_record(variant: str = "baseline", tricks: list[str] | None = None, seed: int = 0, mAP: float = 0.4,
                 status: str = "ok", base: str = "base-a", created_at: str = "2025-03-01T10:00:00",
-                error: str | None = None, model: str = "fcos", **metrics: float) -> RunRecord:
+                error: str | None = None, model: str = "fcos", trick_args: dict | None = None,
+                **metrics: float) -> RunRecord:
+    """A record; ``trick_args``: its config's tricks section (each trick with no argument by default)."""
     tricks = list(tricks) if tricks is not None else ([] if variant == "baseline" else [variant])
     values = {"mAP": mAP, "AP50": mAP + 0.2, "AP75": mAP - 0.05, "APs": mAP - 0.2, "APm": mAP, "APl": mAP + 0.1}
     values.update(metrics)
     ok = status == "ok"
     return RunRecord(
         status=status, variant=variant, sweep="sw", tricks=tricks, seed=seed,
-        config={"seed": seed, "model": {"name": model}, "tricks": {t: {} for t in tricks}},
+        config={"seed": seed, "model": {"name": model},
+                "tricks": trick_args if trick_args is not None else {t: {} for t in tricks}},
         config_hash=f"{base}-{variant}-{seed}", base_hash=base,
         metrics=values if ok else {},
         timings={"train_s": 120.0, "images_per_s": 50.0} if ok else {"train_s": 3.0},
@@ -383,3 +388,125 @@ def test_the_header_warns_when_the_runs_were_made_by_different_code(tmp_path):
     write_all(root, records)
     old = build_report([root], tmp_path / "old").read_text()
     assert "(the code (fingerprint without its files): 2 versions;" in old
+
+
+def mixup(alpha: float, seed: int, mAP: float, **kw) -> RunRecord:
+    """A MixUp run with the given alpha (its other arguments the defaults)."""
+    args = {"mixup": {"_target_": "ablate.tricks.mixup.MixUp", "alpha": alpha, "prob": 1.0}}
+    return make_record("mixup", seed=seed, mAP=mAP, trick_args=args, created_at=f"2025-03-01T11:0{seed}:{alpha}", **kw)
+
+
+def test_one_trick_with_two_sets_of_arguments_is_two_variants(tmp_path: Path):
+    """`ablate train -m 'tricks=[mixup]' tricks.mixup.alpha=0.2,1.5 seed=0,1`, reported with the baseline: one
+    row per alpha, each paired with the baseline by seed, not one row averaging the two configs."""
+    root = tmp_path / "runs"
+    records = [make_record("baseline", seed=0, mAP=0.400), make_record("baseline", seed=1, mAP=0.420),
+               mixup(0.2, 0, 0.410), mixup(0.2, 1, 0.434), mixup(1.5, 0, 0.431), mixup(1.5, 1, 0.449),
+               make_record("ls", seed=0, mAP=0.396, created_at="2025-03-01T12:00:00")]
+    for r in records:
+        alpha = r.config["tricks"].get("mixup", {}).get("alpha", "")
+        write_record(r, root / r.variant / f"alpha{alpha}-seed{r.seed}")
+    out = tmp_path / "out"
+    report = build_report([root], out).read_text()
+    rows = md_table(report)
+    low, high = "mixup [mixup.alpha=0.2]", "mixup [mixup.alpha=1.5]"
+    assert [r["Variant"] for r in rows] == ["baseline", low, high, "ls"]  # one config: the name alone
+    by = {r["Variant"]: r for r in rows}
+    # alpha 0.2: 41.0, 43.4 -> 42.2 ± 1.7; differences 1.0, 1.4 -> +1.2, s 0.283, 95% CI ± 12.706 · 0.283/√2 = 2.5.
+    assert by[low]["mAP"] == "42.2 ± 1.7" and by[low][DELTA_HEADER] == "+1.2 ± 2.5" and by[low]["Seeds"] == "2"
+    # alpha 1.5: 43.1, 44.9 -> 44.0 ± 1.3; differences 3.1, 2.9 -> +3.0, s 0.141, ± 1.3: beyond noise (bold).
+    assert by[high]["mAP"] == "44.0 ± 1.3" and by[high][DELTA_HEADER] == "**+3.0 ± 1.3**" and by[high]["Seeds"] == "2"
+    assert by["ls"][DELTA_HEADER] == f"{MINUS}1.4 (1 seed, no CI)"
+    # The best variant is compared with the runner-up, alpha 1.5 against 0.2 (differences 2.1, 1.5), not with itself.
+    assert f"**Best variant**: `{high}`, 44.0 mAP; its margin over the runner-up `{low}` (42.2) is +1.8 ±" in report
+
+    table = records_table(records)
+    t = table.set_index("variant")
+    assert t.loc[low, "delta_mAP"] == pytest.approx(1.2) and t.loc[high, "delta_mAP"] == pytest.approx(3.0)
+    assert bool(t.loc[low, "delta_paired"]) and t.loc[high, "delta_seeds"] == 2
+    # table.csv says which arguments each row ran: their hash and the arguments themselves.
+    csv = pd.read_csv(out / "table.csv", keep_default_na=False, dtype={"tricks_hash": str, "trick_args": str})
+    c = csv.set_index("variant")
+    assert c.loc[low, "tricks_hash"] == tricks_hash(records[2].config) != c.loc[high, "tricks_hash"]
+    assert c.loc[high, "tricks_hash"] == tricks_hash(records[4].config)
+    assert json.loads(c.loc[high, "trick_args"]) == {"mixup.alpha": 1.5, "mixup.prob": 1.0}
+    assert c.loc["baseline", "tricks_hash"] == "" and c.loc["baseline", "trick_args"] == ""
+    assert list(c.index) == list(t.index) and list(c["tricks_hash"]) == list(table["tricks_hash"])
+    runs = pd.read_csv(out / "runs.csv", keep_default_na=False, dtype={"tricks_hash": str})
+    assert sorted(runs.loc[runs["tricks_hash"] == c.loc[high, "tricks_hash"], "mAP"]) == pytest.approx([43.1, 44.9])
+
+    # Per-class AP and training curves are kept apart the same way.
+    for r, loss in zip(records, (1.0, 1.0, 2.0, 2.0, 3.0, 3.0, 4.0)):
+        r.per_class_ap = {"circle": r.metrics["mAP"]}
+        r.curve = [{"epoch": 1, "epoch_loss": loss}]
+    deltas = per_class_deltas(records, records_table(records))
+    assert deltas.loc[low, "circle"] == pytest.approx(1.2) and deltas.loc[high, "circle"] == pytest.approx(3.0)
+    curves = epoch_curves(records, records_table(records))
+    assert curves[low]["loss"].tolist() == [2.0] and curves[high]["loss"].tolist() == [3.0]
+
+
+def test_a_design_with_a_trick_set_run_with_two_sets_of_arguments_is_not_analysed(tmp_path: Path):
+    root = tmp_path / "runs"
+    both = ["warmup", "mixup"]
+    records = [make_record("baseline", seed=0, mAP=0.40), make_record("warmup", seed=0, mAP=0.41)]
+    for alpha, mAP in ((0.2, 0.42), (1.5, 0.43)):
+        records.append(make_record("warmup+mixup", tricks=both, seed=0, mAP=mAP,
+                                   trick_args={"warmup": {}, "mixup": {"alpha": alpha}}))
+    for i, r in enumerate(records):
+        write_record(r, root / str(i))
+    report = build_report([root], tmp_path / "out").read_text()
+    assert [r["Variant"] for r in md_table(report)] == [
+        "baseline", "warmup", "warmup+mixup [mixup.alpha=0.2]", "warmup+mixup [mixup.alpha=1.5]"]
+    cumulative = section(report, "Cumulative design")
+    assert cumulative.startswith("\nNot analysed: the trick sets make a cumulative design, but some ran with several "
+                                 "sets of trick arguments (`warmup+mixup [mixup.alpha=0.2]`, "
+                                 "`warmup+mixup [mixup.alpha=1.5]`)")
+    assert "| Step |" not in cumulative
+
+
+def test_a_search_inside_the_reported_folder_is_left_out_and_named(tmp_path: Path, caplog):
+    root = tmp_path / "runs"
+    write_all(root / "sw", [make_record("baseline", seed=0, mAP=0.40), make_record("mixup", seed=0, mAP=0.42)])
+    search = root / "tune_mixup"
+    search.mkdir(parents=True)
+    (search / "optuna.db").write_bytes(b"")  # what makes a folder a search's (ablate.report.search.is_search)
+    for trial, alpha in enumerate((0.6, 1.9)):  # the same tricks, other arguments, the same base
+        rec = make_record(f"trial{trial}", tricks=["mixup"], mAP=0.5, trick_args={"mixup": {"alpha": alpha}})
+        write_record(rec, search / f"trial{trial}" / "seed0")
+    with caplog.at_level(logging.WARNING, logger="ablate.report"):
+        report = build_report([root], tmp_path / "out").read_text()
+    assert [r["Variant"] for r in md_table(report)] == ["baseline", "mixup"]
+    assert by_variant(md_table(report))["mixup"][DELTA_HEADER] == "+2.0 (1 seed, no CI)"  # the trials in no row
+    assert "2 runs (2 ok) of 2 variants" in report
+    assert (f"Left out of this report: 2 runs of the search in `{search}` (`ablate report {search}` reports them)."
+            in report)
+    assert any("2 records of the search in" in r.getMessage() and str(search) in r.getMessage()
+               for r in caplog.records)
+    # Given beside another folder the search is left out as well; given alone under a parent, nothing is left.
+    both = build_report([root / "sw", search], tmp_path / "out2").read_text()
+    assert [r["Variant"] for r in md_table(both)] == ["baseline", "mixup"] and f"`ablate report {search}`" in both
+    only = tmp_path / "only"
+    search.rename(only / "tune" if only.mkdir() is None else only)
+    with pytest.raises(ReportError, match=f"`ablate report {only / 'tune'}` reports them"):
+        build_report([only], tmp_path / "out3")
+
+
+def by_variant(rows: list[dict[str, str]]) -> dict[str, dict[str, str]]:
+    return {r["Variant"]: r for r in rows}
+
+
+def test_adaptive_decisions_read_the_adaptive_sweeps_folder_only(tmp_path: Path):
+    """Its plan names variants as its sweep did; a merged folder's run of the same name with other trick
+    arguments must not stand in for one of its seeds."""
+    adaptive, other = tmp_path / "runs" / "adapt", tmp_path / "runs" / "other"
+    write_all(adaptive, [make_record("baseline", seed=0, mAP=0.400), make_record("baseline", seed=1, mAP=0.420),
+                         mixup(0.2, 0, 0.410), mixup(0.2, 1, 0.434)])
+    write_all(other, [mixup(1.5, 0, 0.431), mixup(1.5, 1, 0.449)])
+    (adaptive / "adaptive.json").write_text(json.dumps({
+        "min": 2, "max": 4, "margin": 0.3, "alpha": 0.05, "spending": "Pocock-type", "variants": {"mixup": "baseline"},
+        "rounds": [{"round": 1, "seeds": 2, "variants": ["baseline", "mixup"]}]}))
+    report = build_report([adaptive, other], tmp_path / "out").read_text()
+    decisions = section(report, "Adaptive seeds")
+    row = next(line for line in decisions.splitlines() if line.startswith("| mixup "))
+    # Differences 1.0, 1.4 of its own seeds (with the other folder's alpha 1.5 runs: +3.0).
+    assert "+1.2 ± 2.5" in [cell.strip() for cell in row.strip("|").split("|")]

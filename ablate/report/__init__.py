@@ -14,7 +14,7 @@ from ablate.report.plots import plot_curves, plot_delta_map, plot_pareto, plot_p
 from ablate.report.table import (display_table, epoch_curves, paired_differences, per_class_deltas, records_table,
                                  runs_table)
 from ablate.errors import UserInputError
-from ablate.results import RECORD_NAME, atomic_write_text, find_records
+from ablate.results import RECORD_NAME, RunRecord, atomic_write_text, find_records
 from ablate.sweep.adaptive import ADAPTIVE_FILE, Plan, decisions_from_records
 
 __all__ = ["ReportError", "build_report", "records_table", "runs_table", "display_table", "paired_differences"]
@@ -26,9 +26,11 @@ class ReportError(UserInputError):
     """Nothing to report: no readable result.json under the given folders."""
 
 
-def adaptive_lines(runs_dirs: list[Path], records: list) -> list[str]:
+def adaptive_lines(runs_dirs: list[Path], found: list[tuple[Path, RunRecord]]) -> list[str]:
     """The "Adaptive seeds" section when a runs folder holds an adaptive sweep's plan (adaptive.json):
-    each trick's decision, the rounds, and the runs saved; none otherwise."""
+    each trick's decision, the rounds, and the runs saved; none otherwise. The decisions read that folder's
+    records alone: they name variants as its sweep did, which other folders' runs may share with other
+    settings or trick arguments."""
     import json
 
     from ablate.report.markdown import adaptive_section
@@ -38,14 +40,42 @@ def adaptive_lines(runs_dirs: list[Path], records: list) -> list[str]:
         if path.is_file():
             info = json.loads(path.read_text())
             plan = Plan(info["min"], info["max"], info["margin"], info["alpha"])
+            records = [r for p, r in found if Path(d) in p.parents]
             return adaptive_section(info, decisions_from_records(records, info["variants"], plan))
     return []
 
 
+def split_search_trials(found: list[tuple[Path, RunRecord]], runs_dirs: list[Path]
+                        ) -> tuple[list[tuple[Path, RunRecord]], dict[Path, int]]:
+    """The records that are not a search's trials, and per search folder (design: search, found under or
+    as one of runs_dirs) how many of its trials' records were left out. A trial tunes parameters: its
+    tricks ran in every trial, so beside an ablation's variants it would be read as one more variant."""
+    roots = set(runs_dirs)
+    searches: dict[Path, bool] = {}
+    kept, left_out = [], {}
+    for path, record in found:
+        folder = None
+        for parent in path.parents:
+            if parent not in searches:
+                searches[parent] = is_search(parent)
+            if searches[parent]:
+                folder = parent
+                break
+            if parent in roots:
+                break
+        if folder is None:
+            kept.append((path, record))
+        else:
+            left_out[folder] = left_out.get(folder, 0) + 1
+    return kept, left_out
+
+
 def build_report(runs_dirs: list[Path], out_dir: Path, title: str | None = None) -> Path:
     """A search's folder (design: search, holding optuna.db) gets the search's report (ablate/report/search.py).
-    Otherwise: read every result.json under ``runs_dirs``; write report.md, table.csv, runs.csv and the plots
-    (delta_map.png, curves.png, pareto.png, per_class.png) into ``out_dir``; return the path of report.md.
+    Otherwise: read every result.json under ``runs_dirs`` but a search's trials (a folder under them, or one of
+    them, holding optuna.db: left out, logged and named in report.md with the command that reports them);
+    write report.md, table.csv, runs.csv and the plots (delta_map.png, curves.png, pareto.png, per_class.png)
+    into ``out_dir``; return the path of report.md.
 
     Unreadable records are logged, listed in the report and never read as results. Raises ReportError
     when no readable record is found.
@@ -60,6 +90,13 @@ def build_report(runs_dirs: list[Path], out_dir: Path, title: str | None = None)
         return build_search_report(runs_dirs[0], out_dir, title)
 
     found, errors = find_records(*runs_dirs)
+    found, searches = split_search_trials(found, runs_dirs)
+    for folder, n in searches.items():
+        log.warning("%d records of the search in %s left out of the table (its trials, not variants): "
+                    "`ablate report %s` reports them", n, folder, folder)
+    if not found and searches:
+        raise ReportError("only a search's trials under " + ", ".join(str(d) for d in runs_dirs) + ": "
+                          + "; ".join(f"`ablate report {folder}` reports them" for folder in searches))
     if not found:  # one error, which names the unreadable records
         where = ", ".join(f"{d}" + ("" if d.is_dir() else " (does not exist)") for d in runs_dirs)
         message = f"no readable {RECORD_NAME} under {where}"
@@ -84,8 +121,8 @@ def build_report(runs_dirs: list[Path], out_dir: Path, title: str | None = None)
     atomic_write_text(out_dir / "table.csv", table.to_csv(index=False, float_format="%.10g"))
     atomic_write_text(out_dir / "runs.csv", runs.drop(columns=["code_files"]).to_csv(index=False, float_format="%.10g"))
     report = out_dir / "report.md"
-    adaptive = adaptive_lines(runs_dirs, records)
+    adaptive = adaptive_lines(runs_dirs, found)
     atomic_write_text(report, render_markdown(title, table, runs, errors, runs_dirs, plots=tuple(PLOTS),
-                                              adaptive=adaptive))
+                                              adaptive=adaptive, searches=searches))
     log.info("report of %d runs (%d variants) written to %s", len(records), len(table), report)
     return report

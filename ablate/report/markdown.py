@@ -185,8 +185,7 @@ def summary_lines(table: pd.DataFrame, runs: pd.DataFrame) -> list[str]:
                      " (the only variant with an ok run and no run-health warning).")
         else:
             second = ranked[1]
-            margin = compare(seed_values(runs, best["base_hash"], best["tricks"]),
-                             seed_values(runs, second["base_hash"], second["tricks"]))
+            margin = compare(seed_values(runs, best), seed_values(runs, second))
             text += (f"; its margin over the runner-up {_name(second, several)} ({fmt_points(second['mAP'])}) is "
                      f"{fmt_interval(margin, mark=False)}")
             if not margin.has_ci:
@@ -210,12 +209,12 @@ def noise_lines(table: pd.DataFrame, runs: pd.DataFrame) -> list[str]:
         block = table[table["base_hash"] == base]
         base_row = block[block["baseline"]].iloc[0]
         prefix = f"**{base_row['base']}**: " if several else ""
-        baseline = seed_values(runs, base, "")
+        baseline = seed_values(runs, base_row)
         n_b = len(baseline)
         sigma = float(np.std(list(baseline.values()), ddof=1)) if n_b >= 2 else math.nan
         groups = []
         for rec in block[~block["baseline"] & block["delta_paired"] & (block["delta_seeds"] >= 2)].to_dict("records"):
-            variant = seed_values(runs, base, rec["tricks"])
+            variant = seed_values(runs, rec)
             groups.append([variant[s] - baseline[s] for s in sorted(variant)])
         sigma_d, dof = pooled_std(groups)
         if n_b >= 2:
@@ -265,18 +264,28 @@ def _sub(text: str) -> str:
 
 def design_sections(table: pd.DataFrame, runs: pd.DataFrame) -> list[str]:
     """For bases whose trick sets make a cumulative or a full factorial design: the running total of a
-    cumulative design, the main effects and two-way interactions of a factorial one."""
+    cumulative design, the main effects and two-way interactions of a factorial one. Not analysed, and said
+    so, where a trick set ran with several sets of trick arguments: which of them is the design's is unknown."""
     several = table["base_hash"].nunique() > 1
     out: list[str] = []
     for base in table["base_hash"].drop_duplicates():
         block = table[table["base_hash"] == base]
-        sets = {frozenset(t.split("+")) if t else frozenset(): t for t in block["tricks"]}
-        design, order = detect_design(sets)
+        by_set: dict[frozenset, list[Mapping]] = {}
+        for rec in block.to_dict("records"):
+            by_set.setdefault(frozenset(rec["tricks"].split("+")) if rec["tricks"] else frozenset(), []).append(rec)
+        design, order = detect_design(by_set)
         if not design:
             continue
         label = f" ({block['base'].iloc[0]})" if several else ""
-        values = {s: seed_values(runs, base, t) for s, t in sets.items()}
-        names = {frozenset(t.split("+")) if t else frozenset(): v for t, v in zip(block["tricks"], block["variant"])}
+        ambiguous = [_name(r, several) for recs in by_set.values() if len(recs) > 1 for r in recs]
+        if ambiguous:
+            out += [f"## {design.capitalize()} design{label}", "",
+                    f"Not analysed: the trick sets make a {design} design, but some ran with several sets of trick "
+                    f"arguments ({', '.join(ambiguous)}), so which of them belongs to the design is unknown. "
+                    f"Report the folders of one setting to analyse it.", ""]
+            continue
+        values = {s: seed_values(runs, recs[0]) for s, recs in by_set.items()}
+        names = {s: recs[0]["variant"] for s, recs in by_set.items()}
         if design == CUMULATIVE:
             base_mean = float(np.mean(list(values[frozenset()].values()))) if values[frozenset()] else math.nan
             frame = pd.DataFrame([{
@@ -453,6 +462,15 @@ def unreadable_section(errors: Sequence[BaseException]) -> list[str]:
     return lines + [""]
 
 
+def search_line(searches: Mapping[Path, int]) -> str:
+    """One line on the search trials left out of the table (ablate/report/__init__.py), with the command
+    that reports each search."""
+    bits = [f"{_plural(n, 'run')} of the search in `{_display_path(folder)}` (`ablate report {folder}` reports "
+            f"them)" for folder, n in searches.items()]
+    return (f"Left out of this report: {'; '.join(bits)}. A search's trials tune parameters with the same "
+            f"tricks switched on; they are not variants of an ablation.")
+
+
 def adaptive_section(info: Mapping, decisions: Sequence) -> list[str]:
     """An adaptive sweep's decisions (ablate/sweep/adaptive.py): per trick the verdict, raw and
     adjusted for the number of tricks (Holm), the seeds it took, and what the rounds saved."""
@@ -492,13 +510,15 @@ def adaptive_section(info: Mapping, decisions: Sequence) -> list[str]:
 def render_markdown(title: str, table: pd.DataFrame, runs: pd.DataFrame, errors: Sequence[BaseException],
                     runs_dirs: Sequence[Path | str], image: str = "delta_map.png",
                     plots: Sequence[str] = tuple(PLOTS), now: datetime | None = None,
-                    adaptive: Sequence[str] = ()) -> str:
+                    adaptive: Sequence[str] = (), searches: Mapping[Path, int] | None = None) -> str:
     now = now or datetime.now().astimezone()
     dirs = " ".join(str(d) for d in runs_dirs)
     sweeps = sorted({s for s in runs["sweep"] if s})
     parts = [f"# {title}", "", header_paragraph(table, runs, len(errors)), ""]
     if len(sweeps) > 1 or (sweeps and sweeps[0] != title):
         parts += [f"Sweep{'s' if len(sweeps) > 1 else ''} in the records: {', '.join(sweeps)}.", ""]
+    if searches:
+        parts += [search_line(searches), ""]
     parts += ["## Summary", "", *summary_lines(table, runs), ""]
     parts += [markdown_table(display_table(table)), "",
               f"![ΔmAP per variant with its 95% CI]({image})", ""]

@@ -3,14 +3,17 @@
 No torch here (see ``ablate.report``). Metrics are fractions in the records (0.523); every table
 here holds them in points (52.3), the unit of published bag-of-tricks tables.
 
-A *variant* is the set of runs with the same ``base_hash`` and the same tricks; its *baseline* is
-the variant with the same ``base_hash`` and no tricks. Only runs with status ``ok`` contribute
-numbers; failed and diverged runs are counted in the ``status`` column and listed in the report.
+A *variant* is the set of runs with the same ``base_hash``, the same tricks and the same trick arguments
+(``tricks_hash``: tricks.mixup.alpha=0.2 and 1.5 are two variants, labelled ``mixup [mixup.alpha=0.2]`` and
+``mixup [mixup.alpha=1.5]``); its *baseline* is the variant with the same ``base_hash`` and no tricks. Only
+runs with status ``ok`` contribute numbers; failed and diverged runs are counted in the ``status`` column and
+listed in the report.
 An ok run may carry run-health warnings (``RunRecord.health``, ablate/health.py: the detector collapsed or
 learned nothing); its numbers still count, and the variant is flagged in the ``health`` column.
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from ablate.report.stats import Interval, compare, relative_change, trick_kind
-from ablate.results import COCO_METRICS, STATUSES, RunRecord
+from ablate.results import COCO_METRICS, STATUSES, RunRecord, tricks_hash
 
 # COCO metrics shown in the table, in the table's order; table.csv holds all 12 (COCO_METRICS).
 TABLE_METRICS = ("mAP", "AP50", "AP75", "APs", "APm", "APl")
@@ -67,7 +70,8 @@ def health_cell(rec: Mapping[str, Any]) -> str:
         parts.append("baseline collapsed, ΔmAP meaningless")
     return f"{WARN} " + "; ".join(parts) if parts else "ok"
 
-GroupKey = tuple[str, tuple[str, ...]]
+# (base_hash, tricks, tricks_hash): one variant (see the module docstring).
+GroupKey = tuple[str, tuple[str, ...], str]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -190,8 +194,22 @@ def delta_against(variant: Mapping[int, float], baseline: Mapping[int, float]) -
 # tables
 
 
+def variant_tricks_hash(record: RunRecord) -> str:
+    """The hash of the record's trick arguments; '' for a run without tricks, so that every baseline of a
+    base is one variant whatever its (empty) tricks section looks like."""
+    if not record.tricks:
+        return ""
+    return tricks_hash(record.config if isinstance(record.config, dict) else {})
+
+
 def group_key(record: RunRecord) -> GroupKey:
-    return (record.base_hash, tuple(record.tricks))
+    return (record.base_hash, tuple(record.tricks), variant_tricks_hash(record))
+
+
+def row_key(row: Mapping[str, Any]) -> GroupKey:
+    """The group key of a ``records_table`` row."""
+    tricks = str(row["tricks"]) if isinstance(row["tricks"], str) else ""
+    return (str(row["base_hash"]), tuple(tricks.split("+")) if tricks else (), str(row["tricks_hash"]))
 
 
 def runs_table(records: Sequence[RunRecord], paths: Sequence[Path | str | None] | None = None) -> pd.DataFrame:
@@ -207,6 +225,7 @@ def runs_table(records: Sequence[RunRecord], paths: Sequence[Path | str | None] 
             "health": ", ".join(health_codes(record)),
             "base_hash": record.base_hash,
             "config_hash": record.config_hash,
+            "tricks_hash": variant_tricks_hash(record),
             "sweep": record.sweep,
         }
         for name in TABLE_METRICS:
@@ -227,7 +246,8 @@ def runs_table(records: Sequence[RunRecord], paths: Sequence[Path | str | None] 
         row["health_messages"] = health_messages(record)
         row["run_dir"] = str(Path(path).parent) if path is not None else ""
         rows.append(row)
-    columns = ["variant", "tricks", "seed", "status", "health", "base_hash", "config_hash", "sweep", *TABLE_METRICS,
+    columns = ["variant", "tricks", "seed", "status", "health", "base_hash", "config_hash", "tricks_hash", "sweep",
+               *TABLE_METRICS,
                "train_s", "images_per_s", "inference_ms", "params_M", "flops_G", "peak_memory_mb",
                "device", "created_at", "git_commit", "code", "code_files", "error", "health_messages", "run_dir"]
     return pd.DataFrame(rows, columns=columns)
@@ -268,19 +288,13 @@ def _flatten(config: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def base_labels(configs: Mapping[str, dict[str, Any]]) -> dict[str, str]:
-    """A short readable label per base_hash: the config keys in which the bases differ (model first)."""
-    if len(configs) <= 1:
-        return {h: "" for h in configs}
-    skip = ("tricks", "seed", "paths", "runtime", "variant", "sweep_name", "hydra")
-    flat = {h: {k: v for k, v in _flatten(c).items() if k.split(".")[0] not in skip}
-            for h, c in configs.items()}
+def difference_labels(flat: Mapping[str, Mapping[str, Any]], order: Any = None) -> dict[str, str]:
+    """A short readable label per hash of flattened configs: the first two keys (in ``order``, a sort key)
+    in which they differ, as key=value; where those do not tell two apart, the hash's first 8 characters too."""
     keys = sorted(set().union(*flat.values()))
     # A builder's _target_ changes with the name beside it and says nothing more.
     differing = [k for k in keys if len({repr(f.get(k)) for f in flat.values()}) > 1 and not k.endswith("._target_")]
-    # Names first (model.name says more than model.fpn_channels), then model, data, train keys.
-    order = {"model": 0, "data": 1, "train": 2, "eval": 3}
-    differing.sort(key=lambda k: (not k.endswith(".name"), order.get(k.split(".")[0], 9), k))
+    differing.sort(key=order)
     labels = {}
     for h, f in flat.items():
         parts = [f"{k.removesuffix('.name')}={f.get(k)}" for k in differing[:2]]
@@ -288,6 +302,47 @@ def base_labels(configs: Mapping[str, dict[str, Any]]) -> dict[str, str]:
     if len(set(labels.values())) < len(labels):  # differences beyond the first two keys
         labels = {h: f"{lab} [{h[:8]}]" if lab != h[:8] else lab for h, lab in labels.items()}
     return labels
+
+
+def base_labels(configs: Mapping[str, dict[str, Any]]) -> dict[str, str]:
+    """A short readable label per base_hash: the config keys in which the bases differ (model first)."""
+    if len(configs) <= 1:
+        return {h: "" for h in configs}
+    skip = ("tricks", "seed", "paths", "runtime", "variant", "sweep_name", "hydra")
+    flat = {h: {k: v for k, v in _flatten(c).items() if k.split(".")[0] not in skip}
+            for h, c in configs.items()}
+    # Names first (model.name says more than model.fpn_channels), then model, data, train keys.
+    order = {"model": 0, "data": 1, "train": 2, "eval": 3}
+    return difference_labels(flat, lambda k: (not k.endswith(".name"), order.get(k.split(".")[0], 9), k))
+
+
+def trick_arguments(config: Any) -> dict[str, Any]:
+    """The selected tricks' arguments of a run's config, flattened ("mixup.alpha": 1.5), builders' _target_
+    left out."""
+    tricks = config.get("tricks") if isinstance(config, dict) else None
+    return {k: v for k, v in _flatten(tricks).items() if not k.endswith("._target_") and k != "_target_"}
+
+
+def trick_labels(configs: Mapping[str, dict[str, Any]]) -> dict[str, str]:
+    """Per tricks_hash of one base and one list of tricks: '' when it is the only one, else the trick
+    arguments in which they differ ("mixup.alpha=1.5")."""
+    if len(configs) <= 1:
+        return {h: "" for h in configs}
+    return difference_labels({h: trick_arguments(c) for h, c in configs.items()})
+
+
+def variant_names(groups: Mapping[GroupKey, Sequence[RunRecord]]) -> dict[GroupKey, str]:
+    """Each variant's name: its runs' variant name, followed by the trick arguments that tell it apart
+    ("mixup [mixup.alpha=1.5]") where one base ran the same tricks with several sets of arguments."""
+    configs: dict[tuple[str, tuple[str, ...]], dict[str, Any]] = {}
+    for key, recs in groups.items():
+        configs.setdefault(key[:2], {})[key[2]] = recs[0].config
+    labels = {pair: trick_labels(by_hash) for pair, by_hash in configs.items()}
+    names = {}
+    for key, recs in groups.items():
+        args = labels[key[:2]][key[2]]
+        names[key] = f"{recs[0].variant} [{args}]" if args else recs[0].variant
+    return names
 
 
 def _status_text(counts: Mapping[str, int]) -> str:
@@ -300,8 +355,10 @@ def _status_text(counts: Mapping[str, int]) -> str:
 def records_table(records: list[RunRecord]) -> pd.DataFrame:
     """One row per variant, numeric, in report order; metrics and ΔmAP in points.
 
-    Columns: variant, tricks, base, base_hash, baseline (bool), status, health, health_runs, baseline_unhealthy
-    (bool), runs, seeds (ok runs), seed_list,
+    Columns: variant (the runs' variant name, with the trick arguments that tell it apart where one base ran the
+    same tricks with several: "mixup [mixup.alpha=1.5]"), tricks, tricks_hash ('' for a baseline), trick_args (the
+    tricks' arguments as JSON, {"mixup.alpha": 1.5, ...}; '' for a baseline), base, base_hash, baseline (bool),
+    status, health, health_runs, baseline_unhealthy (bool), runs, seeds (ok runs), seed_list,
     mAP, mAP_std, delta_mAP, delta_mAP_std, delta_paired, delta_seeds, delta_ci_low, delta_ci_high,
     delta_ci_half, delta_ci_method, delta_ci_df, delta_sign, AP50, AP50_std, ... ARl, ARl_std (the 12 COCO
     metrics, mean and std over ok runs), train_s, images_per_s, peak_memory_mb, inference_ms, params_M,
@@ -339,21 +396,24 @@ def records_table(records: list[RunRecord]) -> pd.DataFrame:
     base_configs = {}
     for b in base_order:
         keys = bases[b]
-        source = groups[(b, ())] if (b, ()) in groups else groups[keys[0]]
+        source = groups[(b, (), "")] if (b, (), "") in groups else groups[keys[0]]
         base_configs[b] = source[0].config
     labels = base_labels(base_configs)
+    names = variant_names(groups)
 
     rows = []
     for b in base_order:
-        keys = sorted(bases[b], key=lambda k: (k[1] != (), first_created(groups[k]), groups[k][0].variant))
+        keys = sorted(bases[b], key=lambda k: (k[1] != (), first_created(groups[k]), names[k]))
         for key in keys:
             recs = groups[key]
             ok = [r for r in recs if r.status == "ok"]
             counts = {s: sum(r.status == s for r in recs) for s in STATUSES}
             is_baseline = key[1] == ()
             row: dict[str, Any] = {
-                "variant": recs[0].variant,
+                "variant": names[key],
                 "tricks": "+".join(key[1]),
+                "tricks_hash": key[2],
+                "trick_args": json.dumps(trick_arguments(recs[0].config)) if key[1] else "",
                 "base": labels[b],
                 "base_hash": b,
                 "baseline": is_baseline,
@@ -371,9 +431,10 @@ def records_table(records: list[RunRecord]) -> pd.DataFrame:
                 row[f"{name}_std"] = _std(values)
                 if name == "mAP":
                     delta, interval = Delta(), Interval()
-                    if not is_baseline and (b, ()) in groups:
-                        delta = delta_against(seed_maps[key], seed_maps[(b, ())])
-                        interval = compare(seed_maps[key], seed_maps[(b, ())])
+                    baseline_key = (b, (), "")
+                    if not is_baseline and baseline_key in groups:
+                        delta = delta_against(seed_maps[key], seed_maps[baseline_key])
+                        interval = compare(seed_maps[key], seed_maps[baseline_key])
                     row["delta_mAP"] = delta.mean
                     row["delta_mAP_std"] = delta.std
                     row["delta_paired"] = delta.paired
@@ -408,8 +469,8 @@ def records_table(records: list[RunRecord]) -> pd.DataFrame:
         row["kind"] = "" if base_row is None or not row["seeds"] else \
             trick_kind(row["params_M"], row["flops_G"], base_row["params_M"], base_row["flops_G"])
 
-    columns = ["variant", "tricks", "base", "base_hash", "baseline", "status", "health", "health_runs",
-               "baseline_unhealthy", "runs", "seeds", "seed_list", "mAP",
+    columns = ["variant", "tricks", "tricks_hash", "trick_args", "base", "base_hash", "baseline", "status", "health",
+               "health_runs", "baseline_unhealthy", "runs", "seeds", "seed_list", "mAP",
                "mAP_std", "delta_mAP", "delta_mAP_std", "delta_paired", "delta_seeds", "delta_ci_low",
                "delta_ci_high", "delta_ci_half", "delta_ci_method", "delta_ci_df", "delta_sign"]
     for name in COCO_METRICS[1:]:
@@ -420,9 +481,11 @@ def records_table(records: list[RunRecord]) -> pd.DataFrame:
                          "delta_sign": int, "health_runs": int, "baseline_unhealthy": bool})
 
 
-def seed_values(runs: pd.DataFrame, base_hash: str, tricks: str, metric: str = "mAP") -> dict[int, float]:
-    """seed -> metric (points) of the ok runs of one variant, from ``runs_table`` (repeats of a seed averaged)."""
-    mask = (runs["base_hash"] == base_hash) & (runs["tricks"].fillna("") == tricks) & (runs["status"] == "ok")
+def seed_values(runs: pd.DataFrame, variant: Mapping[str, Any], metric: str = "mAP") -> dict[int, float]:
+    """seed -> metric (points) of the ok runs of one variant (a ``records_table`` row, or any mapping with its
+    base_hash, tricks and tricks_hash), from ``runs_table`` (repeats of a seed averaged)."""
+    mask = ((runs["base_hash"] == variant["base_hash"]) & (runs["tricks"].fillna("") == variant["tricks"])
+            & (runs["tricks_hash"].fillna("") == variant["tricks_hash"]) & (runs["status"] == "ok"))
     sel = runs[mask]
     return per_seed((int(s), float(v)) for s, v in zip(sel["seed"], sel[metric]))
 
@@ -438,12 +501,12 @@ def per_class_deltas(records: Sequence[RunRecord], table: pd.DataFrame) -> pd.Da
     (plot label, table order), one column per class (sorted). Paired by seed where the seeds match, else a
     difference of means; NaN where a class's AP is missing on either side. Empty when no record has per-class AP.
     """
-    # (base_hash, tricks) -> class -> [(seed, AP points)]
-    per_group: dict[tuple[str, str], dict[str, list[tuple[int, float]]]] = {}
+    # group key -> class -> [(seed, AP points)]
+    per_group: dict[GroupKey, dict[str, list[tuple[int, float]]]] = {}
     for r in records:
         if r.status != "ok" or not isinstance(r.per_class_ap, dict) or not r.per_class_ap:
             continue
-        classes_of = per_group.setdefault((r.base_hash, "+".join(r.tricks)), {})
+        classes_of = per_group.setdefault(group_key(r), {})
         for cls, value in r.per_class_ap.items():
             x = _num(value)
             classes_of.setdefault(str(cls), []).append((r.seed, x * 100.0 if x >= 0 else math.nan))
@@ -451,7 +514,7 @@ def per_class_deltas(records: Sequence[RunRecord], table: pd.DataFrame) -> pd.Da
     several = table["base_hash"].nunique() > 1
     rows, index = [], []
     for rec in table.to_dict("records"):
-        key, base_key = (rec["base_hash"], rec["tricks"]), (rec["base_hash"], "")
+        key, base_key = row_key(rec), (rec["base_hash"], (), "")
         if rec["baseline"] or key not in per_group or base_key not in per_group:
             continue
         row = {}
@@ -471,7 +534,7 @@ def epoch_curves(records: Sequence[RunRecord], table: pd.DataFrame) -> dict[str,
     The loss is the epoch entry's ``epoch_loss``; a run without epoch entries falls back to the mean of its
     logged step losses per epoch.
     """
-    per_group: dict[tuple[str, str], list[pd.DataFrame]] = {}
+    per_group: dict[GroupKey, list[pd.DataFrame]] = {}
     for r in records:
         if r.status != "ok" or not isinstance(r.curve, list):
             continue
@@ -499,11 +562,11 @@ def epoch_curves(records: Sequence[RunRecord], table: pd.DataFrame) -> dict[str,
         epochs = sorted(set(loss) | set(val))
         frame = pd.DataFrame({"loss": [loss.get(e, math.nan) for e in epochs],
                               "val_mAP": [val.get(e, math.nan) for e in epochs]}, index=epochs, dtype=float)
-        per_group.setdefault((r.base_hash, "+".join(r.tricks)), []).append(frame)
+        per_group.setdefault(group_key(r), []).append(frame)
     several = table["base_hash"].nunique() > 1
     curves = {}
     for rec in table.to_dict("records"):
-        key = (rec["base_hash"], rec["tricks"])
+        key = row_key(rec)
         if key in per_group:
             frames = pd.concat(per_group[key])
             mean = frames.groupby(level=0).mean()

@@ -7,7 +7,7 @@ A sweep file (sweeps/<name>.yaml, or any path):
     tricks: [warmup, mixup]        # names of conf/tricks/<name>.yaml
     seeds: 3                       # a count (seeds 0..n-1) or a list of seeds, or adaptive:
     seeds: {min: 2, max: 8, margin: 0.3}   # min seeds each, then one more seed at a time only for
-                                   # the variants still undecided (ablate/report/sequential.py)
+                                   # the variants still undecided (ablate/sweep/adaptive.py)
     baseline: [model=fcos]         # optional overrides of every job
     baselines:                     # or several named baselines, each ablated in turn:
       fcos: [model=fcos]           #   variants are named <baseline>/<tricks>
