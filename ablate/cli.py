@@ -38,6 +38,10 @@ write its record to runs/train/<variant>/<time>/result.json. Examples:
   ablate train --cfg job                         print the composed config and exit
   ablate train tricks=[mixup] --force            train again even if a record of this config
                                                  and code exists (runtime.reuse=never)
+  ablate train -m 'tricks=[mixup]' tricks.mixup.alpha=0.2,1.5
+                                                 a multirun: runs/train/<variant>/seed<N>/; jobs that
+                                                 would share a folder get variants of their own,
+                                                 mixup[tricks.mixup.alpha=0.2] (ablate/sweep/multirun.py)
 
 A complete record of the same config made by the same code (ablate/fingerprint.py) is reused,
 not trained again; runtime.reuse=any_code reuses it whatever the code.

@@ -397,8 +397,8 @@ def mixup(alpha: float, seed: int, mAP: float, **kw) -> RunRecord:
 
 
 def test_one_trick_with_two_sets_of_arguments_is_two_variants(tmp_path: Path):
-    """`ablate train -m 'tricks=[mixup]' tricks.mixup.alpha=0.2,1.5 seed=0,1`, reported with the baseline: one
-    row per alpha, each paired with the baseline by seed, not one row averaging the two configs."""
+    """MixUp runs at alpha 0.2 and 1.5, seeds 0 and 1, all named mixup (separate `ablate train` commands), reported
+    with the baseline: one row per alpha, each paired with the baseline by seed, not one row averaging the two."""
     root = tmp_path / "runs"
     records = [make_record("baseline", seed=0, mAP=0.400), make_record("baseline", seed=1, mAP=0.420),
                mixup(0.2, 0, 0.410), mixup(0.2, 1, 0.434), mixup(1.5, 0, 0.431), mixup(1.5, 1, 0.449),
@@ -443,6 +443,18 @@ def test_one_trick_with_two_sets_of_arguments_is_two_variants(tmp_path: Path):
     assert deltas.loc[low, "circle"] == pytest.approx(1.2) and deltas.loc[high, "circle"] == pytest.approx(3.0)
     curves = epoch_curves(records, records_table(records))
     assert curves[low]["loss"].tolist() == [2.0] and curves[high]["loss"].tolist() == [3.0]
+
+
+def test_trick_arguments_label_only_the_variants_whose_runs_share_a_name():
+    """`ablate train -m 'tricks=[mixup]' tricks.mixup.alpha=0.2,1.5` names its runs apart (ablate/sweep/multirun.py):
+    those names are kept; runs of other arguments under one name are labelled by their arguments."""
+    low, high = "mixup[tricks.mixup.alpha=0.2]", "mixup[tricks.mixup.alpha=1.5]"
+    records = [make_record("baseline"), mixup(0.2, 0, 0.41), mixup(1.5, 0, 0.43)]
+    records[1].variant, records[2].variant = low, high
+    assert list(records_table(records)["variant"]) == ["baseline", low, high]
+    records += [mixup(0.5, 1, 0.42), mixup(1.0, 2, 0.42)]  # two more alphas, both runs named plain "mixup"
+    assert list(records_table(records)["variant"]) == [
+        "baseline", low, high, "mixup [mixup.alpha=0.5]", "mixup [mixup.alpha=1.0]"]
 
 
 def test_a_design_with_a_trick_set_run_with_two_sets_of_arguments_is_not_analysed(tmp_path: Path):

@@ -5,9 +5,10 @@ here holds them in points (52.3), the unit of published bag-of-tricks tables.
 
 A *variant* is the set of runs with the same ``base_hash``, the same tricks and the same trick arguments
 (``tricks_hash``: tricks.mixup.alpha=0.2 and 1.5 are two variants, labelled ``mixup [mixup.alpha=0.2]`` and
-``mixup [mixup.alpha=1.5]``); its *baseline* is the variant with the same ``base_hash`` and no tricks. Only
-runs with status ``ok`` contribute numbers; failed and diverged runs are counted in the ``status`` column and
-listed in the report.
+``mixup [mixup.alpha=1.5]``, unless their runs' names tell them apart already: ``ablate train -m`` names
+them ``mixup[tricks.mixup.alpha=0.2]``, ablate/sweep/multirun.py); its *baseline* is the variant with the same
+``base_hash`` and no tricks. Only runs with status ``ok`` contribute numbers; failed and diverged runs are
+counted in the ``status`` column and listed in the report.
 An ok run may carry run-health warnings (``RunRecord.health``, ablate/health.py: the detector collapsed or
 learned nothing); its numbers still count, and the variant is flagged in the ``health`` column.
 """
@@ -333,14 +334,18 @@ def trick_labels(configs: Mapping[str, dict[str, Any]]) -> dict[str, str]:
 
 def variant_names(groups: Mapping[GroupKey, Sequence[RunRecord]]) -> dict[GroupKey, str]:
     """Each variant's name: its runs' variant name, followed by the trick arguments that tell it apart
-    ("mixup [mixup.alpha=1.5]") where one base ran the same tricks with several sets of arguments."""
+    ("mixup [mixup.alpha=1.5]") where one base ran the same tricks with several sets of arguments under one
+    name; a name no other set of arguments has (`ablate train -m`'s "mixup[tricks.mixup.alpha=1.5]") is kept."""
     configs: dict[tuple[str, tuple[str, ...]], dict[str, Any]] = {}
+    run_names: dict[tuple[str, tuple[str, ...]], list[str]] = {}
     for key, recs in groups.items():
         configs.setdefault(key[:2], {})[key[2]] = recs[0].config
+        run_names.setdefault(key[:2], []).append(recs[0].variant)
     labels = {pair: trick_labels(by_hash) for pair, by_hash in configs.items()}
     names = {}
     for key, recs in groups.items():
-        args = labels[key[:2]][key[2]]
+        name_shared = run_names[key[:2]].count(recs[0].variant) > 1
+        args = labels[key[:2]][key[2]] if name_shared else ""
         names[key] = f"{recs[0].variant} [{args}]" if args else recs[0].variant
     return names
 

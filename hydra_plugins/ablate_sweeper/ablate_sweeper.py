@@ -1,13 +1,15 @@
-"""Registers ablate's sweeper with Hydra as hydra/sweeper=ablate.
+"""Registers ablate's sweepers with Hydra: hydra/sweeper=ablate (`ablate sweep`) and
+hydra/sweeper=ablate_train (the default of conf/config.yaml, so of `ablate train -m`).
 
-Hydra only instantiates plugins that live in the hydra_plugins namespace package; the sweeper
-itself is ablate.sweep.sweeper.AblationSweeper.
+Hydra only instantiates plugins that live in the hydra_plugins namespace package; the sweepers
+themselves are ablate.sweep.sweeper.AblationSweeper and ablate.sweep.multirun.MultirunSweeper.
 """
 from dataclasses import dataclass
-from typing import Optional
+from typing import Dict, Optional
 
 from hydra.core.config_store import ConfigStore
 
+from ablate.sweep.multirun import MultirunSweeper as _MultirunSweeper
 from ablate.sweep.sweeper import AblationSweeper as _AblationSweeper
 
 
@@ -25,3 +27,18 @@ class AblationSweeperConf:
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="ablate", node=AblationSweeperConf, provider="ablate")
+
+
+class MultirunSweeper(_MultirunSweeper):
+    """Defined here because Hydra looks plugins up by the module that defines them."""
+
+
+@dataclass
+class MultirunSweeperConf:
+    _target_: str = "hydra_plugins.ablate_sweeper.ablate_sweeper.MultirunSweeper"
+    # Hydra's BasicSweeper's options, as hydra/sweeper=basic has them.
+    max_batch_size: Optional[int] = None
+    params: Optional[Dict[str, str]] = None
+
+
+ConfigStore.instance().store(group="hydra/sweeper", name="ablate_train", node=MultirunSweeperConf, provider="ablate")
