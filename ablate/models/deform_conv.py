@@ -62,7 +62,7 @@ def deform_conv2d_grid(input: Tensor, offset: Tensor, weight: Tensor, bias: Tens
         taps_x = torch.arange(kw, device=input.device).repeat(kh) * dw
         rows = torch.arange(h_out, device=input.device) * sh - ph
         cols = torch.arange(w_out, device=input.device) * sw - pw
-        off = offset.to(dtype).view(b, k, 2, h_out, w_out)
+        off = offset.to(dtype).reshape(b, k, 2, h_out, w_out)
         y = (taps_y[:, None, None] + rows[:, None]).to(dtype) + off[:, :, 0]  # [B, K, H_out, W_out]
         x = (taps_x[:, None, None] + cols[None, :]).to(dtype) + off[:, :, 1]
         size_h, size_w = _power_of_two_plus_one(h), _power_of_two_plus_one(w)
