@@ -21,7 +21,7 @@ with the floor's neighbours, grid_sample's (on the line y = -1 too: v(0, x), not
 Supported: groups 1, one offset group, no mask (modulated DCNv2), any stride, padding and dilation;
 the rest is refused. FLOPs: torch's counter counts the matmul, 2 x C_out x C_in x K per output place,
 the count of a convolution of the same shapes (what ablate/evaluate.py counts for torchvision's op);
-grid_sample (the bilinear sampling) is not counted, by neither path.
+the bilinear sampling is counted by neither path.
 """
 from __future__ import annotations
 
