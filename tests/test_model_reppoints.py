@@ -63,6 +63,13 @@ def test_offsets_are_dy_dx_pairs_in_stride_units_and_the_deformable_convs_sample
     weight[0, 0, 0, 0] = 1.0
     out = deform_conv2d(feature, pts - head.kernel_offsets, weight, padding=1)
     assert out[0, 0, 3, 3] == (3 + 2) + 100 * (3 + 1)
+    # and the head's own deformable conv (the grid_sample path on CPU) reads the same place
+    with torch.no_grad():
+        head.cls_dcn.weight.zero_()
+        head.cls_dcn.weight[:, 0, 0, 0] = 1.0
+        wide = feature.expand(1, head.cls_dcn.in_channels, 8, 8)
+        assert head.cls_dcn(wide, pts - head.kernel_offsets)[0, :, 3, 3].tolist() == [out[0, 0, 3, 3].item()] * \
+            head.cls_dcn.out_channels
 
 
 def test_gradient_mul_scales_what_the_classifier_sends_to_the_initial_points():

@@ -14,7 +14,8 @@ Point sets are stored as the authors do: per location 2 x 9 channels of (dy, dx)
 level's stride, relative to the location (x, y) = (column, row) x stride (no half-cell offset: the
 authors' PointGenerator and mmdetection's MlvlPointGenerator(offset=0)). The (dy, dx) layout is also
 the offset layout of torchvision's deform_conv2d, so the initial points minus the 3x3 kernel's own
-grid are the deformable convolutions' offsets: they sample the features at the initial points.
+grid are the deformable convolutions' offsets: they sample the features at the initial points. The
+deformable convolutions are torchvision's, computed on CPU through grid_sample (deform_conv.py).
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from torchvision.ops import Conv2dNormActivation, DeformConv2d, batched_nms
 
 from ..errors import UserInputError
 from .backbones import build_backbone
+from .deform_conv import GridDeformConv2d
 from .detectors import NoResizeTransform
 from .losses import FocalLoss, LossSlots, SmoothL1BoxLoss, box_weights_of
 
@@ -145,12 +147,12 @@ class RepPointsHead(LossSlots, nn.Module):
         self.classification_head = ConvTower(in_channels, feat, convs, int(cfg.norm_groups))
         self.regression_head = ConvTower(in_channels, feat, convs, int(cfg.norm_groups))
         tower_out = feat if convs else in_channels
-        self.cls_dcn = DeformConv2d(tower_out, point_feat, k, padding=k // 2, bias=False)
+        self.cls_dcn = GridDeformConv2d(tower_out, point_feat, k, padding=k // 2, bias=False)
         self.cls_act = nn.ReLU(inplace=True)
         self.cls_out = nn.Conv2d(point_feat, num_classes, 1)
         self.init_conv = nn.Sequential(nn.Conv2d(tower_out, point_feat, 3, padding=1), nn.ReLU(inplace=True))
         self.init_out = nn.Conv2d(point_feat, 2 * self.num_points, 1)
-        self.refine_dcn = DeformConv2d(tower_out, point_feat, k, padding=k // 2, bias=False)
+        self.refine_dcn = GridDeformConv2d(tower_out, point_feat, k, padding=k // 2, bias=False)
         self.refine_act = nn.ReLU(inplace=True)
         self.refine_out = nn.Conv2d(point_feat, 2 * self.num_points, 1)
         self.moment_transfer = nn.Parameter(torch.zeros(2))
