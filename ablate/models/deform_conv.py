@@ -17,6 +17,11 @@ torchvision reads past the edge). torchvision's bilinear_interpolate returns 0 a
 x <= -1 or x >= W, which is what bilinear sampling with zeros outside gives there anyway, and its
 offset gradient (get_coordinate_weight) has no such cut: it is the zero-padded bilinear derivative
 with the floor's neighbours, grid_sample's (on the line y = -1 too: v(0, x), not 0).
+A point within float rounding (~1e-6 px) of a whole pixel, but not on it, can land on the other side
+of it after the two conversions: its offset gradient is then the other one-sided derivative at that
+kink (both are subgradients there; values and the other gradients are unchanged). Measured on a
+[4, 64, 40, 40] input with offsets of std 3: 1 of 115,200 offset-gradient entries, at a distance of
+4.8e-7 from an integer; torchvision's CPU and CUDA kernels (H200) agree with each other there.
 
 Supported: groups 1, one offset group, no mask (modulated DCNv2), any stride, padding and dilation;
 the rest is refused. FLOPs: torch's counter counts the matmul, 2 x C_out x C_in x K per output place,
