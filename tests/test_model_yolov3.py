@@ -218,6 +218,9 @@ def test_bce_and_focal_do_not_fit_yolov3():
     for name in ("bce", "focal"):
         with pytest.raises(TrickConflictError, match="does not fit model=yolov3"):
             build_trick(name, "yolov3")
+    with pytest.raises(TrickConflictError, match="and yolov3 is yolo: YOLOv3 already trains its class and "
+                                                 "objectness scores with sigmoid BCE"):
+        build_trick("bce", "yolov3")
 
 
 def test_ablate_train_yolov3_smoke(tmp_path, shapes_cache):

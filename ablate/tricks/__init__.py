@@ -72,9 +72,10 @@ def check_compatible(tricks: list[Trick], family: str, model_name: str) -> None:
         if family not in trick.fits and model_name not in trick.fits:
             needed = " or ".join(trick.fits)
             examples = " or ".join(FAMILY_EXAMPLES.get(f, f"model={f}") for f in trick.fits)
+            reason = trick.unfit_reasons.get(family)
             raise TrickConflictError(
                 f"trick '{trick.name}' does not fit model={model_name}: it needs a {needed} detector "
-                f"({examples}), and {model_name} is {family}")
+                f"({examples}), and {model_name} is {family}" + (f": {reason}" if reason else ""))
     owner: dict[str, str] = {}
     for trick in tricks:
         for slot in trick.claims:

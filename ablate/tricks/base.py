@@ -250,6 +250,9 @@ class Trick:
     claims: ClassVar[tuple[str, ...]] = ()
     #: Detector families (cfg.model.family) or models (cfg.model.name) this trick applies to.
     fits: ClassVar[tuple[str, ...]] = FAMILIES
+    #: Why it does not fit a family where the reason is more than the family's name (family -> reason),
+    #: added to the not_applicable message.
+    unfit_reasons: ClassVar[dict[str, str]] = {}
     #: The config name (conf/tricks/<name>.yaml), set when the trick is built.
     name: str = ""
 

@@ -13,6 +13,8 @@ class BCE(Trick):
     """Sigmoid BCE in place of the one-stage focal loss."""
     claims = ("cls_loss",)
     fits = ("one_stage",)
+    unfit_reasons = {"yolo": "YOLOv3 already trains its class and objectness scores with sigmoid BCE, so its "
+                             "baseline is this variant (label_smoothing and the IoU losses act on it)"}
 
     def on_model(self, model: nn.Module) -> nn.Module:
         set_slot(model, "cls_loss", SigmoidBCELoss())
