@@ -225,7 +225,7 @@ class CenterNetHead(KeypointHead):
         # RegL1Loss divides by the mask expanded to both coordinates, 2N, plus 1e-4.
         per_coordinate = size.new_full((len(size),), 2 * len(size) + 1e-4)
         levels = torch.zeros(len(size), dtype=torch.long, device=size.device)
-        box_fn = self.box_loss if self.box_loss is not None else self.default_loss("box_loss")
+        box_fn = self.slot_loss("box_loss")
         loss_size = box_fn(size, t.sizes, t.weights, per_coordinate, levels)
         loss_offset = self.offset_weight * L1BoxLoss()(offset, t.offsets, t.weights, per_coordinate, levels)
         return {"heatmap": self.heatmap_weight * loss_heatmap, "size": loss_size, "offset": loss_offset}

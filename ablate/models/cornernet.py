@@ -240,7 +240,7 @@ class CornerNetHead(KeypointHead):
         n = len(t.batch)
         normalizer = offset.new_full((2 * n,), n + 1e-4)  # _regr_loss: the number of objects, + 1e-4
         levels = torch.zeros(2 * n, dtype=torch.long, device=offset.device)
-        box_fn = self.box_loss if self.box_loss is not None else self.default_loss("box_loss")
+        box_fn = self.slot_loss("box_loss")
         loss_offset = box_fn(offset, offset_target, t.weights.repeat(2), normalizer, levels)
         return {"heatmap": self.heatmap_weight * heatmap, "pull": self.pull_weight * pull,
                 "push": self.push_weight * push, "offset": loss_offset}

@@ -287,10 +287,11 @@ class SmoothL1BoxLoss(nn.Module):
 
 
 def _overlap_and_areas(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Per pair of boxes a[i], b[i] (x1, y1, x2, y2): the area of their intersection, and each one's area."""
-    wh = (torch.min(a[:, 2:], b[:, 2:]) - torch.max(a[:, :2], b[:, :2])).clamp(min=0)
-    return (wh[:, 0] * wh[:, 1], (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1]),
-            (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]))
+    """Per pair of boxes a[..., :], b[..., :] (x1, y1, x2, y2; the leading dims broadcast): the area
+    of their intersection, and each one's area."""
+    wh = (torch.min(a[..., 2:], b[..., 2:]) - torch.max(a[..., :2], b[..., :2])).clamp(min=0)
+    return (wh[..., 0] * wh[..., 1], (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1]),
+            (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1]))
 
 
 def aligned_iou(a: Tensor, b: Tensor, eps: float = 1e-6) -> Tensor:
@@ -298,6 +299,12 @@ def aligned_iou(a: Tensor, b: Tensor, eps: float = 1e-6) -> Tensor:
     is_aligned=True)."""
     overlap, area_a, area_b = _overlap_and_areas(a, b)
     return overlap / (area_a + area_b - overlap).clamp(min=eps)
+
+
+def pairwise_iou(a: Tensor, b: Tensor, eps: float = 1e-6) -> Tensor:
+    """IoU [len(a), len(b)] of every pair, the union floored at eps (mmdetection's bbox_overlaps): a
+    box of zero size has IoU 0, where torchvision's box_iou gives NaN."""
+    return aligned_iou(a[:, None, :], b[None, :, :], eps)
 
 
 def iou_type_loss(pred: Tensor, target: Tensor, kind: str, eps: float) -> Tensor:
@@ -415,6 +422,11 @@ class LossSlots:
     def default_loss(self, slot: str) -> nn.Module:
         raise NotImplementedError
 
+    def slot_loss(self, slot: str):
+        """What `slot` computes now: the loss a trick set there, else the baseline's (default_loss)."""
+        value = getattr(self, self.slot_attrs[slot])
+        return value if value is not None else self.default_loss(slot)
+
 
 def describe_slots(holder: LossSlots) -> str:
     return ", ".join(f"{slot} (.{attr})" for slot, attr in holder.slot_attrs.items())
@@ -477,7 +489,7 @@ class FCOSLossHead(LossSlots, _LevelSizes, FCOSHead):
         num_foreground = max(1, int(fg.sum()))
         levels = self.sample_levels(logits.device).repeat(len(targets))
         normalizer = weights.new_full(weights.shape, num_foreground)
-        cls_fn = self.cls_loss if self.cls_loss is not None else FocalLoss()
+        cls_fn = self.slot_loss("cls_loss")
         loss_cls = cls_fn(logits.flatten(0, 1), cls_targets, weights, normalizer, levels)
 
         # the box loss (torchvision's GIoU by default) and torchvision's centerness loss, each
@@ -487,7 +499,7 @@ class FCOSLossHead(LossSlots, _LevelSizes, FCOSHead):
         flat_anchors = torch.cat(anchors)
         reg = head_outputs["bbox_regression"].flatten(0, 1)
         reg_targets = self.box_coder.encode(flat_anchors[fg], gt_boxes[fg])
-        box_fn = self.box_loss if self.box_loss is not None else GIoUBoxLoss()
+        box_fn = self.slot_loss("box_loss")
         if box_fn.space == "boxes":
             pred, target = self.box_coder.decode(reg[fg], flat_anchors[fg]), gt_boxes[fg]
         else:
@@ -533,7 +545,7 @@ class RetinaNetLossHead(LossSlots, _LevelSizes, RetinaNetHead):
         samples = _one_stage_samples(targets, matched_idxs, cls_logits.shape[-1], cls_logits.dtype, ignore)
         levels = self.sample_levels(cls_logits.device)
         coder = self.regression_head.box_coder
-        box_fn = self.box_loss if self.box_loss is not None else L1BoxLoss()
+        box_fn = self.slot_loss("box_loss")
         cls_parts = {k: [] for k in ("logits", "targets", "weights", "normalizer", "levels")}
         box_parts = {k: [] for k in ("pred", "target", "weights", "normalizer", "levels")}
         pos_parts = {k: [] for k in ("in_cls", "labels", "gt_ids", "pred_boxes", "target_boxes")}
@@ -563,7 +575,7 @@ class RetinaNetLossHead(LossSlots, _LevelSizes, RetinaNetHead):
                 pos_parts["pred_boxes"].append(coder.decode_single(reg_i[fg].detach(), anchors_i[fg]))
                 pos_parts["target_boxes"].append(t["boxes"][matched[fg]])
                 gt_offset += len(t["boxes"])
-        cls_fn = self.cls_loss if self.cls_loss is not None else FocalLoss()
+        cls_fn = self.slot_loss("cls_loss")
         if self.box_loss is None and self.regression_head._loss_type != "l1":
             raise ValueError(f"per-box weights need RetinaNet's l1 box loss; this head uses "
                              f"{self.regression_head._loss_type!r}")
@@ -706,7 +718,7 @@ class LossRoIHeads(LossSlots, RoIHeads):
         logits, box_regression = self.box_predictor(self.box_head(self.box_roi_pool(features, proposals, image_shapes)))
         sizes = [len(p) for p in proposals]
         return RoIOutputs(list(logits.float().split(sizes)), list(box_regression.float().split(sizes)), proposals,
-                          self.box_coder, self.cls_loss if self.cls_loss is not None else CrossEntropyLoss())
+                          self.box_coder, self.slot_loss("cls_loss"))
 
     def forward(self, features, proposals, image_shapes, targets=None):
         weighted = has_box_weights(targets)
@@ -723,7 +735,7 @@ class LossRoIHeads(LossSlots, RoIHeads):
         weights = torch.cat([box_weights_of(t, m, l > 0, class_logits.dtype)
                              for t, m, l in zip(targets, matched_idxs, labels)])
         cls_weights = weights if label_weights is None else weights * torch.cat(label_weights).to(weights.dtype)
-        loss_fn = self.cls_loss if self.cls_loss is not None else CrossEntropyLoss()
+        loss_fn = self.slot_loss("cls_loss")
         labels_cat = torch.cat(labels)
         extra = {}
         if self.sample_weighting is not None:
@@ -752,7 +764,7 @@ class LossRoIHeads(LossSlots, RoIHeads):
         """The box loss over the positive RoIs (fastrcnn_loss's smooth L1 by default), each
         weighted by its box, on the class-specific deltas of the RoI's label or on the boxes they
         decode to, normalised by the number of sampled RoIs as fastrcnn_loss does."""
-        box_fn = self.box_loss if self.box_loss is not None else SmoothL1BoxLoss()
+        box_fn = self.slot_loss("box_loss")
         sampled = sum(len(x) for x in labels)
         labels_cat = torch.cat(labels)
         pos = torch.where(labels_cat > 0)[0]
@@ -824,9 +836,7 @@ def detector_name(model: nn.Module) -> str:
 
 def current_slot(model: nn.Module, slot: str):
     """What the detector's `slot` computes now: the loss a trick set there, else the baseline's."""
-    holder = _holder(model, slot)
-    value = getattr(holder, holder.slot_attrs[slot])
-    return value if value is not None else holder.default_loss(slot)
+    return _holder(model, slot).slot_loss(slot)
 
 
 def set_cls_loss(model: nn.Module, one_stage: nn.Module | None, two_stage: nn.Module | None) -> None:

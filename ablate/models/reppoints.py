@@ -30,7 +30,7 @@ from ..errors import UserInputError
 from .backbones import build_backbone
 from .deform_conv import GridDeformConv2d
 from .detectors import NoResizeTransform
-from .losses import FocalLoss, LossSlots, SmoothL1BoxLoss, box_weights_of
+from .losses import FocalLoss, LossSlots, SmoothL1BoxLoss, box_weights_of, pairwise_iou
 
 # Refine-stage assignment codes besides a box index (mmdetection's MaxIoUAssigner: 0 and -1).
 NEGATIVE, IGNORED = -1, -2
@@ -81,15 +81,6 @@ def point_assign(points: Tensor, point_levels: Tensor, gt_boxes: Tensor, scale: 
         assigned[index[closer]] = g
         best[index[closer]] = nearest[closer]
     return assigned
-
-
-def pairwise_iou(a: Tensor, b: Tensor, eps: float = 1e-6) -> Tensor:
-    """IoU [len(a), len(b)], the union floored at eps (mmdetection's bbox_overlaps): a pseudo box of
-    zero size has IoU 0, not NaN."""
-    lt, rb = torch.max(a[:, None, :2], b[None, :, :2]), torch.min(a[:, None, 2:], b[None, :, 2:])
-    inter = (rb - lt).clamp(min=0).prod(dim=2)
-    area_a, area_b = (a[:, 2:] - a[:, :2]).prod(dim=1), (b[:, 2:] - b[:, :2]).prod(dim=1)
-    return inter / (area_a[:, None] + area_b[None, :] - inter).clamp(min=eps)
 
 
 def max_iou_assign(boxes: Tensor, gt_boxes: Tensor, pos_iou: float, neg_iou: float, min_pos_iou: float) -> Tensor:
@@ -224,14 +215,15 @@ class RepPointsHead(LossSlots, nn.Module):
             flags.append((rows[:, None] & cols[None, :]).flatten())
         return torch.cat(flags)
 
+    @staticmethod
+    def by_location(maps: list[Tensor]) -> Tensor:
+        """The levels' maps [B, C, H, W] as one [B, N, C] (float), locations in grid()'s order."""
+        return torch.cat([m.flatten(2).transpose(1, 2) for m in maps], dim=1).float()
+
     def point_sets(self, maps: list[Tensor], points: Tensor, stride: Tensor) -> Tensor:
         """The levels' (dy, dx) maps [B, 2n, H, W] as point sets [B, N, n, 2] of (x, y) in pixels."""
-        flat = torch.cat([m.flatten(2).transpose(1, 2) for m in maps], dim=1).float()
-        yx = flat.unflatten(2, (self.num_points, 2))
+        yx = self.by_location(maps).unflatten(2, (self.num_points, 2))
         return yx.flip(-1) * stride[:, None, None] + points[:, None, :]
-
-    def flat_scores(self, maps: list[Tensor]) -> Tensor:
-        return torch.cat([m.flatten(2).transpose(1, 2) for m in maps], dim=1).float()
 
     def boxes(self, point_sets: Tensor) -> Tensor:
         return moment_boxes(point_sets, self.moment_transfer, self.moment_mul)
@@ -240,7 +232,7 @@ class RepPointsHead(LossSlots, nn.Module):
         maps = outputs["cls"]
         points, stride, level = self.grid(maps)
         level_index = level - level.min()
-        logits = self.flat_scores(maps)
+        logits = self.by_location(maps)
         init_boxes = self.boxes(self.point_sets(outputs["pts_init"], points, stride))
         refine_boxes = self.boxes(self.point_sets(outputs["pts_refine"], points, stride))
         cls_parts: dict[str, list[Tensor]] = {k: [] for k in ("logits", "targets", "weights", "levels")}
@@ -278,11 +270,11 @@ class RepPointsHead(LossSlots, nn.Module):
                 parts["levels"].append(level_index[pos])
                 # the authors' normaliser: the positives of each image, at least 1 per image
                 counts[stage] += max(len(pos), 1)
-        cls_fn = self.cls_loss if self.cls_loss is not None else self.default_loss("cls_loss")
+        cls_fn = self.slot_loss("cls_loss")
         logits_cat, cls_targets_cat, cls_weights, cls_levels = (torch.cat(v) for v in cls_parts.values())
         losses = {"classification": cls_fn(logits_cat, cls_targets_cat, cls_weights,
                                            cls_weights.new_full(cls_weights.shape, counts["refine"]), cls_levels)}
-        box_fn = self.box_loss if self.box_loss is not None else self.default_loss("box_loss")
+        box_fn = self.slot_loss("box_loss")
         for stage, weight in (("init", self.init_box_weight), ("refine", self.refine_box_weight)):
             pred, target, weights, scale, levels = (torch.cat(v) for v in stages[stage].values())
             if box_fn.space != "boxes":  # the authors' normalisation: by the level's base scale 4 x stride
@@ -298,7 +290,7 @@ class RepPointsHead(LossSlots, nn.Module):
         min_bbox_size or less dropped; class-wise NMS at nms_thresh, the detections_per_img best."""
         maps = outputs["cls"]
         points, stride, _ = self.grid(maps)
-        scores_all = self.flat_scores(maps).sigmoid()
+        scores_all = self.by_location(maps).sigmoid()
         sets = self.point_sets(outputs["pts_refine"], points, stride)
         sizes = [m.shape[-2] * m.shape[-1] for m in maps]
         results = []

@@ -125,11 +125,11 @@ class SSDLossHead(LossSlots, SSDHead):
             ce = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="none").view_as(labels)
         kept = positive | hard_negatives(ce, labels, neg_to_pos_ratio)
         num_positive = max(1, int(positive.sum()))
-        cls_fn = self.cls_loss if self.cls_loss is not None else SoftmaxCrossEntropyLoss()
+        cls_fn = self.slot_loss("cls_loss")
         cls_norm = weights.new_full((int(kept.sum()),), num_positive)
         loss_cls = cls_fn(logits[kept], labels[kept], weights[kept], cls_norm)
 
-        box_fn = self.box_loss if self.box_loss is not None else SmoothL1DeltaLoss()
+        box_fn = self.slot_loss("box_loss")
         priors = torch.stack(anchors)[positive]
         if box_fn.space == "boxes":
             pred, target = box_coder.decode_single(regression[positive], priors), gt_boxes[positive]

@@ -170,8 +170,8 @@ class YOLOv3Head(LossSlots, nn.Module):
         flat = torch.cat([r.flatten(1, 3) for r in raw], dim=1).float()  # [N, S, 5 + K]
         cells, anchors, strides = self.grid(raw)
         dtype, n_images = flat.dtype, len(targets)
-        cls_fn = self.cls_loss if self.cls_loss is not None else SigmoidBCELoss()
-        box_fn = self.box_loss if self.box_loss is not None else YOLOv3BoxLoss()
+        cls_fn = self.slot_loss("cls_loss")
+        box_fn = self.slot_loss("box_loss")
         obj_loss = flat.new_zeros(())
         parts = {k: [] for k in ("logits", "cls_targets", "pred", "target", "box_weights", "cls_weights", "levels")}
         level_of = torch.repeat_interleave(torch.arange(len(raw), device=flat.device),
