@@ -95,6 +95,11 @@ class CenterTargets:
     weights: Tensor       # [N] its per-box weight (MixUp's; 1 without)
 
 
+def image_map_size(image_size: tuple[int, int], stride: int) -> tuple[int, int]:
+    """The cells of the output map that an image of this size covers (its part of a padded batch)."""
+    return math.ceil(image_size[0] / stride), math.ceil(image_size[1] / stride)
+
+
 def centernet_targets(targets: list[dict], image_sizes: list[tuple[int, int]], map_size: tuple[int, int],
                       num_classes: int, stride: int, min_overlap: float) -> CenterTargets:
     """ctdet.py's targets for each image: its boxes in output units, clipped to [0, out - 1] with
@@ -239,7 +244,7 @@ class CenterNetHead(KeypointHead):
         results = []
         for i, (h_img, w_img) in enumerate(image_sizes):
             # the image's own part of the padded batch's map
-            out_h, out_w = math.ceil(h_img / self.stride), math.ceil(w_img / self.stride)
+            out_h, out_w = image_map_size((h_img, w_img), self.stride)
             scores_map = heat[i, :, :out_h, :out_w]
             k = min(self.detections_per_img, scores_map.numel())
             scores, index = scores_map.flatten().topk(k)

@@ -27,8 +27,8 @@ from torch import Tensor, nn
 from torchvision.ops import box_iou
 from torchvision.ops.misc import Conv2dNormActivation
 
-from .centernet import (CenterNet, KeypointHead, build_on_finest_level, draw_gaussian, head_branch, local_peaks,
-                        penalty_reduced_focal_loss, radius_quadratics)
+from .centernet import (CenterNet, KeypointHead, build_on_finest_level, draw_gaussian, head_branch, image_map_size,
+                        local_peaks, penalty_reduced_focal_loss, radius_quadratics)
 from .losses import ScaledLoss, SmoothL1BoxLoss
 
 CORNERS = ("tl", "br")
@@ -89,11 +89,6 @@ class CornerTargets:
     xs: dict[str, Tensor]            # tl, br: [N] column
     offsets: dict[str, Tensor]       # tl, br: [N, 2] the corner minus its integer part (x, y)
     weights: Tensor                  # [N] per-box weight (MixUp's; 1 without)
-
-
-def image_map_size(image_size: tuple[int, int], stride: int) -> tuple[int, int]:
-    """The cells of the output map that an image of this size covers (its part of a padded batch)."""
-    return math.ceil(image_size[0] / stride), math.ceil(image_size[1] / stride)
 
 
 def corner_targets(targets: list[dict], image_sizes: list[tuple[int, int]], map_size: tuple[int, int],
