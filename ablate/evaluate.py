@@ -98,7 +98,6 @@ def measure_latency(model: nn.Module, images: list[torch.Tensor], device: torch.
     return float(np.median(times) * 1000)
 
 
-@torch.no_grad()
 def _deform_conv_flops(x_shape, w_shape, *args, out_shape, **kwargs) -> int:
     """A deformable convolution counted as the convolution of its shapes (as mmcv's and fvcore's
     counters do): the bilinear sampling at the offsets is not counted."""
@@ -109,6 +108,7 @@ def _deform_conv_flops(x_shape, w_shape, *args, out_shape, **kwargs) -> int:
 CUSTOM_FLOPS = {torch.ops.torchvision.deform_conv2d: _deform_conv_flops}
 
 
+@torch.no_grad()
 def count_flops(model: nn.Module, image: torch.Tensor, device: torch.device) -> int:
     """FLOPs of one inference forward on one image (torch.utils.flop_counter; NMS is not counted).
     A two-stage detector's RoI head runs on the proposals the RPN's NMS keeps, a number its weights

@@ -158,3 +158,25 @@ def test_a_deformable_conv_counts_as_the_conv_of_its_shapes():
 
     image = torch.zeros(3, 10, 12, dtype=torch.uint8)
     assert count_flops(TwoConvs(), image, torch.device("cpu")) == 2 * (2 * 16 * 3 * 9 * 10 * 12)
+
+
+def test_flops_are_counted_without_building_a_graph():
+    """count_flops runs the forward under no_grad (a misplaced decorator once left it building
+    autograd graphs: the same count, more memory and time)."""
+    import torch
+
+    from ablate.evaluate import count_flops
+
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 1)
+
+        def forward(self, images):
+            seen.append(torch.is_grad_enabled())
+            return self.conv(images[0][None])
+
+    assert count_flops(Probe(), torch.zeros(3, 4, 4, dtype=torch.uint8), torch.device("cpu")) == 2 * 4 * 3 * 16
+    assert seen == [False]
