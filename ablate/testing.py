@@ -225,8 +225,8 @@ def eval_detections(model: str, num_classes: int = 2, **model_overrides: Any) ->
         net = tiny_model(model, num_classes=num_classes, **model_overrides).eval()
         images, _ = tiny_batch(model)
         out = net(images)
-    offset = label_offset(model_config(model).family)
-    limit = model_config(model).get("detections_per_img", 100)
+    cfg = model_config(model)
+    offset, limit = label_offset(cfg.family), cfg.get("detections_per_img", 100)
     assert len(out) == len(images)
     for det, image in zip(out, images):
         assert set(det) == {"boxes", "scores", "labels"}, set(det)
