@@ -190,15 +190,20 @@ def feature_pyramid(model: nn.Module, trick: str, part: str = "") -> nn.Module:
     return fpn
 
 
+def norm_with_activation(module: nn.Module) -> bool:
+    """Whether `module` is a BatchNorm that applies its own activation after normalising (timm's
+    BatchNormAct2d, the norm layer of the timm backbones: a BatchNorm2d with `.act` and `.drop`)."""
+    return isinstance(module, nn.BatchNorm2d) and isinstance(getattr(module, "act", None), nn.Module)
+
+
 def with_its_activation(old: nn.Module, new: nn.Module) -> nn.Module:
     """`new`, to stand where the normalisation layer `old` stood. timm's BatchNormAct2d (the norm layer
     of the timm backbones, a BatchNorm2d subclass) applies its dropout and activation itself after
     normalising: a bare replacement would silently remove every activation of such a backbone, so
     they follow `new` here. Any other `old` is replaced by `new` alone."""
-    act = getattr(old, "act", None)
-    if not isinstance(act, nn.Module):
+    if not norm_with_activation(old):
         return new
-    return nn.Sequential(new, getattr(old, "drop", nn.Identity()), act)
+    return nn.Sequential(new, getattr(old, "drop", nn.Identity()), old.act)
 
 
 def body_features(model: nn.Module, size: int = 64) -> dict[str, torch.Tensor]:

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from .base import LRFactor, Trick, check_fraction, check_number, with_its_activation
+from .base import LRFactor, Trick, check_fraction, check_number, norm_with_activation, with_its_activation
 from .frn import refuse_frozen_bn
 
 
@@ -120,7 +120,7 @@ def conv_bn_pairs(module: nn.Module) -> list[tuple[nn.Module, str, nn.Conv2d]]:
         children = list(parent.named_children())
         for i, (name, child) in enumerate(children):
             # a trainable BatchNorm2d, or timm's BatchNormAct2d (BN with its activation, kept after CBN)
-            if not (type(child) is nn.BatchNorm2d or type(child).__name__ == "BatchNormAct2d"):
+            if not (type(child) is nn.BatchNorm2d or norm_with_activation(child)):
                 continue
             conv = None
             if isinstance(parent, (BasicBlock, Bottleneck)) and name.startswith("bn"):

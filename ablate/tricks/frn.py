@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 from ..models.backbones import frozen_norm_types
 
-from .base import Trick, check_number, with_its_activation
+from .base import Trick, check_number, norm_with_activation, with_its_activation
 
 
 class FilterResponseNorm2d(nn.Module):
@@ -110,7 +110,7 @@ def replace_with_frn(module: nn.Module, eps: float) -> int:
             setattr(module, name, FRNResidualBlock(child, eps))
             count += child.downsample is not None
             count += 3 if isinstance(child, Bottleneck) else 2
-        elif isinstance(child, nn.BatchNorm2d) and isinstance(getattr(child, "act", None), nn.Module):
+        elif norm_with_activation(child):
             # timm's BatchNormAct2d, normalisation and activation in one layer: FRN+TLU in place of
             # BN+ReLU, FRN followed by the activation where it is another one
             tlu = isinstance(child.act, RELUS)
