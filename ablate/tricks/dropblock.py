@@ -54,12 +54,13 @@ class DropBlock(Trick):
         if missing:
             raise ValueError(f"tricks.{self.name}.levels={self.levels}: the backbone has no level {missing} "
                              f"(available: {sorted(set(levels.values()))})")
+        norms = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, *frozen_norm_types())
         for name, child in body.named_children():
             if levels[name] not in self.levels:
                 continue
             for parent in list(child.modules()):
                 for attr, sub in list(parent.named_children()):
-                    if isinstance(sub, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, *frozen_norm_types())):
+                    if isinstance(sub, norms):
                         block = FittedDropBlock2d(0.0, self.block_size)
                         setattr(parent, attr, nn.Sequential(sub, block))
                         self.blocks.append(block)
