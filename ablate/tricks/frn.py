@@ -136,7 +136,8 @@ def refuse_frozen_bn(body: nn.Module, trick: str, what: str) -> None:
     that a normalisation trick replacing BN (`what`) would discard."""
     from . import TrickConflictError
 
-    if any(isinstance(m, frozen_norm_types()) for m in body.modules()):
+    frozen = frozen_norm_types()
+    if any(isinstance(m, frozen) for m in body.modules()):
         raise TrickConflictError(f"trick '{trick}' does not fit a pretrained backbone (frozen ImageNet "
                                  f"BatchNorm, which {what} would discard); train it from scratch with "
                                  "model.backbone.pretrained=false")
