@@ -156,6 +156,16 @@ def local_peaks(heat: Tensor, kernel: int) -> Tensor:
     return heat * (hmax == heat)
 
 
+def top_peaks(scores_map: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """decode.py _topk: the k best of a [K, H, W] score map over classes and places, as (scores,
+    classes, rows, columns)."""
+    _, height, width = scores_map.shape
+    scores, index = scores_map.flatten().topk(min(k, scores_map.numel()))
+    classes = torch.div(index, height * width, rounding_mode="floor")
+    pixel = index % (height * width)
+    return scores, classes, torch.div(pixel, width, rounding_mode="floor"), pixel % width
+
+
 def head_branch(in_channels: int, channels: int, num_convs: int, out_channels: int) -> nn.Sequential:
     """The authors' head: 3x3 conv + ReLU (num_convs of them; they use 1), then a 1x1 conv."""
     layers: list[nn.Module] = []
@@ -245,12 +255,7 @@ class CenterNetHead(KeypointHead):
         for i, (h_img, w_img) in enumerate(image_sizes):
             # the image's own part of the padded batch's map
             out_h, out_w = image_map_size((h_img, w_img), self.stride)
-            scores_map = heat[i, :, :out_h, :out_w]
-            k = min(self.detections_per_img, scores_map.numel())
-            scores, index = scores_map.flatten().topk(k)
-            labels = torch.div(index, out_h * out_w, rounding_mode="floor")
-            pixel = index % (out_h * out_w)
-            ys, xs = torch.div(pixel, out_w, rounding_mode="floor"), pixel % out_w
+            scores, labels, ys, xs = top_peaks(heat[i, :, :out_h, :out_w], self.detections_per_img)
             # a negative regressed side is an empty box, not an inverted one (x2 < x1 would read as
             # a negative COCO width); the authors decode it as is, which only an untrained head does
             size = outputs["size"][i, :, ys, xs].float().T.clamp(min=0)

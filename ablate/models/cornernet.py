@@ -28,7 +28,7 @@ from torchvision.ops import box_iou
 from torchvision.ops.misc import Conv2dNormActivation
 
 from .centernet import (CenterNet, KeypointHead, build_on_finest_level, draw_gaussian, head_branch, image_map_size,
-                        local_peaks, penalty_reduced_focal_loss, radius_quadratics)
+                        local_peaks, penalty_reduced_focal_loss, radius_quadratics, top_peaks)
 from .losses import ScaledLoss, SmoothL1BoxLoss
 
 CORNERS = ("tl", "br")
@@ -245,12 +245,7 @@ class CornerNetHead(KeypointHead):
         and places, as (scores, classes, x, y with the offset added, embeddings)."""
         out_h, out_w = map_size
         heat = torch.sigmoid(outputs[f"{corner}_heatmap"][i:i + 1, :, :out_h, :out_w].float())
-        heat = local_peaks(heat, self.nms_kernel)[0]
-        k = min(self.corner_topk, heat.numel())
-        scores, index = heat.flatten().topk(k)
-        classes = torch.div(index, out_h * out_w, rounding_mode="floor")
-        pixel = index % (out_h * out_w)
-        ys, xs = torch.div(pixel, out_w, rounding_mode="floor"), pixel % out_w
+        scores, classes, ys, xs = top_peaks(local_peaks(heat, self.nms_kernel)[0], self.corner_topk)
         offset = outputs[f"{corner}_offset"][i, :, ys, xs].float()
         embedding = outputs[f"{corner}_embedding"][i, 0, ys, xs].float()
         return scores, classes, xs + offset[0], ys + offset[1], embedding
