@@ -210,7 +210,7 @@ def test_ghmc_weights_are_n_over_bin_count_times_valid_bins():
     g = [0.01, 0.02, 0.03, 0.55, 0.95]
     logits = torch.tensor([[math.log(p / (1 - p))] for p in g])
     targets = torch.zeros(5, 1)
-    loss = GHMCLoss(bins=10, momentum=0.0)
+    loss = GHMCLoss(bins=10, momentum=0.0, per_level=True)
     beta = loss.weights(logits, targets).flatten().tolist()
     n_valid_bins = 3  # mmdetection's normalization (the paper's would be M = 10 bins)
     expected = [5 / (3 * n_valid_bins)] * 3 + [5 / (1 * n_valid_bins)] * 2
@@ -222,7 +222,7 @@ def test_ghmc_weights_are_n_over_bin_count_times_valid_bins():
 
 def test_ghmc_bin_counts_follow_the_momentum():
     m = 0.75
-    loss = GHMCLoss(bins=2, momentum=m)
+    loss = GHMCLoss(bins=2, momentum=m, per_level=True)
     t = torch.zeros(4, 1)
     first = torch.tensor([[-3.0], [-3.0], [-3.0], [3.0]])  # g: three below 0.5, one above
     beta1 = loss.weights(first, t).flatten()
@@ -242,7 +242,7 @@ def test_ghmc_with_one_bin_is_plain_binary_cross_entropy():
     torch.manual_seed(0)
     logits = torch.randn(50, 3)
     targets = (torch.rand(50, 3) > 0.8).float()
-    value = GHMCLoss(bins=1, momentum=0.0)(logits, targets, torch.ones(50), torch.ones(50), torch.zeros(50, dtype=torch.long))
+    value = GHMCLoss(bins=1, momentum=0.0, per_level=True)(logits, targets, torch.ones(50), torch.ones(50), torch.zeros(50, dtype=torch.long))
     assert value.item() == pytest.approx(F.binary_cross_entropy_with_logits(logits, targets).item(), rel=1e-6)
 
 
@@ -272,14 +272,39 @@ def test_ghmc_histogram_and_normalisation_are_per_pyramid_level():
     bce = [-math.log(1 - p) for p in g]
     level0 = (4 / (3 * 2) * sum(bce[:3]) + 4 / (1 * 2) * bce[3]) / 4  # N 4, two bins used
     level1 = (1 / (1 * 1) * bce[4]) / 1  # N 1, one bin used
-    value = GHMCLoss(bins=2, momentum=0.0)(logits, targets, torch.ones(5), torch.ones(5), levels)
+    value = GHMCLoss(bins=2, momentum=0.0, per_level=True)(logits, targets, torch.ones(5), torch.ones(5), levels)
     assert value.item() == pytest.approx(level0 + level1, rel=1e-6)
     whole = (5 / (3 * 2) * sum(bce[:3]) + 5 / (2 * 2) * (bce[3] + bce[4])) / 5  # one histogram
     assert value.item() != pytest.approx(whole, rel=1e-3)
     # the moving average is shared by the levels: updated once per level, lowest level first
-    loss = GHMCLoss(bins=2, momentum=0.5)
+    loss = GHMCLoss(bins=2, momentum=0.5, per_level=True)
     loss(logits, targets, torch.ones(5), torch.ones(5), levels)
     assert loss.density.acc_sum.tolist() == pytest.approx([0.5 * 3, 0.5 * (0.5 * 1) + 0.5 * 1])
+    # over all levels at once (FCOS): one histogram, whatever the levels say, one update of the average
+    once = GHMCLoss(bins=2, momentum=0.0, per_level=False)
+    assert once(logits, targets, torch.ones(5), torch.ones(5), levels).item() == pytest.approx(whole, rel=1e-6)
+    loss = GHMCLoss(bins=2, momentum=0.5, per_level=False)
+    loss(logits, targets, torch.ones(5), torch.ones(5), levels)
+    assert loss.density.acc_sum.tolist() == pytest.approx([0.5 * 3, 0.5 * 2])
+
+
+@pytest.mark.parametrize("name,per_level", [("fcos", False), ("retinanet", True), ("reppoints", True)])
+def test_ghmc_is_called_as_the_detectors_reference_head_calls_its_loss(name, per_level):
+    """mmdetection's FCOSHead concatenates the levels and calls the classification loss once;
+    AnchorHead (RetinaNet) and RepPointsHead call it per level. On FCOS the GHM-C loss therefore does
+    not depend on the levels tensor; on RetinaNet it does."""
+    model = tiny_model(name)
+    for trick in build_tricks(trick_config("ghm"), model_config(name)):
+        model = trick.on_model(model)
+    loss = model.head.cls_loss
+    assert isinstance(loss, GHMCLoss) and loss.per_level is per_level
+    g = [0.1, 0.2, 0.3, 0.9, 0.8]
+    logits = torch.tensor([[math.log(p / (1 - p))] for p in g])
+    targets, one = torch.zeros(5, 1), torch.ones(5)
+    loss.density.momentum = 0.0  # compare the two groupings on one batch, without the moving average
+    same_level = loss(logits, targets, one, one, torch.zeros(5, dtype=torch.long)).item()
+    two_levels = loss(logits, targets, one, one, torch.tensor([0, 0, 0, 0, 1])).item()
+    assert (same_level == pytest.approx(two_levels, rel=1e-6)) is not per_level
 
 
 def test_ghmr_is_per_pyramid_level_and_weights_each_box():

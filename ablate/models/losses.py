@@ -411,6 +411,11 @@ class LossSlots:
     # The forms of box loss this module's box_loss slot takes, and why, where it does not take both.
     box_spaces: tuple[str, ...] = BOX_SPACES
     box_spaces_reason = ""
+    # Whether the reference head calls its losses once per pyramid level (mmdetection's AnchorHead and
+    # RepPointsHead: loss_by_feat -> multi_apply over the levels) or once over all levels concatenated
+    # (mmdetection's FCOSHead). A loss whose value depends on how its samples are grouped (GHM's
+    # histograms) follows this; the others do not care.
+    loss_per_level = False
 
     def __setattr__(self, name, value):
         if ((name.endswith("_loss") or name.endswith("_sampler")) and name not in self.slot_attrs.values()
@@ -465,6 +470,7 @@ class FCOSLossHead(LossSlots, _LevelSizes, FCOSHead):
 
     slot_attrs = {"cls_loss": "cls_loss", "box_loss": "box_loss"}
     detector = "fcos"
+    loss_per_level = False  # mmdetection FCOSHead.loss_by_feat: the levels flattened and concatenated, one call
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -520,6 +526,7 @@ class RetinaNetLossHead(LossSlots, _LevelSizes, RetinaNetHead):
 
     slot_attrs = {"cls_loss": "cls_loss", "box_loss": "box_loss", "sample_weighting": "sample_weighting"}
     detector = "retinanet"
+    loss_per_level = True  # mmdetection AnchorHead.loss_by_feat: multi_apply(loss_by_feat_single) per level
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -124,6 +124,7 @@ class RepPointsHead(LossSlots, nn.Module):
 
     slot_attrs = {"cls_loss": "cls_loss", "box_loss": "box_loss"}
     detector = "reppoints"
+    loss_per_level = True  # mmdetection RepPointsHead.loss_by_feat: multi_apply(loss_by_feat_single) per level
 
     def __init__(self, in_channels: int, num_classes: int, strides: list[int], cfg):
         super().__init__()

@@ -8,18 +8,20 @@ GD(g) = R(g) / eps, R the number of samples in its bin, smoothed over iterations
 moving average S_j <- alpha S_j + (1 - alpha) R_j (paper sec. 3.3, alpha the momentum). A sample
 weighs beta = N / GD(g), N the number of valid samples, and the loss is (1/N) sum beta_i L_i.
 
-As the authors' code does (mmdetection's GHMC/GHMR, by the paper's authors, called from its
-AnchorHead once per FPN level; compared with open-mmlab/mmdetection mmdet/models/losses/ghm_loss.py
-and mmdet/models/dense_heads/anchor_head.py, loss_by_feat -> multi_apply(loss_by_feat_single) per level):
-- the loss is computed per pyramid level: one histogram per level, N that level's valid samples,
+As the authors' code does (mmdetection's GHMC/GHMR, by the paper's authors; compared with
+open-mmlab/mmdetection mmdet/models/losses/ghm_loss.py, and with how its heads call a loss:
+dense_heads/anchor_head.py and reppoints_head.py loss_by_feat -> multi_apply(loss_by_feat_single), once
+per level; fcos_head.py loss_by_feat: every level flattened, concatenated, one call):
+- the loss is called the way the detector's reference head calls it (LossSlots.loss_per_level):
+  per pyramid level on RetinaNet and RepPoints (one histogram per level, N that level's valid samples,
   the level's loss normalised by its own N, the levels' losses summed; the bins' moving average is
-  one, shared by the levels and so updated once per level (L times per iteration);
+  one, shared by the levels and so updated once per level, L times per iteration); once over all
+  levels on FCOS (one histogram, one N, one update per iteration);
 - the weights are normalized by the number of non-empty bins n instead of M: beta = N / (S_j n);
 - the moving averages start at 0 (so early weights are up to 1/(1 - alpha) larger) and a bin's
   average moves only on calls where the bin holds samples;
 - GHM-R's loss is ASL1(d) = sqrt(d^2 + mu^2) - mu, and its last bin edge is open (1e3).
-The loss weight of GHM-R (10) presumes this per-level sum. On FCOS (whose loss mmdetection
-computes over all levels at once) the classification loss is split by level the same way.
+The loss weight of GHM-R (10) presumes the per-level sum (RetinaNet, the only detector it fits).
 Per-box weights (MixUp) multiply each sample's term.
 """
 from __future__ import annotations
@@ -28,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..models.losses import RetinaNetLossHead, one_stage_head, set_slot
+from ..models.losses import RetinaNetLossHead, one_stage_head, set_slot, slot_holders
 from .base import Trick, check_number
 
 
@@ -76,20 +78,23 @@ def per_level(level_loss, levels: Tensor, *samples: Tensor) -> Tensor:
 
 
 class GHMCLoss(nn.Module):
-    """GHM-C: per pyramid level, sum_i beta_i BCE(x_i, y_i) / N over the K binary targets of each
-    valid location of the level, summed over the levels (a one-stage classification loss, see
-    ablate.models.losses). torchvision's per-foreground normalizer is not used: GHM-C normalizes by
-    N itself (paper eq. 9)."""
+    """GHM-C: sum_i beta_i BCE(x_i, y_i) / N over the K binary targets of each valid location, either
+    per pyramid level and summed over the levels (per_level) or over all levels at once (a one-stage
+    classification loss, see ablate.models.losses). torchvision's per-foreground normalizer is not
+    used: GHM-C normalizes by N itself (paper eq. 9)."""
 
-    def __init__(self, bins: int, momentum: float):
+    def __init__(self, bins: int, momentum: float, *, per_level: bool):
         super().__init__()
         self.density = GradientDensity(bins, momentum, last_edge=1.0 + 1e-6)
+        self.per_level = bool(per_level)
 
     def weights(self, logits: Tensor, targets: Tensor) -> Tensor:
         return self.density((logits.detach().sigmoid() - targets).abs())
 
     def forward(self, logits: Tensor, targets: Tensor, box_weights: Tensor, normalizer: Tensor,
                 levels: Tensor) -> Tensor:
+        if not self.per_level:
+            return self.level_loss(logits, targets, box_weights)
         return per_level(self.level_loss, levels, logits, targets, box_weights)
 
     def level_loss(self, logits: Tensor, targets: Tensor, box_weights: Tensor) -> Tensor:
@@ -130,7 +135,8 @@ class GHMRLoss(nn.Module):
 
 
 class GHMC(Trick):
-    """GHM-C in place of the one-stage detector's focal loss."""
+    """GHM-C in place of the one-stage detector's focal loss, called per pyramid level or once over
+    all levels as the detector's reference head calls its classification loss."""
     claims = ("cls_loss",)
     fits = ("one_stage",)
 
@@ -139,7 +145,8 @@ class GHMC(Trick):
         self.bins, self.momentum = bins, momentum
 
     def on_model(self, model: nn.Module) -> nn.Module:
-        set_slot(model, "cls_loss", GHMCLoss(self.bins, self.momentum))
+        per_level = slot_holders(model)["cls_loss"].loss_per_level
+        set_slot(model, "cls_loss", GHMCLoss(self.bins, self.momentum, per_level=per_level))
         return model
 
 
