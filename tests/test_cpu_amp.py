@@ -5,7 +5,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-import ablate.train as train_mod
+import ablate.run as run_mod
 from ablate.config import conf_dir, to_container
 from ablate.results import base_hash, config_hash
 from ablate.train import autocast_for, train_and_evaluate
@@ -65,7 +65,7 @@ def test_the_key_is_part_of_the_config_hash_and_the_base():
 @pytest.mark.parametrize("amp,dtype", [("always", torch.bfloat16), (True, torch.float32)])
 def test_the_training_loop_runs_its_forward_in_the_key_s_precision(tmp_path, shapes_cache, monkeypatch, amp, dtype):
     seen = []
-    real_build = train_mod.build_model
+    real_build = run_mod.build_model
 
     def build_and_watch(*args, **kwargs):
         model = real_build(*args, **kwargs)
@@ -73,7 +73,7 @@ def test_the_training_loop_runs_its_forward_in_the_key_s_precision(tmp_path, sha
             lambda module, inputs, output: seen.append((module.training, next(iter(output.values())).dtype)))
         return model
 
-    monkeypatch.setattr(train_mod, "build_model", build_and_watch)
+    monkeypatch.setattr(run_mod, "build_model", build_and_watch)
     # 128 px, not the smoke profile's 64: there FCOS's P7 conv (stride 2) sees a 1x1 P6, where oneDNN's
     # bf16 weight gradient is nondeterministic, at times inf, on the development CPU (conf/train/default.yaml)
     with initialize_config_dir(str(conf_dir()), version_base="1.3"):

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
+import ablate.hooks as hooks_mod  # the checkpointer hook saves through its module's save_checkpoint
 import ablate.train as train_mod
 from ablate.config import compose, register_resolvers
 from ablate.errors import MissingExtraError, UserInputError
@@ -143,14 +144,14 @@ def test_a_resumed_run_appends_to_the_same_runs_without_duplicating_steps(dirs, 
     cfg = compose(["profile=smoke", "train.epochs=3", "logger=[tensorboard,mlflow]", f"paths.cache={dirs['env']['ABLATE_CACHE']}",
                    *paths(dirs)])
     run_dir = Path(dirs["runs"]) / "run"
-    real_save = train_mod.save_checkpoint
+    real_save = hooks_mod.save_checkpoint
 
     def killed_in_the_second_epoch(path, state):
         if state["epoch"] == 1:  # the second epoch's steps are logged, its checkpoint never written
             raise RuntimeError("killed")
         real_save(path, state)
 
-    monkeypatch.setattr(train_mod, "save_checkpoint", killed_in_the_second_epoch)
+    monkeypatch.setattr(hooks_mod, "save_checkpoint", killed_in_the_second_epoch)
     with pytest.raises(RuntimeError, match="killed"):
         train_mod.run_and_record(cfg, run_dir, Path(dirs["runs"]), multirun=False)
     client = MlflowClient(tracking_uri=(Path(dirs["runs"]) / "mlruns").resolve().as_uri())
@@ -159,7 +160,7 @@ def test_a_resumed_run_appends_to_the_same_runs_without_duplicating_steps(dirs, 
     assert killed.info.status == "FAILED" and killed.data.tags["status"] == "failed"
     assert [m.step for m in client.get_metric_history(run_id, "train/loss")] == list(range(1, 9))
 
-    monkeypatch.setattr(train_mod, "save_checkpoint", real_save)
+    monkeypatch.setattr(hooks_mod, "save_checkpoint", real_save)
     assert train_mod.run_and_record(cfg, run_dir, Path(dirs["runs"]), multirun=False) == "ok"
     record = read_record(run_dir / "result.json")
     losses = [(p["step"], p["loss"]) for p in step_points(record)]

@@ -6,7 +6,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-import ablate.train as train_mod
+import ablate.hooks as hooks_mod  # the checkpointer hook saves through its module's save_checkpoint
 from ablate.config import conf_dir
 from ablate.results import COCO_METRICS, read_record
 from ablate.train import CHECKPOINT, lr_schedule, train_and_evaluate
@@ -56,18 +56,18 @@ def test_a_run_killed_after_an_epoch_resumes_from_its_checkpoint_to_the_same_res
     overrides = ("train.epochs=3", "tricks=[mixup]")
     whole = train_and_evaluate(make_cfg(shapes_cache, *overrides), tmp_path / "whole")
 
-    real_save = train_mod.save_checkpoint
+    real_save = hooks_mod.save_checkpoint
 
     def save_then_die(path, state):
         real_save(path, state)
         if state["epoch"] == 1:  # killed right after the second epoch's checkpoint
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_mod, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(hooks_mod, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         train_and_evaluate(make_cfg(shapes_cache, *overrides), tmp_path / "killed")
     assert not (tmp_path / "killed" / "result.json").exists()
-    monkeypatch.setattr(train_mod, "save_checkpoint", real_save)
+    monkeypatch.setattr(hooks_mod, "save_checkpoint", real_save)
 
     resumed = train_and_evaluate(make_cfg(shapes_cache, *overrides), tmp_path / "killed")
     assert resumed.metrics == whole.metrics
@@ -79,7 +79,7 @@ def test_a_resumed_ema_run_ends_with_the_same_average(tmp_path, shapes_cache, mo
     (averaged) weights, so the metrics, are the whole run's."""
     overrides = ("train.epochs=3", "tricks=[ema]", "tricks.ema.tau=1")
     whole = train_and_evaluate(make_cfg(shapes_cache, *overrides), tmp_path / "whole")
-    real_save = train_mod.save_checkpoint
+    real_save = hooks_mod.save_checkpoint
 
     def save_then_die(path, state):
         real_save(path, state)
@@ -87,10 +87,10 @@ def test_a_resumed_ema_run_ends_with_the_same_average(tmp_path, shapes_cache, mo
             assert state["tricks"]["ema"]["updates"] > 0
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_mod, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(hooks_mod, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         train_and_evaluate(make_cfg(shapes_cache, *overrides), tmp_path / "killed")
-    monkeypatch.setattr(train_mod, "save_checkpoint", real_save)
+    monkeypatch.setattr(hooks_mod, "save_checkpoint", real_save)
     resumed = train_and_evaluate(make_cfg(shapes_cache, *overrides), tmp_path / "killed")
     assert resumed.metrics == whole.metrics
 

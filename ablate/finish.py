@@ -1,0 +1,108 @@
+"""The end of a run: evaluate the weights the tricks pick, check the run's health, measure its
+costs (latency, FLOPs, parameters, memory, timings) and write its record (rank 0 alone).
+"""
+from __future__ import annotations
+
+import logging
+import resource
+import time
+
+import torch
+from omegaconf import DictConfig
+
+from . import distributed
+from .data import make_loader
+from .evaluate import coco_metrics, count_flops, measure_latency, predict
+from .health import assess
+from .models import count_parameters, label_offset
+from .results import RunRecord, write_record
+
+log = logging.getLogger("ablate.train")
+
+
+def evaluated(model: torch.nn.Module, tricks: list) -> torch.nn.Module:
+    """The model whose weights are evaluated: the trained one, unless a trick offers another (EMA)."""
+    for trick in tricks:
+        model = trick.eval_model(model)
+    return model
+
+
+def evaluate_model(model, data, cfg: DictConfig, device: torch.device, autocast) -> tuple[dict, dict, list]:
+    """COCO metrics, AP per class and the detections (COCO format) on the val set."""
+    loader = make_loader(data.val, cfg.eval.batch_size, shuffle=False, num_workers=cfg.data.num_workers)
+    offset = label_offset(cfg.model.family)
+    class_to_cat_id = {label - offset: cat for label, cat in data.label_to_cat_id.items()}
+    detections = predict(model, loader, device, class_to_cat_id, autocast())
+    names = {data.label_to_cat_id[k + 1]: name for k, name in enumerate(data.classes)}
+    metrics, per_class = coco_metrics(data.val_coco_gt, detections, data.val.image_ids, cfg.eval.backend, names)
+    return metrics, per_class, detections
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """CUDA: peak memory allocated by this run. CPU: peak resident memory of the process."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def finish(run) -> RunRecord:
+    """Evaluate (a run still ok), measure, record; returns the record, written to run_dir/result.json."""
+    cfg, record = run.cfg, run.record
+    model = run.model
+    if record.status == "ok" and distributed.is_primary():  # evaluated and recorded by rank 0
+        t_eval = time.perf_counter()
+        model = evaluated(model, run.tricks)
+        record.metrics, record.per_class_ap, detections = evaluate_model(model, run.data, cfg, run.device,
+                                                                         run.autocast)
+        run.totals["eval_s"] += time.perf_counter() - t_eval
+        check_health(run, detections)
+        record.curve[-1]["val_mAP"] = record.metrics["mAP"]
+        sample = [run.data.val[i][0] for i in range(min(cfg.eval.latency_images, len(run.data.val)))]
+        record.inference_ms_per_image = measure_latency(model, sample, run.device, run.autocast())
+        record.flops = count_flops(model, sample[0], run.device)
+        log.info("val mAP %.4f (AP50 %.4f, AP75 %.4f)", record.metrics["mAP"], record.metrics["AP50"],
+                 record.metrics["AP75"])
+    record.params = count_parameters(model)
+    record.peak_memory_mb = peak_memory_mb(run.device)
+    record.timings = timings(run.totals, time.perf_counter() - run.started, run.time_to_first_step)
+    run.tracker.log_final(record)
+    if distributed.is_primary():
+        write_record(record, run.run_dir)
+        if not cfg.runtime.keep_checkpoint:
+            run.checkpoint_path.unlink(missing_ok=True)
+    distributed.barrier()
+    return record
+
+
+def check_health(run, detections: list) -> None:
+    """A detector that collapsed still ends with status ok: say so beside it (ablate/health.py)."""
+    run.record.health = assess(detections, run.record.metrics, len(run.data.val), len(run.data.classes),
+                               **run.cfg.eval.health)
+    for warning in run.record.health:
+        log.warning("run health: %s: %s", warning["code"], warning["message"])
+
+
+def timings(totals: dict[str, float], wall_s: float, time_to_first_step: float | None) -> dict[str, float]:
+    """record.timings from the run's totals (ablate/hooks.py: Timer)."""
+    def share(seconds: float) -> float:
+        return seconds / totals["train_s"] if totals["train_s"] else 0.0
+
+    return {
+        "wall_s": wall_s,
+        "train_s": totals["train_s"],
+        # CPU seconds of the process while training (steadier than wall time on a shared machine).
+        "train_cpu_s": totals["train_cpu_s"],
+        "eval_s": totals["eval_s"],
+        "images_per_s": share(totals["images"]),
+        "data_wait_s": totals["data_wait_s"],
+        "data_wait_fraction": share(totals["data_wait_s"]),
+        # Time in the tricks' batch hooks (MixUp, CutMix...): their overhead on the training step.
+        "batch_tricks_s": totals["batch_tricks_s"],
+        "batch_tricks_fraction": share(totals["batch_tricks_s"]),
+        # Forward, backward and optimizer steps; the rest of train_s is the harness's share.
+        "model_s": totals["model_s"],
+        "harness_fraction": 1 - share(totals["model_s"]) if totals["train_s"] else 0.0,
+        # Time saving the per-epoch checkpoints (not in train_s).
+        "checkpoint_s": totals["checkpoint_s"],
+        "time_to_first_step_s": time_to_first_step if time_to_first_step is not None else float("nan"),
+    }
