@@ -39,10 +39,10 @@ RUNS = {
     "rfcn": ["random_erasing", "giou", "pan"],
     "yolov3": ["mixup", "giou", "spp"],
     "ssd": ["mixup", "giou", "mish"],
-    # No loss trick fits CenterNet: its one slot, box_loss, takes deltas losses only, and
-    # balanced_l1 (the one such trick) fits RetinaNet and the two-stage detectors.
+    # No loss trick fits CenterNet or CornerNet: their one slot, box_loss, takes deltas losses only,
+    # and balanced_l1 (the one such trick) fits RetinaNet and the two-stage detectors.
     "centernet": ["scale_jitter", "spp", "warmup"],
-    "cornernet": ["mixup", "giou", "droppath", "cosine"],
+    "cornernet": ["mixup", "droppath", "cosine"],
 }
 COMMON = ["profile=smoke", "runtime.num_threads=1", "runtime.reuse=never", "runtime.progress=false"]
 RESUME = ["model=retinanet", "tricks=[mixup,giou,mish,ema]", "train.epochs=2"]
