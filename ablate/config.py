@@ -1,41 +1,22 @@
-"""Where the configs live, and the small helpers every room uses to read a resolved config.
+"""Composing and checking a command line before Hydra runs it, and the small helpers every room
+uses to read a resolved config (the configs themselves are found by ablate/paths.py).
 
 No torch here: the CLI, the sweeper and the report import this.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .errors import DatasetError, UserInputError
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-def conf_dir() -> Path:
-    """The Hydra config folder: $ABLATE_CONF, else conf/ beside the package (editable install)."""
-    path = Path(os.environ.get("ABLATE_CONF", REPO_ROOT / "conf"))
-    if not (path / "config.yaml").is_file():
-        raise FileNotFoundError(
-            f"ablate's configs are not at {path} (no config.yaml there). Install ablate from its "
-            "repository with `pip install -e .`, or point ABLATE_CONF at its conf/ folder.")
-    return path
-
-
-def sweeps_dir() -> Path:
-    return Path(os.environ.get("ABLATE_SWEEPS", REPO_ROOT / "sweeps"))
+# Where the configs live (ablate/paths.py), also by their names of before: config.conf_dir() and the rest.
+from .paths import REPO_ROOT, conf_dir, group_options, sweeps_dir  # noqa: F401
 
 
 class TrickFileError(UserInputError):
     """A trick file that is missing, malformed, or lacks what every trick file needs."""
-
-
-def group_options(group: str, conf: Path | None = None) -> list[str]:
-    """The options of a config group: the names of conf/<group>/*.yaml."""
-    return sorted(p.stem for p in ((conf or conf_dir()) / group).glob("*.yaml"))
 
 
 def compose(overrides: list[str], multirun: bool = False, config_name: str = "config") -> DictConfig:

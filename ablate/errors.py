@@ -17,6 +17,8 @@ import os
 import sys
 from typing import Iterator, NoReturn
 
+from .paths import group_options
+
 EXIT_BAD_INPUT = 2
 
 
@@ -27,6 +29,10 @@ class UserInputError(ValueError):
 class DatasetError(UserInputError):
     """Bad input data: the message names the file and what is wrong with it (ablate/data/; here
     because the torch-free config check raises it too, for a missing data.root)."""
+
+
+class SweepFileError(UserInputError):
+    """A sweep file that is missing or says something this harness cannot run."""
 
 
 class MissingExtraError(UserInputError, ImportError):
@@ -61,8 +67,6 @@ def _joined(texts: list[str]) -> str:
 
 def _missing_config(error) -> str:
     """Hydra's 'Could not find/load GROUP/NAME' without its search path, with the group's options."""
-    from .config import group_options
-
     head = str(error).split("\nConfig search path:")[0].split("\n\nAvailable options")[0]
     group = (error.missing_cfg_file or "").rpartition("/")[0]
     options = list(error.options or []) or (group_options(group) if group else [])

@@ -205,18 +205,32 @@ def _freeze(body: nn.Sequential, trainable_layers: int) -> None:
         child.requires_grad_(False)
 
 
-def probe_stages(body: nn.Sequential) -> tuple[dict[str, int], dict[str, int]]:
-    """Output stride and channels of each child of a sequential body, from a dummy forward (eval
-    mode, no gradients: the body's state is left as it was)."""
-    strides, channels, x = {}, {}, torch.zeros(1, 3, 64, 64)
+def probe(body: nn.Module, size: int = 64) -> dict[str, torch.Tensor]:
+    """The one stride probe: the output of each child of a body whose children run in order (a
+    sequential body of stages, or a detector's torchvision IntermediateLayerGetter, model.backbone.body)
+    on a dummy size x size image, in eval mode and without gradients (the body's state is left as it
+    was). Strides, channels and pyramid levels are read from it (`probe_stages`, `pyramid_taps`,
+    `tap_features`)."""
+    outputs, x = {}, torch.zeros(1, 3, size, size)
     was_training = body.training
     body.eval()
     with torch.no_grad():
         for name, child in body.named_children():
-            x = child(x)
-            strides[name], channels[name] = 64 // x.shape[-1], x.shape[1]
+            x = outputs[name] = child(x)
     body.train(was_training)
-    return strides, channels
+    return outputs
+
+
+def probe_stages(body: nn.Module) -> tuple[dict[str, int], dict[str, int]]:
+    """Output stride and channels of each child of a body (see `probe`)."""
+    outputs = probe(body)
+    return {name: 64 // x.shape[-1] for name, x in outputs.items()}, {name: x.shape[1] for name, x in outputs.items()}
+
+
+def tap_features(body: nn.Module, size: int = 64) -> dict[str, torch.Tensor]:
+    """The features a detector's body (torchvision's IntermediateLayerGetter) hands its FPN, by
+    their output names, finest first, on a dummy image (see `probe`): their channels and strides."""
+    return {body.return_layers[child]: x for child, x in probe(body, size).items() if child in body.return_layers}
 
 
 def pyramid_taps(body: nn.Sequential) -> dict[int, tuple[str, int]]:

@@ -29,27 +29,20 @@ import dataclasses
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ..config import sweeps_dir
-from ..errors import UserInputError
+from ..errors import SweepFileError
 from .adaptive import Plan, PlanError
-
-if TYPE_CHECKING:
-    from .search import SearchSpec
+from .space import SearchSpec, parse_search
 
 SEARCH = "search"
 DESIGNS = ("one_at_a_time", "cumulative", "leave_one_out", "factorial", SEARCH)
 # The keys only a search reads (ablate/sweep/search.py).
 SEARCH_KEYS = {"space", "n_trials", "sampler", "pruner", "direction", "n_jobs"}
 KEYS = {"design", "tricks", "seeds", "baseline", "baselines", "name", "description"} | SEARCH_KEYS
-
-
-class SweepFileError(UserInputError):
-    """A sweep file that is missing or says something this harness cannot run."""
 
 
 @dataclass(frozen=True)
@@ -205,8 +198,6 @@ def load_sweep(path: Path) -> SweepDesign:
         baselines[label] = tuple(overrides)
     search = None
     if design == SEARCH:
-        from .search import parse_search  # the search's own keys, read there
-
         if adaptive is not None or len(baselines) > 1 or baseline_tricks:
             raise SweepFileError(f"{path}: design: search takes a count or list of seeds and one baseline "
                                  "(overrides of every trial), not adaptive seeds or named baselines")

@@ -6,13 +6,8 @@ from hydra.utils import instantiate
 
 from ..errors import UserInputError
 
-from .base import (FAMILY_EXAMPLES, SLOTS, BatchContext, LRFactor, Trick, TrickArgumentError, check_choice, check_fraction,
-                   check_number)
-
-
-class TrickConflictError(UserInputError):
-    """Two tricks claim one slot, a trick claims a slot that does not exist, or a trick does not fit
-    the detector."""
+from .base import (FAMILY_EXAMPLES, SLOTS, BatchContext, LRFactor, Trick, TrickArgumentError, TrickConflictError,
+                   check_choice, check_fraction, check_number)
 
 
 class TrickConfigError(UserInputError):

@@ -15,7 +15,9 @@ import torch
 from torch import nn
 from torchvision.ops import clip_boxes_to_image
 
+from ..errors import UserInputError
 from ..models import FAMILIES as _FAMILIES
+from ..models.backbones import tap_features
 
 # What a trick fits unless it says otherwise (`fits`): every detector family.
 FAMILIES = tuple(_FAMILIES)
@@ -65,6 +67,11 @@ class BatchContext:
     step: int
     total_steps: int
     rng: np.random.Generator
+
+
+class TrickConflictError(UserInputError):
+    """Two tricks claim one slot, a trick claims a slot that does not exist, or a trick does not fit
+    the detector."""
 
 
 def round_half_up(x: float) -> int:
@@ -182,8 +189,6 @@ def feature_pyramid(model: nn.Module, trick: str, part: str = "") -> nn.Module:
     taps and its extra layers), TrickConflictError: the trick is not applicable, and says why."""
     fpn = getattr(model.backbone, "fpn", None)
     if fpn is None:
-        from . import TrickConflictError
-
         raise TrickConflictError(f"trick '{trick}'{f' ({part})' if part else ''} works on the feature pyramid "
                                  f"network (model.backbone.fpn), and this detector has none ({type(model).__name__} "
                                  "predicts from the backbone's taps and its extra layers): not applicable")
@@ -208,14 +213,9 @@ def with_its_activation(old: nn.Module, new: nn.Module) -> nn.Module:
 
 def body_features(model: nn.Module, size: int = 64) -> dict[str, torch.Tensor]:
     """The detector backbone body's features (torchvision's IntermediateLayerGetter, finest first)
-    on a dummy image, in eval mode and without gradients: their channels and strides."""
-    body = model.backbone.body
-    was_training = body.training
-    body.eval()
-    with torch.no_grad():
-        feats = body(torch.zeros(1, 3, size, size))
-    body.train(was_training)
-    return feats
+    on a dummy image, in eval mode and without gradients: their channels and strides
+    (ablate/models/backbones.py's stride probe, `tap_features`)."""
+    return tap_features(model.backbone.body, size)
 
 
 def same_shape_groups(images: Images, which: list[bool] | None = None) -> list[list[int]]:
@@ -291,8 +291,6 @@ class Trick:
 def head_towers(model: nn.Module, trick: str) -> tuple[nn.Module, nn.Module]:
     """The classification and regression towers of a one-stage head (FCOS, RetinaNet), or
     TrickConflictError where the head has none (YOLOv3, SSD, CenterNet): n/a, not a crash."""
-    from . import TrickConflictError
-
     head = getattr(model, "head", None)
     if not all(hasattr(getattr(head, name, None), "conv") for name in ("classification_head", "regression_head")):
         raise TrickConflictError(f"trick '{trick}' does not fit this detector: its head ({type(head).__name__}) has no "

@@ -40,7 +40,7 @@ class IoUBoxLoss(Trick):
         self.loss_weight = check_per_detector("loss_weight", loss_weight)
 
     def on_model(self, model: nn.Module) -> nn.Module:
-        from . import TrickConflictError
+        from .base import TrickConflictError
 
         detector = detector_name(model)
         check_box_space(model, IoUTypeLoss.space)  # a detector whose box loss takes no boxes: before its weight

@@ -90,7 +90,7 @@ class CSP(Trick):
             raise TrickArgumentError({"part_ratio": part_ratio}, "must be in (0, 1): both parts need channels")
 
     def on_model(self, model: nn.Module) -> nn.Module:
-        from . import TrickConflictError
+        from .base import TrickConflictError
 
         body = model.backbone.body
         stages = resnet_stages(body)

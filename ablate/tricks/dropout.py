@@ -59,7 +59,7 @@ class Dropout(Trick):
             elif hasattr(head, "fc6") and hasattr(head, "fc7"):
                 model.roi_heads.box_head = DropoutTwoMLPHead(head, self.fc_p)
             else:
-                from . import TrickConflictError
+                from .base import TrickConflictError
 
                 raise TrickConflictError(f"trick '{self.name}' does not fit this detector: its RoI box head "
                                          f"{type(head).__name__} has no fc6/fc7 layers to put dropout after")

@@ -46,7 +46,7 @@ class DropPath(Trick):
         self.rates: list[float] = []
 
     def on_model(self, model: nn.Module) -> nn.Module:
-        from . import TrickConflictError
+        from .base import TrickConflictError
 
         ends = residual_blocks(model.backbone.body)
         if not ends:

@@ -134,7 +134,7 @@ def replace_with_frn(module: nn.Module, eps: float) -> int:
 def refuse_frozen_bn(body: nn.Module, trick: str, what: str) -> None:
     """TrickConflictError (n/a) when `body` is a pretrained backbone's, with frozen ImageNet BatchNorm
     that a normalisation trick replacing BN (`what`) would discard."""
-    from . import TrickConflictError
+    from .base import TrickConflictError
 
     frozen = frozen_norm_types()
     if any(isinstance(m, frozen) for m in body.modules()):

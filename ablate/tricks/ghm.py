@@ -161,7 +161,7 @@ class GHMR(Trick):
         self.mu, self.bins, self.momentum, self.loss_weight = mu, bins, momentum, loss_weight
 
     def on_model(self, model: nn.Module) -> nn.Module:
-        from . import TrickConflictError
+        from .base import TrickConflictError
 
         head = one_stage_head(model)
         if not isinstance(head, RetinaNetLossHead) or head.regression_head._loss_type not in ("l1", "smooth_l1"):

@@ -108,7 +108,7 @@ class GroupNorm(Trick):
                 norm_after_conv(block, self.num_groups)
                 changed += 1
         if changed == 0:
-            from . import TrickConflictError
+            from .base import TrickConflictError
 
             raise TrickConflictError(f"trick '{self.name or 'group_norm'}' with parts={self.parts} changes nothing on "
                                      "this detector (FCOS's head already has GroupNorm; a pretrained backbone keeps "
@@ -128,7 +128,7 @@ class GroupNorm(Trick):
         if hasattr(model, "roi_heads"):
             old = model.roi_heads.box_head
             if type(old) is not TwoMLPHead:
-                from . import TrickConflictError
+                from .base import TrickConflictError
 
                 raise TrickConflictError(f"tricks.{self.name}: the RoI box head is {type(old).__name__}, not torchvision's "
                                  "TwoMLPHead; select group_norm before the tricks that change the box head")

@@ -102,7 +102,7 @@ class Neck(Trick):
 
     def on_model(self, model: nn.Module) -> nn.Module:
         if self.kind == "pan" and getattr(model, "heads_use_finest_level_only", False):
-            from . import TrickConflictError
+            from .base import TrickConflictError
 
             raise TrickConflictError(f"trick '{self.name}' does not fit {type(model).__name__}: its heads use only the "
                                      "finest pyramid level, which PAN's bottom-up path leaves as the FPN gave it")

@@ -58,7 +58,7 @@ class SyncBN(Trick):
         self.converted = 0
 
     def on_model(self, model: nn.Module) -> nn.Module:
-        from . import TrickConflictError
+        from .base import TrickConflictError
 
         if world_size() <= 1:
             raise TrickConflictError(f"trick '{self.name or 'sync_bn'}' is not applicable: {NOT_APPLICABLE}")

@@ -105,7 +105,7 @@ class WeightedResidual(Trick):
         self.weights_normalization = check_choice("weights_normalization", weights_normalization, NORMALIZATIONS)
 
     def on_model(self, model: nn.Module) -> nn.Module:
-        from . import TrickConflictError
+        from .base import TrickConflictError
 
         if wrap_residual_blocks(model.backbone.body, self.weights_type, self.weights_normalization) == 0:
             raise TrickConflictError(f"trick '{self.name or 'weighted_residual'}' does not fit this backbone: it "
