@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-# Relative to the package folder; a folder stands for its *.py files.
+# Relative to the package folder; a folder stands for its *.py files, its subfolders' included.
 CORE = ("train.py", "run.py", "loop.py", "hooks.py", "finish.py", "checkpoint.py", "distributed.py", "evaluate.py",
         "config.py", "data", "models", "tricks/__init__.py", "tricks/base.py")
 VERSIONED = ("torch", "torchvision")
@@ -38,7 +38,7 @@ def core_files() -> list[Path]:
     files: list[Path] = []
     for entry in CORE:
         path = PACKAGE_DIR / entry
-        files.extend(sorted(path.glob("*.py")) if path.is_dir() else [path])
+        files.extend(sorted(path.rglob("*.py")) if path.is_dir() else [path])
     return files
 
 
