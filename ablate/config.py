@@ -152,7 +152,7 @@ def check_trick_file(name: str, folder: Path | None = None) -> Path:
         raise TrickFileError(f"{path}: not valid YAML: {str(e).strip()}") from None
     if not isinstance(node, DictConfig) or "_target_" not in node:
         raise TrickFileError(f"{path}: a trick file must set _target_ (the trick's class, e.g. "
-                             "ablate.tricks.mixup.MixUp) and its arguments")
+                             "ablate.tricks.data.mixup.MixUp) and its arguments")
     locate_target(str(node._target_), path)
     return path
 

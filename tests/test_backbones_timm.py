@@ -107,9 +107,9 @@ def test_norm_tricks_keep_the_activation_timms_batchnormact_applies_itself():
     and keep the activation after it (a bare replacement left cspdarknet53 without any of its 67)."""
     from timm.layers import BatchNormAct2d
 
-    from ablate.tricks.frn import FilterResponseNorm2d, replace_with_frn
-    from ablate.tricks.group_norm import replace_batchnorms
-    from ablate.tricks.sync_bn import to_sync_batchnorm
+    from ablate.tricks.network.frn import FilterResponseNorm2d, replace_with_frn
+    from ablate.tricks.network.group_norm import replace_batchnorms
+    from ablate.tricks.network.sync_bn import to_sync_batchnorm
 
     x = torch.randn(2, 4, 5, 5)
     leaky = nn.Sequential(BatchNormAct2d(4, act_layer=nn.LeakyReLU))
@@ -131,7 +131,7 @@ def test_norm_tricks_keep_the_activation_timms_batchnormact_applies_itself():
 def test_cbn_replaces_the_bn_of_timms_conv_norm_act_blocks_and_keeps_their_activation():
     from ablate.models import build_model
     from ablate.testing import build_trick, model_config
-    from ablate.tricks.cbn import CrossIterationBatchNorm2d
+    from ablate.tricks.network.cbn import CrossIterationBatchNorm2d
 
     torch.manual_seed(0)
     model = build_model(model_config("fcos", backbone="cspdarknet53"), 2, 96)
@@ -145,7 +145,7 @@ def test_cbn_replaces_the_bn_of_timms_conv_norm_act_blocks_and_keeps_their_activ
 
 def test_a_pretrained_timm_bodys_frozen_norms_are_seen_by_the_norm_tricks(tmp_path):
     from ablate.tricks import TrickConflictError
-    from ablate.tricks.frn import refuse_frozen_bn
+    from ablate.tricks.network.frn import refuse_frozen_bn
 
     torch.save(timm.create_model("cspresnext50").state_dict(), tmp_path / "w.pth")
     cfg = backbone_config("cspresnext50", pretrained=True, weights_file=str(tmp_path / "w.pth"))

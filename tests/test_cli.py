@@ -78,7 +78,7 @@ def broken_sweep(tmp_path, tricks: str):
     does not take: the file itself passes the check before the sweep), and a sweep `mine` of `tricks`."""
     conf = tmp_path / "conf"
     shutil.copytree(REPO / "conf", conf)
-    (conf / "tricks" / "broken.yaml").write_text("# @package tricks.broken\n_target_: ablate.tricks.warmup.Warmup\n"
+    (conf / "tricks" / "broken.yaml").write_text("# @package tricks.broken\n_target_: ablate.tricks.schedule.warmup.Warmup\n"
                                                  "no_such_argument: 1\n")
     sweep = tmp_path / "mine.yaml"
     sweep.write_text(f"design: one_at_a_time\ntricks: [{tricks}]\nseeds: 1\n")

@@ -75,7 +75,7 @@ def test_an_unknown_trick_lists_the_tricks_there_are(dirs):
 
 
 @pytest.mark.parametrize("target, says", [
-    ("ablate.tricks.warmup.Warmupp", r"_target_ 'ablate.tricks.warmup.Warmupp': ablate.tricks.warmup "
+    ("ablate.tricks.schedule.warmup.Warmupp", r"_target_ 'ablate.tricks.schedule.warmup.Warmupp': ablate.tricks.schedule.warmup "
                                      r"has no 'Warmupp'; its classes: Warmup$"),
     ("ablate.trickz.warmup.LinearWarmup", r"_target_ 'ablate.trickz.warmup.LinearWarmup': ablate has no 'trickz'"),
     ("no_such_package.Trick", r"_target_ 'no_such_package.Trick': no module 'no_such_package' can be imported"),

@@ -10,15 +10,15 @@ from ablate.fingerprint import code_changes, code_fingerprint, summarize
 from ablate.results import read_record
 from conftest import ablate, paths
 
-MIXUP = {"tricks": {"mixup": {"_target_": "ablate.tricks.mixup.MixUp", "alpha": 1.5}}}
+MIXUP = {"tricks": {"mixup": {"_target_": "ablate.tricks.data.mixup.MixUp", "alpha": 1.5}}}
 
 
 def test_the_fingerprint_covers_the_core_the_selected_tricks_and_torch():
     plain, mixed = code_fingerprint({"tricks": {}}), code_fingerprint(MIXUP)
-    for core in ("ablate/train.py", "ablate/models/losses.py", "ablate/data/dataset.py", "ablate/tricks/base.py"):
+    for core in ("ablate/train.py", "ablate/models/losses/__init__.py", "ablate/models/losses/slots.py", "ablate/data/dataset.py", "ablate/tricks/base.py"):
         assert core in plain["files"]
-    assert "ablate/tricks/mixup.py" in mixed["files"] and "ablate/tricks/mixup.py" not in plain["files"]
-    assert "ablate/tricks/cutmix.py" not in mixed["files"]  # another trick's edit retrains nothing here
+    assert "ablate/tricks/data/mixup.py" in mixed["files"] and "ablate/tricks/data/mixup.py" not in plain["files"]
+    assert "ablate/tricks/data/cutmix.py" not in mixed["files"]  # another trick's edit retrains nothing here
     assert "ablate/report/markdown.py" not in plain["files"]  # decides no number of a run
     assert set(plain["versions"]) == {"torch", "torchvision"}
     assert plain["fingerprint"] != mixed["fingerprint"]
@@ -103,7 +103,7 @@ def test_a_trick_file_without_its_package_line_stops_before_any_run_folder(tmp_p
 
     conf = tmp_path / "conf"
     shutil.copytree(conf_dir(), conf)
-    (conf / "tricks" / "gray.yaml").write_text("_target_: ablate.tricks.mixup.MixUp\nalpha: 1.5\n")
+    (conf / "tricks" / "gray.yaml").write_text("_target_: ablate.tricks.data.mixup.MixUp\nalpha: 1.5\n")
     env = {"ABLATE_CACHE": str(shapes_cache), "ABLATE_CONF": str(conf)}
     d = {"runs": tmp_path / "runs", "reports": tmp_path / "reports"}
     res = ablate("train", "profile=smoke", "tricks=[mixup,gray]", *paths(d), env=env, cwd=tmp_path)

@@ -371,12 +371,12 @@ def test_the_header_warns_when_the_runs_were_made_by_different_code(tmp_path):
     for r in records[:2]:
         r.code = {"fingerprint": "aaaa11112222", "files": dict(core), "versions": {"torch": "2.4"}}
     for r in records[2:]:  # the trick's own file too: another fingerprint, but no code changed
-        r.code = {"fingerprint": "cccc55556666", "files": {**core, "ablate/tricks/mixup.py": "m1"},
+        r.code = {"fingerprint": "cccc55556666", "files": {**core, "ablate/tricks/data/mixup.py": "m1"},
                   "versions": {"torch": "2.4"}}
     write_all(root, records)
     same = build_report([root], tmp_path / "same").read_text()
     assert "versions of the code" not in same
-    records[2].code = {"fingerprint": "bbbb33334444", "files": {"ablate/train.py": "t2", "ablate/tricks/mixup.py": "m1"},
+    records[2].code = {"fingerprint": "bbbb33334444", "files": {"ablate/train.py": "t2", "ablate/tricks/data/mixup.py": "m1"},
                        "versions": {"torch": "2.5"}}
     write_all(root, records[2:3])
     mixed = build_report([root], tmp_path / "mixed").read_text()
@@ -392,7 +392,7 @@ def test_the_header_warns_when_the_runs_were_made_by_different_code(tmp_path):
 
 def mixup(alpha: float, seed: int, mAP: float, **kw) -> RunRecord:
     """A MixUp run with the given alpha (its other arguments the defaults)."""
-    args = {"mixup": {"_target_": "ablate.tricks.mixup.MixUp", "alpha": alpha, "prob": 1.0}}
+    args = {"mixup": {"_target_": "ablate.tricks.data.mixup.MixUp", "alpha": alpha, "prob": 1.0}}
     return make_record("mixup", seed=seed, mAP=mAP, trick_args=args, created_at=f"2025-03-01T11:0{seed}:{alpha}", **kw)
 
 

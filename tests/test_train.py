@@ -123,7 +123,7 @@ def test_incompatible_tricks_stop_before_training(tmp_path, shapes_cache, monkey
     class TwoStageOnly(Trick):
         fits = ("two_stage",)
 
-    monkeypatch.setattr("ablate.tricks.warmup.Warmup.fits", TwoStageOnly.fits)
+    monkeypatch.setattr("ablate.tricks.schedule.warmup.Warmup.fits", TwoStageOnly.fits)
     with pytest.raises(TrickConflictError, match="'warmup' does not fit model=fcos"):
         train_and_evaluate(make_cfg(shapes_cache, "tricks=[warmup]"), tmp_path)
     assert not (tmp_path / CHECKPOINT).exists()

@@ -6,7 +6,7 @@ import torch
 from torchvision.models.detection._utils import BalancedPositiveNegativeSampler
 
 from ablate.testing import build_trick, tiny_batch, tiny_model
-from ablate.tricks.iou_balanced import IoUBalancedSampler
+from ablate.tricks.loss.iou_balanced import IoUBalancedSampler
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")

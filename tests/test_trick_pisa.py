@@ -9,7 +9,7 @@ from torchvision.models.detection._utils import BoxCoder
 from ablate.models.losses import CrossEntropyLoss, PositiveSamples, RoIOutputs, current_slot
 from ablate.testing import build_trick, really_on, tiny_batch, tiny_model
 from ablate.tricks import TrickConflictError
-from ablate.tricks.pisa import (PrimeSampleWeighting, ScoreHLRSampler, carl_weights, isr_p_weights, nms_match)
+from ablate.tricks.loss.pisa import (PrimeSampleWeighting, ScoreHLRSampler, carl_weights, isr_p_weights, nms_match)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -11,8 +11,8 @@ from scipy import stats
 from ablate.testing import model_config, really_on, trick_config
 from ablate.tricks import (BatchContext, Trick, TrickArgumentError, TrickConfigError, TrickConflictError, build_tricks,
                            check_compatible, lr_factor)
-from ablate.tricks.mixup import MixUp, mix_pair
-from ablate.tricks.warmup import Warmup
+from ablate.tricks.data.mixup import MixUp, mix_pair
+from ablate.tricks.schedule.warmup import Warmup
 
 
 # ---------------------------------------------------------------- warmup
@@ -84,7 +84,7 @@ def test_warmup_multiplies_the_main_schedule_through_torch_lambdalr():
 
 def test_a_run_too_short_for_one_warmup_step_gets_none_and_a_warning(caplog):
     w = Warmup(fraction=0.056, iters=None, start_factor=0.001, mode="linear")
-    with caplog.at_level(logging.WARNING, logger="ablate.tricks.warmup"):
+    with caplog.at_level(logging.WARNING, logger="ablate.tricks.schedule.warmup"):
         assert warmup_lrs(w, 4, [0, 1, 3]) == [1.0, 1.0, 1.0]  # 0.056 x 4 = 0.224 -> 0 steps
     assert "tricks.warmup.fraction=0.056 of 4 iterations rounds to 0" in caplog.text
     assert w.length(9) == 1 and warmup_lrs(w, 9, [0, 1]) == pytest.approx([0.001, 1.0])  # 0.504 -> 1
@@ -232,7 +232,7 @@ def test_cosine_really_changes_training():
 def test_ema_after_three_steps_by_hand():
     """A 1-parameter model trained to w1, w2, w3: the average is w1 after the first step, then
     d(2) ema + (1 - d(2)) w2, then d(3) ema + (1 - d(3)) w3, d(u) = decay (1 - exp(-u / tau))."""
-    from ablate.tricks.ema import EMA
+    from ablate.tricks.schedule.ema import EMA
 
     ema = EMA(decay=0.9, tau=1.0)
     model = torch.nn.Linear(1, 1, bias=False)
@@ -249,7 +249,7 @@ def test_ema_after_three_steps_by_hand():
 
 
 def test_ema_resumes_from_its_state():
-    from ablate.tricks.ema import EMA
+    from ablate.tricks.schedule.ema import EMA
 
     model = torch.nn.Linear(1, 1, bias=False)
     whole, first = EMA(decay=0.9, tau=1.0), EMA(decay=0.9, tau=1.0)

@@ -9,7 +9,7 @@ from torch import nn
 
 from ablate.testing import build_trick, really_on, tiny_batch, tiny_model
 from ablate.tricks import TrickConfigError
-from ablate.tricks.activation import ACTIVATIONS, KINDS, ActP6P7, ActTwoMLPHead
+from ablate.tricks.network.activation import ACTIVATIONS, KINDS, ActP6P7, ActTwoMLPHead
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -1,4 +1,4 @@
-"""Batch tricks on data: CutMix against its definition (ablate/tricks/cutmix.py) on hand-made
+"""Batch tricks on data: CutMix against its definition (ablate/tricks/data/cutmix.py) on hand-made
 cases, and MixUp's / CutMix's off_last_fraction (off for the final share of training)."""
 import math
 
@@ -11,8 +11,8 @@ from ablate.config import conf_dir
 from ablate.testing import batch_context, model_config, trick_config
 from ablate.tricks import BatchContext, TrickArgumentError, TrickConfigError, TrickConflictError, build_tricks
 from ablate.tricks.base import off_at_end
-from ablate.tricks.cutmix import CutMix, boxes_around, boxes_within, cut_pair, cut_pairs, cut_region
-from ablate.tricks.mixup import MixUp
+from ablate.tricks.data.cutmix import CutMix, boxes_around, boxes_within, cut_pair, cut_pairs, cut_region
+from ablate.tricks.data.mixup import MixUp
 
 
 def ctx(seed=0, epoch=0, num_epochs=1):

@@ -164,7 +164,7 @@ def test_scale_jitter_changes_training():
 # ---------------------------------------------------------------- photometric
 
 def test_hsv_round_trip_and_opencvs_values_by_hand():
-    from ablate.tricks.photometric import hsv_to_rgb, rgb_to_hsv
+    from ablate.tricks.data.photometric import hsv_to_rgb, rgb_to_hsv
 
     px = torch.tensor([[1.0, 0.0, 0.0, 0.5], [0.0, 1.0, 0.25, 0.5], [0.0, 0.0, 0.75, 0.5]])[:, :, None]  # 4 pixels
     hsv = rgb_to_hsv(px)
@@ -283,7 +283,7 @@ def test_rotation_turns_pixels_and_boxes_the_same_way():
 
 
 def test_rotation_inflates_a_box_to_its_rotated_bounds():
-    from ablate.tricks.rotation import rotated_bounds
+    from ablate.tricks.data.rotation import rotated_bounds
 
     box = torch.tensor([[45.0, 45.0, 55.0, 55.0]])  # 10 x 10 at the centre of a 100 x 100 image
     side = 10 * (math.cos(math.radians(10)) + math.sin(math.radians(10)))  # 11.58
@@ -364,7 +364,7 @@ def test_mosaic_changes_training():
 def test_saturation_alone_equals_the_hsv_round_trip(factor):
     """The shortcut for a saturation change without a hue change gives the round trip's numbers,
     on images shifted by a brightness delta (negative values included) and with gray pixels."""
-    from ablate.tricks.photometric import hsv_to_rgb, rgb_to_hsv, saturate, scaled_saturation
+    from ablate.tricks.data.photometric import hsv_to_rgb, rgb_to_hsv, saturate, scaled_saturation
 
     img = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(1)) - 0.1
     img[:, 0, :4] = 0.4  # gray
@@ -398,7 +398,7 @@ def test_rotation_grid_is_torchs_affine_grid():
 
     import torch.nn.functional as F
 
-    from ablate.tricks.rotation import affine_grid
+    from ablate.tricks.data.rotation import affine_grid
 
     a = math.radians(7.0)
     theta = torch.tensor([[[math.cos(a), -math.sin(a) * 0.6, 0.1], [math.sin(a) / 0.6, math.cos(a), -0.2]]])
@@ -409,7 +409,7 @@ def test_rotation_grid_is_torchs_affine_grid():
 def test_hsv_to_rgb_closed_form_is_opencvs_sector_formula():
     """hsv_to_rgb's closed form against OpenCV's HSV2RGB as written: sector i = floor(H / 60), f its
     fraction, (r, g, b) from v, p = v(1 - s), q = v(1 - s f), t = v(1 - s(1 - f)) by sector."""
-    from ablate.tricks.photometric import hsv_to_rgb
+    from ablate.tricks.data.photometric import hsv_to_rgb
 
     gen = torch.Generator().manual_seed(0)
     h, s, v = torch.rand(50, generator=gen) * 360, torch.rand(50, generator=gen), torch.rand(50, generator=gen)

@@ -149,7 +149,7 @@ def test_cls_loss_trick_trains_on_the_detectors_it_fits(name, model):
 # ---------------------------------------------------------------- ohem
 
 def test_ohem_takes_the_hardest_positives_and_negatives_within_the_quotas():
-    from ablate.tricks.ohem import OHEMSampler
+    from ablate.tricks.loss.ohem import OHEMSampler
 
     labels = torch.tensor([1, 2, 1, 0, 0, 0, 0, 0])
     losses = torch.tensor([0.1, 0.9, 0.5, 0.2, 0.8, 0.3, 0.7, 0.1])
@@ -162,7 +162,7 @@ def test_ohem_takes_the_hardest_positives_and_negatives_within_the_quotas():
 
 
 def test_ohem_ranks_the_proposals_by_the_current_heads_loss_in_a_training_forward(monkeypatch):
-    from ablate.tricks.ohem import OHEMSampler
+    from ablate.tricks.loss.ohem import OHEMSampler
 
     model = tiny_model("faster_rcnn", tricks=[build_trick("ohem", "faster_rcnn")])
     seen = []

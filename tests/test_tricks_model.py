@@ -17,10 +17,10 @@ from ablate.testing import (batch_context, loss_history, model_config, really_on
                             trick_config)
 from ablate.models.losses import CrossEntropyLoss, FocalLoss, smooth_binary_targets
 from ablate.tricks import TrickConflictError, build_tricks
-from ablate.tricks.dropblock import DropBlock, FittedDropBlock2d
-from ablate.tricks.ghm import GHMCLoss, GHMRLoss
-from ablate.tricks.activation import ACTIVATIONS, Activation, ActP6P7, ActTwoMLPHead
-from ablate.tricks.mixup import MixUp
+from ablate.tricks.network.dropblock import DropBlock, FittedDropBlock2d
+from ablate.tricks.loss.ghm import GHMCLoss, GHMRLoss
+from ablate.tricks.network.activation import ACTIVATIONS, Activation, ActP6P7, ActTwoMLPHead
+from ablate.tricks.data.mixup import MixUp
 
 MODELS = ["fcos", "retinanet", "faster_rcnn"]
 

@@ -13,9 +13,9 @@ import ablate.testing
 from ablate.models import build_model
 from ablate.testing import build_trick, model_config, really_on, tiny_batch, tiny_model, trick_config
 from ablate.tricks import TrickConflictError, build_tricks
-from ablate.tricks.dropout import DropoutTwoMLPHead
-from ablate.tricks.frn import FRN, FilterResponseNorm2d, FRNResidualBlock
-from ablate.tricks.group_norm import groups_for
+from ablate.tricks.network.dropout import DropoutTwoMLPHead
+from ablate.tricks.network.frn import FRN, FilterResponseNorm2d, FRNResidualBlock
+from ablate.tricks.network.group_norm import groups_for
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

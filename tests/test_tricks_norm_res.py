@@ -8,12 +8,12 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
-import ablate.tricks.sync_bn as sync_bn
+import ablate.tricks.network.sync_bn as sync_bn
 from ablate.testing import build_trick, model_config, really_on, tiny_batch, tiny_model, trick_config
 from ablate.tricks import TrickConflictError, build_tricks
-from ablate.tricks.cbn import CrossIterationBatchNorm2d
-from ablate.tricks.csp import CSPStage
-from ablate.tricks.weighted_residual import WeightedResidualBlock, normalized
+from ablate.tricks.network.cbn import CrossIterationBatchNorm2d
+from ablate.tricks.network.csp import CSPStage
+from ablate.tricks.network.weighted_residual import WeightedResidualBlock, normalized
 # the shared helpers and the resnet18 fixture (detectors on resnet18 from scratch, not the tiny backbone)
 from test_tricks_norm_reg import MODELS, count, detects, resnet18  # noqa: F401
 

@@ -274,7 +274,7 @@ class CenterNet(nn.Module):
     detections."""
 
     # Only the FPN's finest level reaches the heads: a neck that changes the other levels alone
-    # (PAN's bottom-up path) changes nothing here (ablate/tricks/neck.py reads this).
+    # (PAN's bottom-up path) changes nothing here (ablate/tricks/network/neck.py reads this).
     heads_use_finest_level_only = True
 
     def __init__(self, transform: NoResizeTransform, backbone: nn.Module, head: CenterNetHead, upsample: int):

@@ -1,4 +1,4 @@
-"""Path-aggregation necks on torchvision's FPN, added by the neck tricks (ablate/tricks/neck.py).
+"""Path-aggregation necks on torchvision's FPN, added by the neck tricks (ablate/tricks/network/neck.py).
 
 `NeckFPN` is torchvision's FeaturePyramidNetwork (the same lateral, output and extra-level modules,
 so the same state-dict keys) with a `path` module run on its levels, either on the levels taken
