@@ -51,7 +51,10 @@ def module_file(module: str) -> Path | None:
         for candidate in (base.with_suffix(".py"), base / "__init__.py"):
             if candidate.is_file():
                 return candidate
-        return None
+        # A trick module named by its path of before the tricks were grouped by kind
+        # (ablate.tricks.mixup, now ablate.tricks.data.mixup: ablate/tricks/__init__.py MOVED).
+        moved = sorted(base.parent.glob(f"*/{base.name}.py")) if base.parent.name == "tricks" else []
+        return moved[0] if len(moved) == 1 else None
     try:
         spec = importlib.util.find_spec(module)
     except (ImportError, ValueError):

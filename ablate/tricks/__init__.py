@@ -1,5 +1,15 @@
-"""Tricks: built from cfg.tricks, checked against each other and against the detector."""
+"""Tricks: built from cfg.tricks, checked against each other and against the detector.
+
+The contract is base.py (hooks, slots, argument checks); the tricks are grouped by what they
+change, which is also the hook they use: data/ (on_batch), loss/ (the loss slots, on_model),
+network/ (model surgery, on_model), schedule/ (on_lr_factor, on_step and eval_model).
+"""
 from __future__ import annotations
+
+import importlib
+import importlib.abc
+import importlib.util
+import sys
 
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
@@ -82,3 +92,38 @@ def check_compatible(tricks: list[Trick], family: str, model_name: str) -> None:
 
 __all__ = ["SLOTS", "BatchContext", "Trick", "TrickArgumentError", "TrickConfigError", "TrickConflictError",
            "build_tricks", "lr_factor", "check_choice", "check_compatible", "check_fraction", "check_number"]
+
+
+# ---------------------------------------------------------------- the paths of before
+
+# Where each trick module lived before the tricks were grouped by kind (ablate.tricks.<module>,
+# now ablate.tricks.<kind>.<module>): a user's YAML whose _target_ names a class by its old path,
+# and a user's trick that imports from an old path, keep working.
+MOVED = {**dict.fromkeys(("mixup", "cutmix", "mosaic", "erasing", "random_crop", "photometric", "multiscale",
+                          "scale_jitter", "rotation"), "data"),
+         **dict.fromkeys(("label_smoothing", "ghm", "box_loss", "cls_loss", "ohem", "pisa", "iou_balanced"), "loss"),
+         **dict.fromkeys(("activation", "dropblock", "droppath", "dropout", "group_norm", "frn", "sync_bn", "cbn",
+                          "weighted_residual", "csp", "last_level_block", "neck"), "network"),
+         **dict.fromkeys(("warmup", "cosine", "ema"), "schedule")}
+
+
+class _OldPath(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Imports ablate.tricks.<module> of before as the module at its new place (one module object,
+    two names)."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        package, _, module = fullname.rpartition(".")
+        if package != __name__ or module not in MOVED:
+            return None
+        return importlib.util.spec_from_loader(fullname, self)
+
+    def create_module(self, spec):
+        module = spec.name.rpartition(".")[2]
+        return importlib.import_module(f"{__name__}.{MOVED[module]}.{module}")
+
+    def exec_module(self, module):
+        pass  # executed at its new place
+
+
+if not any(isinstance(finder, _OldPath) for finder in sys.meta_path):
+    sys.meta_path.append(_OldPath())
