@@ -42,7 +42,7 @@ RUNS = {
     # No loss trick fits CenterNet or CornerNet: their one slot, box_loss, takes deltas losses only,
     # and balanced_l1 (the one such trick) fits RetinaNet and the two-stage detectors.
     "centernet": ["scale_jitter", "spp", "warmup"],
-    "cornernet": ["mixup", "droppath", "cosine"],
+    "cornernet": ["mixup", "dropblock", "cosine"],  # droppath needs residual blocks: the tiny backbone has none
 }
 COMMON = ["profile=smoke", "runtime.num_threads=1", "runtime.reuse=never", "runtime.progress=false"]
 RESUME = ["model=retinanet", "tricks=[mixup,giou,mish,ema]", "train.epochs=2"]
@@ -68,20 +68,23 @@ def numbers(result: Path) -> dict:
             "per_class_ap": rec.get("per_class_ap"), "params": rec.get("params"), "flops": rec.get("flops")}
 
 
-def record_all(out: Path) -> dict:
-    if out.exists():
+def record_all(out: Path, keep: bool = False) -> dict:
+    """With keep, the runs already complete in `out` (of an earlier call cut short) are not run again."""
+    if out.exists() and not keep:
         shutil.rmtree(out)
-    out.mkdir(parents=True)
+    out.mkdir(parents=True, exist_ok=True)
     found: dict = {}
     # The quick sweep, smoke profile.
-    ablate("sweep", "quick", *COMMON, f"paths.runs={out}/runs", f"paths.reports={out}/reports")
+    if not (keep and len(list((out / "runs" / "quick").rglob("result.json"))) == 3):
+        ablate("sweep", "quick", *COMMON, f"paths.runs={out}/runs", f"paths.reports={out}/reports")
     for res in sorted((out / "runs").rglob("result.json")):
         found[f"quick/{res.parent.relative_to(out / 'runs')}"] = numbers(res)
     # One run per detector.
     for model, tricks in RUNS.items():
         run_dir = out / "train" / model
-        ablate("train", f"model={model}", f"tricks=[{','.join(tricks)}]", *COMMON, f"paths.runs={out}/runs",
-               f"hydra.run.dir={run_dir}")
+        if not (keep and (run_dir / "result.json").is_file()):
+            ablate("train", f"model={model}", f"tricks=[{','.join(tricks)}]", *COMMON, f"paths.runs={out}/runs",
+                   f"hydra.run.dir={run_dir}")
         found[f"train/{model}"] = numbers(run_dir / "result.json")
     # The committed reports, rebuilt.
     reports: dict = {}
@@ -142,9 +145,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("mode", choices=["record", "compare"])
     ap.add_argument("--out", type=Path, default=Path("/tmp/redesign_ref"))
+    ap.add_argument("--keep", action="store_true", help="keep the runs already complete in the output folder")
     args = ap.parse_args()
     side = args.out / ("before" if args.mode == "record" else "after")
-    found = record_all(side)
+    found = record_all(side, args.keep)
     found["resume_full"] = resume_run(side, keep_first=args.mode == "record")
     (side / "numbers.json").write_text(json.dumps(found, indent=1, sort_keys=True))
     print(f"{len(found['runs'])} runs, {len(found['reports'])} reports -> {side / 'numbers.json'}")
