@@ -1,6 +1,6 @@
 """SSD (Liu et al. 2016, "SSD: Single Shot MultiBox Detector") on the backbone's taps: torchvision's
 SSD, SSDHead and DefaultBoxGenerator (torchvision/models/detection/ssd.py, anchor_utils.py), with
-the loss slots of ablate/models/losses.py.
+the loss slots of ablate/models/losses/.
 
 - Feature maps: the backbone's taps at model.levels (build_backbone's body, no FPN: the paper's SSD
   predicts from the backbone's own maps), then SSD's extra layers, one per entry of
@@ -17,7 +17,7 @@ the loss slots of ablate/models/losses.py.
 
 Slots on model.head (SSDLossHead): cls_loss, loss(logits [R, C], labels [R] (0 the background),
 box_weights [R], normalizer [R]) -> scalar over the positives and mined negatives R of the batch;
-box_loss, the box interface of losses.py (space "deltas": torchvision's box coder, weights 10, 10,
+box_loss, the box interface of ablate/models/losses/ (space "deltas": torchvision's box coder, weights 10, 10,
 5, 5; "boxes": decoded x1, y1, x2, y2; `levels`, each prior's feature map 0..5). Loss keys:
 classification, bbox_regression.
 """

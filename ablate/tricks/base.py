@@ -24,7 +24,7 @@ FAMILIES = tuple(_FAMILIES)
 
 # The slots a trick may claim: what it changes, one owner per run. Declared here, in one place, so
 # a typo ("box-loss") is an error rather than a new slot that conflicts with nothing. The loss
-# slots are also places on the detector (ablate/models/losses.py: LOSS_SLOTS says which detector
+# slots are also places on the detector (ablate/models/losses/: its docstring says which detector
 # has which). A trick that changes something no slot names adds its slot here, with one line.
 SLOTS = {
     "lr_warmup": "the warm-up ramp multiplied into the LR schedule (on_lr_factor)",
@@ -36,11 +36,11 @@ SLOTS = {
     "batch_scale": "the size training batches are seen at (on_batch: multi-scale training, scale jitter)",
     "batch_crop": "a part of each training image cropped out (on_batch: SSD's random crop)",
     "batch_geometry": "each training image warped, its boxes with it (on_batch: rotation)",
-    "cls_loss": "the detector's classification loss (on_model, models/losses.py)",
-    "box_loss": "the detector's box-regression loss (on_model, models/losses.py)",
-    "roi_sampler": "the sampler of RoIs for the two-stage box head (on_model, models/losses.py)",
+    "cls_loss": "the detector's classification loss (on_model, models/losses/)",
+    "box_loss": "the detector's box-regression loss (on_model, models/losses/)",
+    "roi_sampler": "the sampler of RoIs for the two-stage box head (on_model, models/losses/)",
     "sample_weighting": "the classification-loss weights of positive samples by importance, and loss terms "
-                        "added for it (on_model, models/losses.py: PISA's ISR-P and CARL)",
+                        "added for it (on_model, models/losses/: PISA's ISR-P and CARL)",
     "backbone_dropout": "structured dropout inserted in the backbone (on_model: DropBlock)",
     "activation": "the network's activation function (on_model: Mish)",
     "last_level_block": "a block added on the backbone's last pyramid level, C5 (on_model: SPP, ASPP, RFB, SAM)",

@@ -9,7 +9,7 @@ row extended by its image's ratio).
 ``loss_weights`` = true: every loss term of a mixed box is weighted by its ratio: classification,
 box regression and FCOS centerness of the locations / anchors matched to it, RPN objectness and
 RPN box regression of the anchors matched to it, RoI-head classification and box regression of
-the proposals matched to it (ablate/models/losses.py). That is what GluonCV's YOLOv3 does: the
+the proposals matched to it (ablate/models/losses/). That is what GluonCV's YOLOv3 does: the
 target generator writes the box's ratio as the objectness target of its anchor
 (gluoncv/model_zoo/yolo/yolo_target.py, ``objectness[b, index, match, 0] = np_gt_mixratios[b, m, 0]``),
 and YOLOV3Loss (gluoncv/loss.py) uses it as the sample weight of the objectness loss and multiplies

@@ -1,4 +1,4 @@
-"""Box-regression losses in place of each detector's own (the box_loss slot, ablate/models/losses.py):
+"""Box-regression losses in place of each detector's own (the box_loss slot, ablate/models/losses/):
 the IoU-type losses on decoded boxes (IoU, GIoU, DIoU, CIoU) and Libra R-CNN's balanced L1 on the
 encoded deltas. The formulas are mmdetection v3's (compared line by line: iou_loss.py,
 balanced_l1_loss.py, bbox_overlaps.py); each YAML says where its loss weights come from.

@@ -1,4 +1,4 @@
-"""Classification losses in place of each detector's own (the cls_loss slot, ablate/models/losses.py),
+"""Classification losses in place of each detector's own (the cls_loss slot, ablate/models/losses/),
 to ablate the focal loss itself: plain sigmoid BCE on the one-stage heads, and the softmax focal
 loss on Faster R-CNN's RoI classifier."""
 from __future__ import annotations
