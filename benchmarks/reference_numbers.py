@@ -88,8 +88,13 @@ def record_all(out: Path, keep: bool = False) -> dict:
         found[f"train/{model}"] = numbers(run_dir / "result.json")
     # The committed reports, rebuilt.
     reports: dict = {}
-    for runs in sorted(REPO.glob("reports/*/runs")) + [REPO / "reports/heads_bccd"]:
-        name = runs.relative_to(REPO).as_posix()
+    # reports/heads_bccd holds bare records (<model>.json): each put in a folder of its own as result.json.
+    heads = out / "heads_bccd_runs"
+    for record in sorted((REPO / "reports" / "heads_bccd").glob("*.json")):
+        (heads / record.stem).mkdir(parents=True, exist_ok=True)
+        shutil.copy(record, heads / record.stem / "result.json")
+    for runs in sorted(REPO.glob("reports/*/runs")) + [heads]:
+        name = "reports/heads_bccd" if runs == heads else runs.relative_to(REPO).as_posix()
         dest = out / "reports_rebuilt" / name.replace("/", "_")
         ablate("report", str(runs), "--out", str(dest))
         reports[name] = {f: (dest / f).read_text() for f in ("table.csv", "report.md") if (dest / f).exists()}
@@ -150,12 +155,21 @@ def main() -> None:
     side = args.out / ("before" if args.mode == "record" else "after")
     found = record_all(side, args.keep)
     found["resume_full"] = resume_run(side, keep_first=args.mode == "record")
+    found["where"] = {"repo": str(REPO), "out": str(side)}
     (side / "numbers.json").write_text(json.dumps(found, indent=1, sort_keys=True))
     print(f"{len(found['runs'])} runs, {len(found['reports'])} reports -> {side / 'numbers.json'}")
     if args.mode == "record":
         return
     before = json.loads((args.out / "before" / "numbers.json").read_text())
-    problems = diff(before, json.loads(json.dumps(found)))
+    before_where = before.pop("where", {"repo": "/tmp/ref_src", "out": str(args.out / "before")})
+    after = json.loads(json.dumps(found))
+    after.pop("where")
+    # The reports name the folders they were made from and into: the same text once those are named alike.
+    for numbers_, where in ((before, before_where), (after, found["where"])):
+        for files in numbers_["reports"].values():
+            for f, text in files.items():
+                files[f] = text.replace(where["out"], "<OUT>").replace(where["repo"], "<REPO>")
+    problems = diff(before, after)
     # Resume the checkpoint kept before the change, in a fresh folder, with the code of now.
     run_dir = side / "resumed"
     run_dir.mkdir(parents=True)
