@@ -8,6 +8,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,11 @@ HASHED_SECTIONS = ("seed", "data", "model", "tricks", "train", "eval")
 # which warnings its record carries. Left out, so setting them neither retrains finished runs nor
 # splits records made before they existed from those made after into two bases.
 UNHASHED_KEYS = (("eval", "health"),)
+# Where a trick's class lives decides no number either: a built-in trick's _target_ by its path
+# now (ablate.tricks.data.mixup.MixUp) hashes as by its path of before the tricks were grouped by
+# kind (ablate.tricks.mixup.MixUp, which still imports), so the records and checkpoints made before
+# the move keep their config hash: reused, resumed, and one row with the new runs in a report.
+_TRICK_KIND = re.compile(r"^ablate\.tricks\.(?:data|loss|network|schedule)\.")
 
 
 class RecordError(UserInputError):
@@ -119,11 +125,20 @@ class RunRecord:
 def config_hash(config: dict[str, Any], sections: tuple[str, ...] = HASHED_SECTIONS) -> str:
     """A short stable hash of the sections of a resolved config that decide a run's result."""
     picked = {k: config.get(k) for k in sections}
+    if isinstance(picked.get("tricks"), dict):
+        picked["tricks"] = {name: _flat_target(node) for name, node in picked["tricks"].items()}
     for section, key in UNHASHED_KEYS:
         if isinstance(picked.get(section), dict) and key in picked[section]:
             picked[section] = {k: v for k, v in picked[section].items() if k != key}
     text = json.dumps(picked, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _flat_target(node: Any) -> Any:
+    """A trick's node with its _target_ by the flat path of before (see _TRICK_KIND)."""
+    if isinstance(node, dict) and isinstance(node.get("_target_"), str):
+        return {**node, "_target_": _TRICK_KIND.sub("ablate.tricks.", node["_target_"])}
+    return node
 
 
 def base_hash(config: dict[str, Any]) -> str:

@@ -80,3 +80,27 @@ def test_an_old_target_builds_the_same_trick_with_the_same_fingerprint():
     fingerprints = [code_fingerprint({"tricks": OmegaConf.to_container(c)}) for c in (old, new)]
     assert fingerprints[0]["fingerprint"] == fingerprints[1]["fingerprint"]
     assert "ablate/tricks/data/mixup.py" in fingerprints[0]["files"]
+
+
+def test_records_and_checkpoints_made_before_the_move_keep_their_config_hash():
+    """Where a trick's class lives is no part of the hash: the committed records, whose configs name
+    the tricks by their flat paths, hash the same with the paths of now (so they are reused, their
+    checkpoints resume, and a report puts old and new runs of a variant in one row)."""
+    import copy
+    from pathlib import Path
+
+    from ablate.results import config_hash, read_record, tricks_hash
+    from ablate.tricks import MOVED
+
+    records = [read_record(p) for p in sorted(Path(__file__).resolve().parents[1].glob("reports/*/runs/**/result.json"))]
+    with_tricks = [r for r in records if r.config.get("tricks")]
+    assert with_tricks
+    for record in with_tricks:
+        moved = copy.deepcopy(record.config)
+        for node in moved["tricks"].values():
+            module = node["_target_"].split(".")[2]
+            node["_target_"] = node["_target_"].replace(f"ablate.tricks.{module}.",
+                                                        f"ablate.tricks.{MOVED[module]}.{module}.")
+        assert moved["tricks"] != record.config["tricks"]
+        assert config_hash(moved) == config_hash(record.config) == record.config_hash
+        assert tricks_hash(moved) == tricks_hash(record.config)
