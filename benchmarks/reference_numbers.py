@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -168,7 +169,8 @@ def main() -> None:
     for numbers_, where in ((before, before_where), (after, found["where"])):
         for files in numbers_["reports"].values():
             for f, text in files.items():
-                files[f] = text.replace(where["out"], "<OUT>").replace(where["repo"], "<REPO>")
+                text = text.replace(where["out"], "<OUT>").replace(where["repo"], "<REPO>")
+                files[f] = re.sub(r" on \d{4}-\d\d-\d\d \d\d:\d\d ", " on <DATE> ", text)  # "Built by ... on"
     problems = diff(before, after)
     # Resume the checkpoint kept before the change, in a fresh folder, with the code of now.
     run_dir = side / "resumed"
