@@ -114,7 +114,7 @@ def test_one_row_per_variant_with_paired_delta(paired_sweep: Path, tmp_path: Pat
     assert by["baseline"]["FLOPs"] == "2.50 G" and by["baseline"]["ms/img"] == "8.00 ms"
     assert by["mixup"]["Train time"] == "0%" and by["mixup"]["Params"] == "0%" and by["mixup"]["ms/img"] == "0 ms"
     assert by["mixup"]["Kind"] == "freebie" and by["baseline"]["Kind"] == "—"
-    assert list(rows[0])[:6] == ["Variant", "Kind", "Seeds", DELTA_HEADER, "mAP", "AP50"]
+    assert list(rows[0])[:8] == ["Variant", "Kind", "Seeds", DELTA_HEADER, "Verdict", "p (Holm)", "mAP", "AP50"]
     assert "Status" not in rows[0]  # every run finished
     assert "![ΔmAP per variant with its 95% CI](delta_map.png)" in report
     assert f"`ablate report {paired_sweep}`" in report
@@ -413,7 +413,10 @@ def test_one_trick_with_two_sets_of_arguments_is_two_variants(tmp_path: Path):
     assert [r["Variant"] for r in rows] == ["baseline", low, high, "ls"]  # one config: the name alone
     by = {r["Variant"]: r for r in rows}
     # alpha 0.2: 41.0, 43.4 -> 42.2 ± 1.7; differences 1.0, 1.4 -> +1.2, s 0.283, 95% CI ± 12.706 · 0.283/√2 = 2.5.
-    assert by[low]["mAP"] == "42.2 ± 1.7" and by[low][DELTA_HEADER] == "+1.2 ± 2.5" and by[low]["Seeds"] == "2"
+    # Its verdict pools σ_d with alpha 1.5's: √((0.08 + 0.02)/2) = 0.2236 on 2 df, t = 1.2/(0.2236/√2) = 7.59,
+    # p 0.017, Holm (second of two) 0.017: helped, so bold although its own CI spans zero.
+    assert by[low]["mAP"] == "42.2 ± 1.7" and by[low][DELTA_HEADER] == "**+1.2 ± 2.5**" and by[low]["Seeds"] == "2"
+    assert by[low]["p (Holm)"] == "0.017 (0.017)"
     # alpha 1.5: 43.1, 44.9 -> 44.0 ± 1.3; differences 3.1, 2.9 -> +3.0, s 0.141, ± 1.3: beyond noise (bold).
     assert by[high]["mAP"] == "44.0 ± 1.3" and by[high][DELTA_HEADER] == "**+3.0 ± 1.3**" and by[high]["Seeds"] == "2"
     assert by["ls"][DELTA_HEADER] == f"{MINUS}1.4 (1 seed, no CI)"
