@@ -1,6 +1,6 @@
 """What an adaptive run of a sweep would have done, replayed from records of a fixed-seed run of it.
 
-    python benchmarks/adaptive_replay.py SWEEP RUNS_DIR [--min 2] [--max 8] [--margin 0.3] [--alpha 0.05]
+    python benchmarks/adaptive_replay.py SWEEP RUNS_DIR [--min 2] [--max 8] [--margin 1.25] [--alpha 0.05]
 
 For each variant, the adaptive rule (ablate/sweep/adaptive.py) is applied to its paired differences
 with its baseline, seed by seed, as far as the records go: decided at n seeds, or still open when

@@ -525,3 +525,27 @@ def test_adaptive_decisions_read_the_adaptive_sweeps_folder_only(tmp_path: Path)
     row = next(line for line in decisions.splitlines() if line.startswith("| mixup "))
     # Differences 1.0, 1.4 of its own seeds (with the other folder's alpha 1.5 runs: +3.0).
     assert "+1.2 ± 2.5" in [cell.strip() for cell in row.strip("|").split("|")]
+
+
+def test_an_adaptive_sweeps_own_decisions_fill_the_tables_verdicts(tmp_path: Path):
+    # Differences 1.0, 1.4 at seeds 0, 1 under a plan of 2..4 seeds: t = 1.2/0.2 = 6 on 1 df, p = 0.1051,
+    # sequential p* = p / w_1 = 0.1051 / ln(1 + (e − 1)/2) = 0.1695: open (the sweep was stopped here). One
+    # look at fixed seeds would call it undecided; the table takes the sweep's decision.
+    adaptive = tmp_path / "runs" / "adapt"
+    write_all(adaptive, [make_record("baseline", seed=0, mAP=0.400), make_record("baseline", seed=1, mAP=0.410),
+                         make_record("mixup", seed=0, mAP=0.410), make_record("mixup", seed=1, mAP=0.424)])
+    (adaptive / "adaptive.json").write_text(json.dumps({
+        "min": 2, "max": 4, "margin": 0.3, "alpha": 0.05, "spending": "Pocock-type", "variants": {"mixup": "baseline"},
+        "rounds": [{"round": 1, "seeds": 2, "variants": ["baseline", "mixup"]}]}))
+    report = build_report([adaptive], tmp_path / "out").read_text()
+    table = pd.read_csv(tmp_path / "out" / "table.csv").set_index("variant")
+    assert table.loc["mixup", "verdict"] == "open"
+    assert table.loc["mixup", "p_difference"] == pytest.approx(0.1051 / math.log(1 + (math.e - 1) / 2), abs=1e-3)
+    section_text = section(report, "Adaptive seeds")
+    assert "stops only on the adjusted p-value" in section_text and "not a confidence interval" in section_text
+    # 4 runs against 2 variants x 4 seeds = 8 (50% saved); the fixed design for 0.5 points at 80% power,
+    # σ_d 0.283 (0.32 = (σ_d/δ)²) on n − 1 df: n = 4 needs (3.182 + 0.978)² · 0.32 = 5.5 > 4, n = 5 needs
+    # (2.776 + 0.941)² · 0.32 = 4.4 <= 5: 2 x 5 = 10 runs (60% saved).
+    assert "4 runs against 8 with 4 seeds everywhere (50% of the runs saved)" in section_text
+    assert "against 10 in the fixed design that detects a 0.5-point change" in section_text
+    assert "seeds per variant: 5 for baseline; 60% saved" in section_text
