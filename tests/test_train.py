@@ -95,6 +95,31 @@ def test_a_resumed_ema_run_ends_with_the_same_average(tmp_path, shapes_cache, mo
     assert resumed.metrics == whole.metrics
 
 
+def test_a_trick_drawing_from_torch_leaves_its_baseline_flips(tmp_path, shapes_cache, monkeypatch):
+    """DropBlock draws its blocks from torch's global RNG between the batches; the training images a
+    run reads (order and flips) are still its baseline's at the same seed (data.flip_rng=sample)."""
+    from ablate.data import DetectionDataset
+
+    reads: dict[str, list] = {}
+    real = DetectionDataset.__getitem__
+
+    def recording(self, i):
+        image, target = real(self, i)
+        if self.train:
+            reads[current].append((target["image_id"], target["boxes"].clone()))
+        return image, target
+
+    monkeypatch.setattr(DetectionDataset, "__getitem__", recording)
+    for current in ("[]", "[dropblock]"):
+        reads[current] = []
+        rec = train_and_evaluate(make_cfg(shapes_cache, f"tricks={current}", "train.epochs=2", "seed=1"),
+                                 tmp_path / current)
+        assert rec.status == "ok"
+    base, drop = reads["[]"], reads["[dropblock]"]
+    assert len(base) == 2 * 16 and [i for i, _ in base] == [i for i, _ in drop]
+    assert all(torch.equal(a, b) for (_, a), (_, b) in zip(base, drop))
+
+
 def test_checkpoint_of_another_config_is_not_resumed(tmp_path, shapes_cache):
     train_and_evaluate(make_cfg(shapes_cache, "train.epochs=1"), tmp_path)
     (tmp_path / "result.json").unlink()
