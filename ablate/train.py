@@ -32,6 +32,7 @@ from . import distributed
 from . import tracking
 from .data import build_data, make_loader
 from .errors import UserInputError, reported
+from .bootstrap import map_standard_error
 from .evaluate import coco_metrics, count_flops, measure_latency, predict
 from .health import assess
 from .gpus import claimed_gpu
@@ -274,7 +275,8 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path, tracker: tracking.Tracker
     try:
         for epoch in range(first_epoch, cfg.train.epochs):
             eseed = epoch_seed(int(cfg.seed), epoch)
-            torch.manual_seed(eseed)  # flips and any torch randomness of this epoch
+            torch.manual_seed(eseed)  # the tricks' and the model's torch draws of this epoch (dropblock, samplers)
+            data.train.set_epoch(eseed)  # the flips: per image, untouched by those draws (data.flip_rng)
             ctx_rng = np.random.default_rng(eseed)
             # On several processes, this process's share of each global batch of the same order.
             loader = distributed.rank_loader(data.train, cfg.data.batch_size, cfg.data.num_workers, eseed)
@@ -376,6 +378,9 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path, tracker: tracking.Tracker
         t_eval = time.perf_counter()
         model = evaluated(model, tricks)
         record.metrics, record.per_class_ap, detections = evaluate_model(model, data, cfg, device, autocast)
+        t_bootstrap = time.perf_counter()
+        record.metrics["mAP_se"] = map_se(data, detections, record.metrics["mAP"], cfg.eval.bootstrap)
+        totals["bootstrap_s"] = time.perf_counter() - t_bootstrap
         totals["eval_s"] += time.perf_counter() - t_eval
         # A detector that collapsed still ends with status ok: say so beside it.
         record.health = assess(detections, record.metrics, len(data.val), len(data.classes), **cfg.eval.health)
@@ -409,6 +414,8 @@ def train_and_evaluate(cfg: DictConfig, run_dir: Path, tracker: tracking.Tracker
         "harness_fraction": 1 - share(totals["model_s"]) if totals["train_s"] else 0.0,
         # Time saving the per-epoch checkpoints (not in train_s).
         "checkpoint_s": totals["checkpoint_s"],
+        # The bootstrap of metrics.mAP_se (part of eval_s).
+        "bootstrap_s": totals.get("bootstrap_s", 0.0),
         "time_to_first_step_s": time_to_first_step if time_to_first_step is not None else float("nan"),
     }
     tracker.log_final(record)
@@ -436,6 +443,17 @@ def evaluate_model(model, data, cfg: DictConfig, device: torch.device, autocast)
     names = {data.label_to_cat_id[k + 1]: name for k, name in enumerate(data.classes)}
     metrics, per_class = coco_metrics(data.val_coco_gt, detections, data.val.image_ids, cfg.eval.backend, names)
     return metrics, per_class, detections
+
+
+def map_se(data, detections: list[dict], mAP: float, settings) -> float:
+    """The bootstrap standard error of the run's mAP over its val images (eval.bootstrap)."""
+    se, full = map_standard_error(data.val_coco_gt, detections, data.val.image_ids, int(settings.resamples),
+                                  int(settings.seed))
+    if not math.isclose(full, mAP, rel_tol=1e-6, abs_tol=1e-9):
+        # The bootstrap's own matching (ablate/bootstrap.py) should give COCOeval's mAP to rounding.
+        log.warning("the bootstrap's matching gives mAP %.6f where COCOeval gives %.6f: mAP_se (%.4f) is the "
+                    "standard error of another mAP", full, mAP, se)
+    return se
 
 
 # ---------------------------------------------------------------- the Hydra task
