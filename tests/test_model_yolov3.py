@@ -275,3 +275,27 @@ def test_ablate_train_yolov3_smoke(tmp_path, shapes_cache):
     data = json.loads(record.read_text())
     assert data["status"] == "ok"
     assert data["config"]["model"]["name"] == "yolov3" and data["params"] > 0
+
+
+def test_yolov3_trains_with_gluoncvs_train_yolo3_recipe_by_default():
+    """GluonCV's train_yolo3.py defaults: SGD lr 0.001, momentum 0.9, wd 5e-4 (gluon.Trainer 'sgd'),
+    step decay x0.1 at epochs 160 and 180 of 200, no gradient clipping; other detectors keep
+    conf/train/default.yaml, and model/recipe=none gives YOLOv3 that too."""
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from ablate.testing import conf_dir
+
+    with initialize_config_dir(str(conf_dir()), version_base=None):
+        yolo = compose("config", ["model=yolov3"])
+        shared = compose("config", ["model=yolov3", "model/recipe=none"])
+        fcos = compose("config", ["model=fcos"])
+        overridden = compose("config", ["model=yolov3", "train.optimizer.lr=0.01"])
+    optimizer = instantiate(yolo.train.optimizer)([torch.nn.Parameter(torch.zeros(1))])
+    assert type(optimizer) is torch.optim.SGD
+    group = optimizer.param_groups[0]
+    assert (group["lr"], group["momentum"], group["weight_decay"]) == (0.001, 0.9, 0.0005)
+    assert yolo.train.schedule.name == "step" and list(yolo.train.schedule.milestones) == [0.8, 0.9]
+    assert yolo.train.schedule.gamma == 0.1 and yolo.train.clip_grad_norm is None
+    assert shared.train == fcos.train and fcos.train.optimizer._target_ == "torch.optim.AdamW"
+    assert overridden.train.optimizer.lr == 0.01  # the command line still wins
