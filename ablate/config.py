@@ -52,7 +52,8 @@ REUSE_MODES = ("same_code", "any_code", "never")
 # Counts the loop reads as they are, each with the smallest value that makes sense (an image side
 # below the detectors' largest stride, 32, leaves no feature map); None: may also be null.
 COUNTS = {"train.epochs": 1, "data.batch_size": 1, "eval.batch_size": 1, "data.image_size": 32,
-          "train.log_every": 1, "train.eval_every": 0, "data.num_workers": 0}
+          "train.log_every": 1, "train.eval_every": 0, "data.num_workers": 0,
+          "eval.bootstrap.resamples": 2, "eval.bootstrap.seed": 0}
 OPTIONAL_COUNTS = {"data.max_train_images": 1, "data.max_val_images": 1}
 
 

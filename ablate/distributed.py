@@ -17,8 +17,9 @@ What keeps the runs of several processes comparable to one process's:
   DDP's average descends (`step_values`).
 What still differs from one process (which is why a run on N > 1 processes hashes N, train.py):
 BatchNorm statistics are each process's (the sync_bn trick makes them the global batch's), a loss
-normalised by its batch's positives (FCOS) is normalised by each process's, and random flips are
-drawn per process.
+normalised by its batch's positives (FCOS) is normalised by each process's, and with
+data.flip_rng=global random flips are drawn per process (with sample, the default, an image's flip
+depends on its index and the epoch only: the one-process run's).
 """
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ from typing import Any, Iterable
 PACKAGE_DIR = Path(__file__).resolve().parent
 # Relative to the package folder; a folder stands for its *.py files, its subfolders' included.
 CORE = ("train.py", "run.py", "loop.py", "hooks.py", "finish.py", "checkpoint.py", "distributed.py", "evaluate.py",
-        "config.py", "data", "models", "tricks/__init__.py", "tricks/base.py")
+        "bootstrap.py", "config.py", "data", "models", "tricks/__init__.py", "tricks/base.py")
 VERSIONED = ("torch", "torchvision")
 # An optional library whose version decides a run's numbers only when the run uses it.
 TIMM = "timm"

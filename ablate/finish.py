@@ -4,6 +4,7 @@ costs (latency, FLOPs, parameters, memory, timings) and write its record (rank 0
 from __future__ import annotations
 
 import logging
+import math
 import resource
 import time
 
@@ -11,6 +12,7 @@ import torch
 from omegaconf import DictConfig
 
 from . import distributed
+from .bootstrap import map_standard_error
 from .data import make_loader
 from .evaluate import coco_metrics, count_flops, measure_latency, predict
 from .health import assess
@@ -38,6 +40,17 @@ def evaluate_model(model, data, cfg: DictConfig, device: torch.device, autocast)
     return metrics, per_class, detections
 
 
+def map_se(data, detections: list[dict], mAP: float, settings) -> float:
+    """The bootstrap standard error of the run's mAP over its val images (eval.bootstrap)."""
+    se, full = map_standard_error(data.val_coco_gt, detections, data.val.image_ids, int(settings.resamples),
+                                  int(settings.seed))
+    if not math.isclose(full, mAP, rel_tol=1e-6, abs_tol=1e-9):
+        # The bootstrap's own matching (ablate/bootstrap.py) should give COCOeval's mAP to rounding.
+        log.warning("the bootstrap's matching gives mAP %.6f where COCOeval gives %.6f: mAP_se (%.4f) is the "
+                    "standard error of another mAP", full, mAP, se)
+    return se
+
+
 def peak_memory_mb(device: torch.device) -> float:
     """CUDA: peak memory allocated by this run. CPU: peak resident memory of the process."""
     if device.type == "cuda":
@@ -54,6 +67,9 @@ def finish(run) -> RunRecord:
         model = evaluated(model, run.tricks)
         record.metrics, record.per_class_ap, detections = evaluate_model(model, run.data, cfg, run.device,
                                                                          run.autocast)
+        t_bootstrap = time.perf_counter()
+        record.metrics["mAP_se"] = map_se(run.data, detections, record.metrics["mAP"], cfg.eval.bootstrap)
+        run.totals["bootstrap_s"] = time.perf_counter() - t_bootstrap
         run.totals["eval_s"] += time.perf_counter() - t_eval
         check_health(run, detections)
         record.curve[-1]["val_mAP"] = record.metrics["mAP"]
@@ -104,5 +120,7 @@ def timings(totals: dict[str, float], wall_s: float, time_to_first_step: float |
         "harness_fraction": 1 - share(totals["model_s"]) if totals["train_s"] else 0.0,
         # Time saving the per-epoch checkpoints (not in train_s).
         "checkpoint_s": totals["checkpoint_s"],
+        # The bootstrap of metrics.mAP_se (part of eval_s).
+        "bootstrap_s": totals.get("bootstrap_s", 0.0),
         "time_to_first_step_s": time_to_first_step if time_to_first_step is not None else float("nan"),
     }

@@ -89,7 +89,8 @@ def fit(run, hooks: list[Hook]) -> None:
     try:
         for epoch in range(run.first_epoch, cfg.train.epochs):
             eseed = epoch_seed(int(cfg.seed), epoch)
-            torch.manual_seed(eseed)  # flips and any torch randomness of this epoch
+            torch.manual_seed(eseed)  # the tricks' and the model's torch draws of this epoch (dropblock, samplers)
+            run.data.train.set_epoch(eseed)  # the flips: per image, untouched by those draws (data.flip_rng)
             ctx_rng = np.random.default_rng(eseed)
             # On several processes, this process's share of each global batch of the same order.
             loader = distributed.rank_loader(run.data.train, cfg.data.batch_size, cfg.data.num_workers, eseed)

@@ -57,6 +57,8 @@ class RunRecord:
     # Hash of the config without its tricks and seed: runs with the same base_hash share a baseline (a
     # variant is one base_hash, one list of tricks and one tricks_hash, their arguments).
     base_hash: str
+    # The 12 COCO_METRICS and mAP_se, the bootstrap standard error of mAP over the val images
+    # (ablate/bootstrap.py; absent in records made before it).
     metrics: dict[str, float] = field(default_factory=dict)
     per_class_ap: dict[str, float] = field(default_factory=dict)
     # Run-health warnings (ablate/health.py: {"code", "message", numbers...}); empty when the run looks
@@ -65,7 +67,7 @@ class RunRecord:
     # One entry per logged iteration or epoch: {"epoch", "step", "loss", "lr", ...}.
     curve: list[dict[str, Any]] = field(default_factory=list)
     # wall_s, train_s, train_cpu_s, eval_s, images_per_s, data_wait_s, data_wait_fraction, batch_tricks_s,
-    # batch_tricks_fraction, model_s, harness_fraction, checkpoint_s, time_to_first_step_s
+    # batch_tricks_fraction, model_s, harness_fraction, checkpoint_s, bootstrap_s, time_to_first_step_s
     timings: dict[str, float] = field(default_factory=dict)
     inference_ms_per_image: float | None = None
     params: int | None = None

@@ -56,7 +56,8 @@ def first_batch(cfg: DictConfig, num_images: int):
     steps_per_epoch = math.ceil(len(data.train) / cfg.data.batch_size)
     with torch.random.fork_rng(devices=[]):
         eseed = epoch_seed(seed, epoch)
-        torch.manual_seed(eseed)  # the flips of epoch 0, as in training
+        torch.manual_seed(eseed)  # epoch 0's torch draws, as in training
+        data.train.set_epoch(eseed)  # and its flips
         ctx_rng = np.random.default_rng(eseed)
         loader = make_loader(data.train, cfg.data.batch_size, shuffle=True, num_workers=cfg.data.num_workers,
                              seed=eseed)

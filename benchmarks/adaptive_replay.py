@@ -1,6 +1,6 @@
 """What an adaptive run of a sweep would have done, replayed from records of a fixed-seed run of it.
 
-    python benchmarks/adaptive_replay.py SWEEP RUNS_DIR [--min 2] [--max 8] [--margin 0.3] [--alpha 0.05]
+    python benchmarks/adaptive_replay.py SWEEP RUNS_DIR [--min 2] [--max 8] [--margin 1.25] [--alpha 0.05]
 
 For each variant, the adaptive rule (ablate/sweep/adaptive.py) is applied to its paired differences
 with its baseline, seed by seed, as far as the records go: decided at n seeds, or still open when
@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("runs", type=Path, help="the folder of its records")
     ap.add_argument("--min", type=int, default=2)
     ap.add_argument("--max", type=int, default=8)
-    ap.add_argument("--margin", type=float, default=0.3)
+    ap.add_argument("--margin", type=float, default=1.25)
     ap.add_argument("--alpha", type=float, default=0.05)
     args = ap.parse_args(argv)
     design = load_sweep(resolve_sweep_path(args.sweep))
@@ -38,13 +38,16 @@ def main(argv: list[str] | None = None) -> None:
     decisions = decisions_from_records(records, variants, plan)
     print(f"{args.sweep}: {len(records)} records, seeds {fixed_seeds}; plan min {plan.min_seeds}, max "
           f"{plan.max_seeds}, margin ±{plan.margin:g}, α {plan.alpha:g}\n")
-    print(f"{'variant':28} {'verdict':>22} {'Holm':>12} {'seeds':>5}  {'ΔmAP ± CI':>14}  {'p diff':>7}  {'p equiv':>7}")
+    print(f"{'variant':28} {'verdict (Holm)':>22} {'seeds':>5}  {'ΔmAP ± CI':>14}  {'σ_d (df)':>12}  {'±X':>5}  "
+          f"{'p diff':>7} {'Holm':>7}  {'p equiv':>7} {'Holm':>7}")
     seeds_used = {}
     for d in decisions:
         verdict = d.verdict if d.verdict != OPEN else f"open at {d.seeds} (→ up to {plan.max_seeds})"
         seeds_used[d.variant] = d.seeds
-        print(f"{d.variant:28} {verdict:>22} {d.verdict_holm:>12} {d.seeds:>5}  {d.mean:+6.1f} ± {d.half:4.1f}  "
-              f"{d.p_difference:7.3g}  {d.p_equivalence:7.3g}")
+        noise = f"{d.std:.2f} ({d.df:.0f}{'' if d.pooled else ', own'})"
+        print(f"{d.variant:28} {verdict:>22} {d.seeds:>5}  {d.mean:+6.1f} ± {d.half:4.1f}  {noise:>12}  "
+              f"{d.margin:5.2f}  {d.p_difference:7.3g} {d.p_difference_adjusted:7.3g}  {d.p_equivalence:7.3g} "
+              f"{d.p_equivalence_adjusted:7.3g}")
     baselines = {}
     for v, b in variants.items():
         baselines[b] = max(baselines.get(b, 0), seeds_used.get(v, 0))

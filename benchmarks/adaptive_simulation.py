@@ -1,40 +1,193 @@
-"""The adaptive-seeds rule on simulated sweeps with known effects: the share of each verdict and the
-seeds used, per true effect and seed noise (paired std σ_d), by Monte Carlo.
+"""The adaptive-seeds rule on simulated sweeps with known effects, beside the rule it replaced (issue 25)
+and fixed seeds: error rates, power, seeds and runs, by Monte Carlo.
 
-    python benchmarks/adaptive_simulation.py [--min 2] [--max 8] [--margin 0.3] [--sims 20000]
+    python benchmarks/adaptive_simulation.py [--min 2] [--max 8] [--margin 1.25] [--sims 4000] [--tricks 8]
 
-What tests/test_adaptive.py asserts (false gains or losses at most α when there is no effect, false
-"no effect" at most α when the true change is the margin), with the power and the seeds saved beside.
+Part 1, a grid: sweeps of --tricks tricks on one baseline, every trick's per-seed difference
+Normal(Δ, σ_d), Δ ∈ {0, 0.5, 1, 2}, σ_d ∈ {0.3, 0.5, 1.0}. Per rule: the share of tricks called
+helped/hurt (a false claim at Δ = 0, the power at Δ > 0), the share of sweeps with any false helped/hurt
+(the family-wise error, at Δ = 0), the share called no effect, and the mean seeds per trick. The old rule
+stops on each trick's own sequential p-value and adjusts by Holm afterwards (its verdicts here are the
+Holm ones); the new rule is ablate/sweep/adaptive.py. One more row at Δ = 0 gives the tricks a shared
+baseline (half of each difference's variance common to all tricks, correlation 0.5), which the pooled
+σ_d assumes away.
+
+Part 2, a replay at the committed bag-of-tricks table (reports/bag_of_tricks/runs): each trick's
+difference Normal(its mean, its own std over the 3 committed seeds), FCOS's 7 tricks on one baseline and
+iou_balanced on Faster R-CNN's; runs in all (variants and baselines), tricks decided and correct verdicts
+(helped/hurt of the true sign, or no effect with |true Δ| under the margin stated), for the old rule, the
+new one, and fixed 3 seeds (decided as the report now does, and with per-trick t-tests and Holm);
+then the new rule at other margins.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ablate.sweep.adaptive import HELPED, HURT, NO_EFFECT, UNDECIDED, Plan, simulate  # noqa: E402
+from ablate.report.stats import TARGET_DELTA  # noqa: E402
+from ablate.sweep.adaptive import (HELPED, HURT, NO_EFFECT, OPEN, UNDECIDED, Plan, holm_rows, look,  # noqa: E402
+                                   run_plan)
+
+# The committed table (reports/bag_of_tricks/runs, 3 seeds): mean and std of each trick's paired
+# differences, points of mAP, and its base (0 FCOS, 1 Faster R-CNN).
+COMMITTED = {
+    "warmup": (1.06, 0.52, 0), "mixup": (-3.10, 1.98, 0), "cutmix": (-7.91, 0.64, 0),
+    "label_smoothing": (-0.83, 0.49, 0), "ghm": (-48.42, 1.28, 0), "dropblock": (-0.88, 0.35, 0),
+    "mish": (-0.30, 0.41, 0), "iou_balanced": (-0.09, 0.62, 1),
+}
+
+
+# The margins of the replay's last table.
+MARGINS = (0.5, 0.75, 1.0, 1.25, 1.5)
+
+
+def old_rule(diffs: np.ndarray, plan: Plan) -> tuple[np.ndarray, np.ndarray]:
+    """The rule before issue 25 on diffs [S, k, N]: each trick alone (its own σ on n − 1 df), stopped on its
+    raw sequential p-values, Holm over the sweep's tricks afterwards. (Holm verdict [S, k], seeds [S, k])."""
+    from scipy import stats
+
+    s, k, _ = diffs.shape
+    d_all = diffs.reshape(s * k, -1)
+    verdict = np.full(s * k, OPEN, dtype=object)
+    seeds = np.zeros(s * k, dtype=int)
+    p_d_star, p_e_star, mean = np.ones(s * k), np.ones(s * k), np.zeros(s * k)
+    for n, w in zip(plan.looks, plan.weights):
+        live = verdict == OPEN
+        if not live.any():
+            break
+        d = d_all[live, :n]
+        m, se = d.mean(1), d.std(1, ddof=1) / np.sqrt(n)
+        p_d = np.minimum(1, 2 * stats.t.sf(np.abs(m / se), n - 1))
+        p_e = np.maximum(stats.t.sf((m + plan.margin) / se, n - 1), stats.t.sf((plan.margin - m) / se, n - 1))
+        p_d_star[live] = np.minimum(p_d_star[live], np.minimum(1, p_d / w))
+        p_e_star[live] = np.minimum(p_e_star[live], np.minimum(1, p_e / w))
+        seeds[live], mean[live] = n, m
+        v = np.full(live.sum(), OPEN, dtype=object)
+        differ = p_d_star[live] <= plan.alpha
+        v[differ] = np.where(m[differ] > 0, HELPED, HURT)
+        v[~differ & (p_e_star[live] <= plan.alpha)] = NO_EFFECT
+        if n == plan.max_seeds:
+            v[v == OPEN] = UNDECIDED
+        verdict[live] = v
+    adj_d, adj_e = holm_rows(p_d_star.reshape(s, k)), holm_rows(p_e_star.reshape(s, k))
+    mean = mean.reshape(s, k)
+    holm_verdict = np.where(adj_d <= plan.alpha, np.where(mean > 0, HELPED, HURT),
+                            np.where(adj_e <= plan.alpha, NO_EFFECT, UNDECIDED)).astype(object)
+    return holm_verdict, seeds.reshape(s, k)
+
+
+def fixed_rule(diffs: np.ndarray, bases: np.ndarray, n: int, margin: float, alpha: float,
+               pooled: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Fixed n seeds: one look at n, Holm; pooled σ_d per base and equivalence within max(margin, reachable)
+    as the report decides, or (pooled=False) per-trick t-tests of a difference alone."""
+    s, k, _ = diffs.shape
+    length = np.full((s, k), n)
+    if pooled:
+        at = look(diffs, length, bases, margin, alpha, k, 1.0, n)
+        p_d, p_e, mean, x = at.p_difference, at.p_equivalence, at.mean, at.margin
+    else:
+        from scipy import stats
+
+        d = diffs[..., :n]
+        mean, se = d.mean(-1), d.std(-1, ddof=1) / np.sqrt(n)
+        p_d, p_e, x = np.minimum(1, 2 * stats.t.sf(np.abs(mean / se), n - 1)), np.ones((s, k)), np.full((s, k), margin)
+    adj_d, adj_e = holm_rows(p_d), holm_rows(p_e)
+    v = np.where(adj_d <= alpha, np.where(mean > 0, HELPED, HURT), np.where(adj_e <= alpha, NO_EFFECT, UNDECIDED))
+    return v.astype(object), x
+
+
+def runs_of(seeds: np.ndarray, bases: np.ndarray) -> np.ndarray:
+    """Runs per sweep: every trick's seeds, and each baseline as many as its longest trick."""
+    return seeds.sum(1) + sum(seeds[:, bases == b].max(1) for b in np.unique(bases))
+
+
+def correct(verdict: np.ndarray, effect: np.ndarray, margin: np.ndarray) -> np.ndarray:
+    return (((verdict == HELPED) & (effect > 0)) | ((verdict == HURT) & (effect < 0))
+            | ((verdict == NO_EFFECT) & (np.abs(effect) < margin)))
+
+
+def grid(plan: Plan, sims: int, tricks: int, rng: np.random.Generator) -> None:
+    print(f"Part 1: {sims} simulated sweeps of {tricks} tricks per row; plan min {plan.min_seeds}, max "
+          f"{plan.max_seeds}, margin ±{plan.margin:g}, α {plan.alpha:g}\n")
+    print("| Δ | σ_d | rule | helped/hurt (per trick) | any helped/hurt (per sweep) | no effect | undecided "
+          "| seeds per trick | runs per sweep |")
+    print("|---:|---:|---|---:|---:|---:|---:|---:|---:|")
+    bases = np.zeros(tricks, dtype=int)
+    rows = [(e, s, 0.0) for s in (0.3, 0.5, 1.0) for e in (0.0, 0.5, 1.0, 2.0)] + [(0.0, 0.5, 0.5)]
+    for effect, sigma, shared in rows:
+        noise = rng.normal(0, sigma * np.sqrt(1 - shared), size=(sims, tricks, plan.max_seeds))
+        noise += rng.normal(0, sigma * np.sqrt(shared), size=(sims, 1, plan.max_seeds))
+        d = effect + noise
+        new = run_plan(d, plan)
+        for name, (v, seeds) in (("old", old_rule(d, plan)), ("new", (new.verdict, new.seeds))):
+            differ = (v == HELPED) | (v == HURT)
+            label = f"{effect:g}" + (f" (shared ρ {shared:g})" if shared else "")
+            print(f"| {label} | {sigma:g} | {name} | {100 * differ.mean():.1f}% | {100 * differ.any(1).mean():.1f}% | "
+                  f"{100 * (v == NO_EFFECT).mean():.1f}% | {100 * (v == UNDECIDED).mean():.1f}% | "
+                  f"{seeds.mean():.2f} | {runs_of(seeds, bases).mean():.1f} |")
+
+
+def replay(plan: Plan, sims: int, rng: np.random.Generator) -> None:
+    names = list(COMMITTED)
+    effect = np.array([COMMITTED[t][0] for t in names])
+    sigma = np.array([COMMITTED[t][1] for t in names])
+    bases = np.array([COMMITTED[t][2] for t in names])
+    d = effect[None, :, None] + sigma[None, :, None] * rng.standard_normal((sims, len(names), plan.max_seeds))
+    print(f"\nPart 2: replay at the committed table's effects and per-trick noise, {sims} simulated sweeps; plan "
+          f"min {plan.min_seeds}, max {plan.max_seeds}, margin ±{plan.margin:g}\n")
+    print("| rule | runs | tricks decided (of 8) | correct verdicts (of 8) | "
+          + " | ".join(names) + " |")
+    print("|---|---:|---:|---:|" + "---:|" * len(names))
+    old_v, old_seeds = old_rule(d, plan)
+    new = run_plan(d, plan, bases)
+    fixed_v, fixed_x = fixed_rule(d, bases, 3, TARGET_DELTA, plan.alpha)  # the report's margin
+    fixed_t, _ = fixed_rule(d, bases, 3, plan.margin, plan.alpha, pooled=False)
+    three = np.full(d.shape[:2], 3)
+    for name, v, seeds, x in (("old adaptive (Holm after)", old_v, old_seeds, np.full(d.shape[:2], plan.margin)),
+                              ("new adaptive", new.verdict, new.seeds, new.margin),
+                              ("fixed 3 seeds, as the report decides", fixed_v, three, fixed_x),
+                              ("fixed 3 seeds, per-trick t + Holm", fixed_t, three, np.full(d.shape[:2], plan.margin))):
+        decided = (v == HELPED) | (v == HURT) | (v == NO_EFFECT)
+        good = correct(v, effect[None, :], x)
+        per = " | ".join(f"{100 * good[:, j].mean():.0f}% ({seeds[:, j].mean():.1f})" for j in range(len(names)))
+        print(f"| {name} | {runs_of(seeds, bases).mean():.1f} | {decided.sum(1).mean():.2f} | "
+              f"{good.sum(1).mean():.2f} | {per} |")
+    print("\n(per trick: the share of correct verdicts, and its mean seeds)")
+    print(f"\nThe new rule at other margins (the same {sims} sweeps):\n")
+    print("| margin | runs | tricks decided (of 8) | correct verdicts (of 8) | mean X stated, FCOS / Faster R-CNN |")
+    print("|---:|---:|---:|---:|---:|")
+    for margin in MARGINS:
+        other = Plan(plan.min_seeds, plan.max_seeds, margin, plan.alpha)
+        o = run_plan(d, other, bases)
+        decided = (o.verdict == HELPED) | (o.verdict == HURT) | (o.verdict == NO_EFFECT)
+        print(f"| {margin:g} | {runs_of(o.seeds, bases).mean():.1f} | {decided.sum(1).mean():.2f} | "
+              f"{correct(o.verdict, effect[None, :], o.margin).sum(1).mean():.2f} | "
+              f"{np.nanmean(o.margin[:, bases == 0]):.2f} / {np.nanmean(o.margin[:, bases == 1]):.2f} |")
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--min", type=int, default=2)
     ap.add_argument("--max", type=int, default=8)
-    ap.add_argument("--margin", type=float, default=0.3)
+    ap.add_argument("--margin", type=float, default=1.25)
     ap.add_argument("--alpha", type=float, default=0.05)
-    ap.add_argument("--sims", type=int, default=20_000)
+    ap.add_argument("--sims", type=int, default=4000)
+    ap.add_argument("--tricks", type=int, default=8)
+    ap.add_argument("--replay-only", action="store_true")
     args = ap.parse_args(argv)
     plan = Plan(args.min, args.max, args.margin, args.alpha)
-    print(f"plan: min {plan.min_seeds}, max {plan.max_seeds}, margin ±{plan.margin:g}, α {plan.alpha:g}; "
-          f"{args.sims} simulated comparisons per row\n")
-    print("| true Δ | σ_d | helped | hurt | no effect | undecided | mean seeds |")
-    print("|---:|---:|---:|---:|---:|---:|---:|")
-    for sigma in (0.3, 1.0):
-        for effect in (0.0, plan.margin, -plan.margin, 0.5, 1.0, 2.0, -2.0):
-            r = simulate(plan, effect, sigma, args.sims, seed=7)
-            print(f"| {effect:+.1f} | {sigma:.1f} | {100 * r[HELPED]:.1f}% | {100 * r[HURT]:.1f}% | "
-                  f"{100 * r[NO_EFFECT]:.1f}% | {100 * r[UNDECIDED]:.1f}% | {r['mean_seeds']:.2f} |")
+    rng = np.random.default_rng(25)
+    start = time.perf_counter()
+    if not args.replay_only:
+        grid(plan, args.sims, args.tricks, rng)
+    replay(plan, args.sims, rng)
+    print(f"\n({time.perf_counter() - start:.0f} s)")
 
 
 if __name__ == "__main__":

@@ -57,6 +57,7 @@ def setup(overrides: list[str], cache: str, *extra: str):
     torch.manual_seed(0)
     data = build_data(cfg.data, Path(cfg.paths.cache))
     offset = label_offset(cfg.model.family)
+    data.train.set_epoch(0)  # the flips (data.flip_rng=sample)
     images = [data.train[i][0].float().div(255) for i in range(len(data.train))]
     targets = [{"boxes": t["boxes"], "labels": t["labels"] - offset} for t in (data.train[i][1] for i in range(len(data.train)))]
     model = build_model(cfg.model, len(data.classes), cfg.data.image_size)
@@ -108,6 +109,7 @@ def interleaved(overrides: list[str], cache: str, steps: int) -> dict:
 
     ours, bare, epoch = [], [], 0
     while len(ours) < steps:
+        data.train.set_epoch(epoch)
         it = iter(make_loader(data.train, batch, shuffle=True, num_workers=cfg.data.num_workers, seed=epoch))
         order = torch.randperm(len(images)).tolist()
         for k in range(len(order) // batch):

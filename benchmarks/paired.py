@@ -99,6 +99,7 @@ def interleave(a: Arm, b: Arm, pairs: int, cache: str | None = None, warmup: int
         if arm.cfg.data != base.data or arm.cfg.model.family != base.model.family:
             raise SystemExit(f"arms {a.name} and {b.name} must read the same data")
     offset, device = label_offset(base.model.family), torch.device("cpu")
+    data.train.set_epoch(0)  # the flips (data.flip_rng=sample), as the loader's order: seed 0
     loader = make_loader(data.train, base.data.batch_size, shuffle=True, num_workers=0, seed=0, drop_last=True)
     ratios, done = [], 0
     while done < warmup + pairs:

@@ -76,6 +76,7 @@ def paired_steps(trick: str, model_name: str, steps: int, cache: str, overrides:
     offset, device = label_offset(cfg.model.family), torch.device("cpu")
     total = steps + 1
     ratios, hook_shares = [], []
+    data.train.set_epoch(0)  # the flips (data.flip_rng=sample), as the loader's order: seed 0
     loader = make_loader(data.train, cfg.data.batch_size, shuffle=True, num_workers=0, seed=0)
     step = 0
     while step < total:

@@ -144,6 +144,7 @@ def test_corrupt_image(two_splits, coco_cfg, tmp_path, ext):
     assert str(bad) in str(e.value)
     # Cache off: the bad file fails when it is read, the good one still reads.
     bundle = build_data(coco_cfg(root, cache_ram_mb=0), tmp_path / "cache")
+    bundle.train.set_epoch(0)
     bundle.train[0]
     with pytest.raises(DatasetError) as e:
         bundle.train[1]
@@ -232,6 +233,7 @@ def test_crowd_left_out_of_targets_kept_in_gt(two_splits, coco_cfg, tmp_path):
 def test_images_without_annotations_are_kept(two_splits, coco_cfg, tmp_path):
     bundle = build_data(coco_cfg(two_splits(train_anns=[ann(1, 2)])), tmp_path / "cache")
     assert len(bundle.train) == 3
+    bundle.train.set_epoch(0)
     _, target = bundle.train[0]
     assert target["boxes"].shape == (0, 4) and target["boxes"].dtype == torch.float32
     assert target["labels"].shape == (0,) and target["labels"].dtype == torch.int64
@@ -243,6 +245,7 @@ def test_labels_follow_category_id_order(two_splits, coco_cfg, tmp_path):
     bundle = build_data(coco_cfg(root), tmp_path / "cache")
     assert bundle.classes == ["three", "seven"]
     assert bundle.label_to_cat_id == {1: 3, 2: 7}
+    bundle.train.set_epoch(0)
     assert bundle.train[0][1]["labels"].tolist() == [2, 1]
 
 
@@ -316,6 +319,7 @@ def test_bccd_bundle(load_conf, tmp_path):
         torch.testing.assert_close(target["boxes"], expected.float())
         assert target["labels"].tolist() == [a["category_id"] for a in anns]
     # Train: counts per image match the json (flip only mirrors).
+    bundle.train.set_epoch(0)
     for i in range(len(bundle.train)):
         image, target = bundle.train[i]
         assert image.shape == (3, 240, 320)

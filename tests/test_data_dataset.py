@@ -67,6 +67,7 @@ def test_flip_hand_computed(one_image_set, tmp_path):
     plain = build_data(cfg(image_size=50, hflip=0.0), tmp_path / "cache")
     flipped = build_data(cfg(image_size=50, hflip=1.0), tmp_path / "cache")
     image0, _ = plain.train[0]
+    flipped.train.set_epoch(0)
     image, target = flipped.train[0]
     assert type(image) is torch.Tensor and type(target["boxes"]) is torch.Tensor
     assert torch.equal(image, image0.flip(-1))
@@ -79,22 +80,69 @@ def test_flip_hand_computed(one_image_set, tmp_path):
     torch.testing.assert_close(val_target["boxes"], plain.val[0][1]["boxes"])
 
 
-def test_flip_follows_torch_seed(load_conf, tmp_path):
-    bundle = build_data(load_conf("data/shapes", **{"image_size": 32, "hflip": 0.5, "generator.num_train": 12,
-                                                     "generator.num_val": 2, "generator.image_size": 32,
-                                                     "generator.min_size": 6, "generator.max_size": 16}),
-                        tmp_path / "cache")
+def small_shapes(load_conf, tmp_path, **overrides):
+    return build_data(load_conf("data/shapes", **{"image_size": 32, "hflip": 0.5, "generator.num_train": 12,
+                                                   "generator.num_val": 2, "generator.image_size": 32,
+                                                   "generator.min_size": 6, "generator.max_size": 16,
+                                                   **overrides}), tmp_path / "cache")
 
-    def boxes():
+
+def flips_read(dataset, order) -> dict[int, bool]:
+    """Which images of `order` come out flipped (their boxes differ from the unflipped ones)."""
+    return {i: not torch.equal(dataset[i][1]["boxes"], dataset._boxes[i]) for i in order}
+
+
+def test_flips_depend_on_the_epoch_seed_and_the_image_only(load_conf, tmp_path):
+    train = small_shapes(load_conf, tmp_path).train
+    assert train.flip_rng == "sample"
+    with pytest.raises(RuntimeError, match="set_epoch"):
+        train[0]
+    train.set_epoch(11)
+    torch.manual_seed(0)
+    forward = flips_read(train, range(len(train)))
+    # Another torch state, torch draws in between (a trick's), the images read backwards: the same flips.
+    torch.manual_seed(1)
+    torch.rand(1000)
+    backward = flips_read(train, reversed(range(len(train))))
+    assert forward == backward
+    assert any(forward.values()) and not all(forward.values())
+    assert forward == {i: train.flipped(i) for i in range(len(train))}
+    train.set_epoch(12)
+    assert flips_read(train, range(len(train))) != forward
+
+
+def test_a_loader_worker_reads_the_same_flips_as_the_main_process(load_conf, tmp_path):
+    train = small_shapes(load_conf, tmp_path).train
+    train.set_epoch(5)
+
+    def batches(workers):
+        torch.manual_seed(5)  # train.py's per-epoch torch seed: a worker's torch seed is another
+        loader = make_loader(train, batch_size=4, shuffle=True, num_workers=workers, seed=5)
+        return [(t["image_id"], t["boxes"]) for _, ts in loader for t in ts]
+
+    main, worker = batches(0), batches(1)
+    assert [i for i, _ in main] == [i for i, _ in worker]
+    assert all(torch.equal(a, b) for (_, a), (_, b) in zip(main, worker))
+
+
+def test_flip_rng_global_follows_torch_seed(load_conf, tmp_path):
+    train = small_shapes(load_conf, tmp_path, flip_rng="global").train
+
+    def flips():
         torch.manual_seed(123)
-        return [bundle.train[i][1]["boxes"] for i in range(len(bundle.train))]
+        return flips_read(train, range(len(train)))
 
-    a, b = boxes(), boxes()
-    assert all(torch.equal(x, y) for x, y in zip(a, b))
-    # Some images flip and some do not.
-    unflipped = [bundle.train._boxes[i] for i in range(len(bundle.train))]
-    same = [torch.equal(x, y) for x, y in zip(a, unflipped)]
-    assert any(same) and not all(same)
+    a = flips()
+    assert a == flips() and any(a.values()) and not all(a.values())
+    torch.manual_seed(123)
+    torch.rand(1000)  # a trick's draws before: other flips (what flip_rng=sample prevents)
+    assert flips_read(train, range(len(train))) != a
+
+
+def test_bad_flip_rng_rejected(one_image_set, tmp_path):
+    _, cfg = one_image_set
+    with pytest.raises(DatasetError, match="flip_rng"):
+        build_data(cfg(flip_rng="worker"), tmp_path / "cache")
 
 
 @pytest.mark.parametrize("split", ["train", "val"])
@@ -109,10 +157,10 @@ def test_cache_on_and_off_give_identical_items(load_conf, tmp_path, caplog, spli
     assert "decoding on each access" in caplog.text
     a, b = getattr(on, split), getattr(off, split)
     assert a.cached and not b.cached
+    a.set_epoch(3)
+    b.set_epoch(3)
     for i in range(len(a)):
-        torch.manual_seed(i)
         ia, ta = a[i]
-        torch.manual_seed(i)
         ib, tb = b[i]
         assert torch.equal(ia, ib) and ia.shape[0] == 3 and max(ia.shape[1:]) == 48
         assert ta.keys() == tb.keys()
@@ -171,6 +219,7 @@ def test_loader_with_worker(load_conf, tmp_path):
                                                      "generator.num_val": 2, "generator.image_size": 32,
                                                      "generator.min_size": 6, "generator.max_size": 16}),
                         tmp_path / "cache")
+    bundle.train.set_epoch(0)
     loader = make_loader(bundle.train, batch_size=4, shuffle=True, num_workers=1, seed=0)
     assert loader.persistent_workers
     ids = [t["image_id"] for _, ts in loader for t in ts]
@@ -186,6 +235,7 @@ def test_shapes_bundle(load_conf, tmp_path, caplog):
     assert bundle.label_to_cat_id == {k + 1: k + 1 for k in range(len(bundle.classes))}
     assert len(bundle.train) == 10 and len(bundle.val) == 5
     assert len(bundle.val_coco_gt["images"]) == 5
+    bundle.train.set_epoch(0)
     for ds in (bundle.train, bundle.val):
         for i in range(len(ds)):
             image, target = ds[i]

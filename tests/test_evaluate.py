@@ -8,9 +8,10 @@ from ablate.evaluate import coco_metrics
 from ablate.results import COCO_METRICS
 
 
-def toy_set(seed=0, images=12):
+def toy_set(seed=0, images=12, crowd=0.0):
     """Ground truth over three classes and sizes from small to large, and detections that jitter
-    it, miss some boxes, confuse some classes and add false positives, with scores."""
+    it, miss some boxes, confuse some classes and add false positives, with scores; with `crowd`,
+    that share of the boxes are crowds (a detection on one is neither true nor false positive)."""
     rng = np.random.default_rng(seed)
     gt = {"images": [], "annotations": [], "categories": [{"id": c, "name": n} for c, n in
                                                           [(1, "a"), (3, "b"), (7, "c")]]}
@@ -21,8 +22,9 @@ def toy_set(seed=0, images=12):
             w, h = rng.uniform(8, 150, size=2)
             x, y = rng.uniform(0, 320 - w), rng.uniform(0, 320 - h)
             cat = int(rng.choice([1, 3, 7]))
+            is_crowd = int(crowd > 0 and rng.random() < crowd)  # no draw without crowds: the same sets
             gt["annotations"].append({"id": len(gt["annotations"]) + 1, "image_id": i, "category_id": cat,
-                                      "bbox": [x, y, w, h], "area": w * h, "iscrowd": 0})
+                                      "bbox": [x, y, w, h], "area": w * h, "iscrowd": is_crowd})
             if rng.random() < 0.85:
                 jitter = rng.normal(0, 0.08, 4) * [w, h, w, h]
                 det_cat = cat if rng.random() < 0.9 else int(rng.choice([1, 3, 7]))

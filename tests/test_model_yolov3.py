@@ -180,6 +180,50 @@ def test_loss_tricks_act_on_yolov3(trick):
     really_on(trick, model="yolov3")
 
 
+def gluoncv_label_smooth(class_targets: torch.Tensor, num_class: int) -> torch.Tensor:
+    """GluonCV's YOLOV3TargetMerger.hybrid_forward, label_smooth branch, step by step (-1: ignored)."""
+    smooth_weight = min(1.0 / num_class, 1.0 / 40)
+    t = torch.where(class_targets > 0.5, class_targets - smooth_weight, class_targets)
+    keep = (t < -0.5) | (t > 0.5)
+    return torch.where(keep, t, torch.full_like(t, smooth_weight))
+
+
+@pytest.mark.parametrize("k, positive, negative", [(5, 0.975, 0.025), (80, 1 - 1 / 80, 1 / 80)])
+def test_label_smoothing_default_on_yolov3_is_gluoncvs_rule(k, positive, negative):
+    from ablate.models.losses import smooth_binary_targets
+    from ablate.testing import build_trick
+
+    model = build_trick("label_smoothing", "yolov3").on_model(tiny_model("yolov3", num_classes=k))
+    loss = current_slot(model, "cls_loss")
+    assert isinstance(loss, SigmoidBCELoss)
+    one_hot = torch.zeros(1, k)
+    one_hot[0, 2] = 1
+    soft = smooth_binary_targets(one_hot, loss.label_smoothing)
+    expected = torch.full((1, k), negative)
+    expected[0, 2] = positive
+    assert torch.allclose(soft, expected, atol=1e-7)  # the old epsilon 0.1 gave 0.95 / 0.05
+    assert torch.allclose(soft, gluoncv_label_smooth(one_hot, k), atol=1e-7)
+    # the loss on the smoothed targets, by hand: BCE(z, y) = softplus(z) - y z over the K classes
+    logits = torch.zeros(1, k)
+    logits[0, 2], logits[0, 0] = 2.0, -1.0
+    by_hand = (math.log1p(math.exp(2.0)) - positive * 2.0 + math.log1p(math.exp(-1.0)) + negative * 1.0
+               + (k - 2) * math.log(2.0))
+    assert loss(logits, one_hot, torch.ones(1), torch.ones(1)).item() == pytest.approx(by_hand, rel=1e-6)
+
+
+def test_label_smoothing_epsilon_errors_name_the_key():
+    from ablate.testing import build_trick
+    from ablate.tricks import TrickConfigError
+
+    with pytest.raises(TrickConfigError, match="tricks.label_smoothing.epsilon.fcos='gluoncv'"):
+        build_trick("label_smoothing", "fcos", **{"epsilon.fcos": "gluoncv"})  # a YOLOv3 rule only
+    with pytest.raises(TrickConfigError, match="tricks.label_smoothing.epsilon.yolov3=1.5"):
+        build_trick("label_smoothing", "yolov3", **{"epsilon.yolov3": 1.5})
+    trick = build_trick("label_smoothing", "yolov3", epsilon={"fcos": 0.1})
+    with pytest.raises(TrickConfigError, match="add tricks.label_smoothing.epsilon.yolov3"):
+        trick.on_model(tiny_model("yolov3"))
+
+
 def test_label_smoothing_smooths_yolos_bce_as_gluoncv():
     from ablate.testing import build_trick
 
@@ -231,3 +275,27 @@ def test_ablate_train_yolov3_smoke(tmp_path, shapes_cache):
     data = json.loads(record.read_text())
     assert data["status"] == "ok"
     assert data["config"]["model"]["name"] == "yolov3" and data["params"] > 0
+
+
+def test_yolov3_trains_with_gluoncvs_train_yolo3_recipe_by_default():
+    """GluonCV's train_yolo3.py defaults: SGD lr 0.001, momentum 0.9, wd 5e-4 (gluon.Trainer 'sgd'),
+    step decay x0.1 at epochs 160 and 180 of 200, no gradient clipping; other detectors keep
+    conf/train/default.yaml, and model/recipe=none gives YOLOv3 that too."""
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from ablate.testing import conf_dir
+
+    with initialize_config_dir(str(conf_dir()), version_base=None):
+        yolo = compose("config", ["model=yolov3"])
+        shared = compose("config", ["model=yolov3", "model/recipe=none"])
+        fcos = compose("config", ["model=fcos"])
+        overridden = compose("config", ["model=yolov3", "train.optimizer.lr=0.01"])
+    optimizer = instantiate(yolo.train.optimizer)([torch.nn.Parameter(torch.zeros(1))])
+    assert type(optimizer) is torch.optim.SGD
+    group = optimizer.param_groups[0]
+    assert (group["lr"], group["momentum"], group["weight_decay"]) == (0.001, 0.9, 0.0005)
+    assert yolo.train.schedule.name == "step" and list(yolo.train.schedule.milestones) == [0.8, 0.9]
+    assert yolo.train.schedule.gamma == 0.1 and yolo.train.clip_grad_norm is None
+    assert shared.train == fcos.train and fcos.train.optimizer._target_ == "torch.optim.AdamW"
+    assert overridden.train.optimizer.lr == 0.01  # the command line still wins

@@ -114,7 +114,7 @@ def test_one_row_per_variant_with_paired_delta(paired_sweep: Path, tmp_path: Pat
     assert by["baseline"]["FLOPs"] == "2.50 G" and by["baseline"]["ms/img"] == "8.00 ms"
     assert by["mixup"]["Train time"] == "0%" and by["mixup"]["Params"] == "0%" and by["mixup"]["ms/img"] == "0 ms"
     assert by["mixup"]["Kind"] == "freebie" and by["baseline"]["Kind"] == "—"
-    assert list(rows[0])[:6] == ["Variant", "Kind", "Seeds", DELTA_HEADER, "mAP", "AP50"]
+    assert list(rows[0])[:8] == ["Variant", "Kind", "Seeds", DELTA_HEADER, "Verdict", "p (Holm)", "mAP", "AP50"]
     assert "Status" not in rows[0]  # every run finished
     assert "![ΔmAP per variant with its 95% CI](delta_map.png)" in report
     assert f"`ablate report {paired_sweep}`" in report
@@ -413,7 +413,10 @@ def test_one_trick_with_two_sets_of_arguments_is_two_variants(tmp_path: Path):
     assert [r["Variant"] for r in rows] == ["baseline", low, high, "ls"]  # one config: the name alone
     by = {r["Variant"]: r for r in rows}
     # alpha 0.2: 41.0, 43.4 -> 42.2 ± 1.7; differences 1.0, 1.4 -> +1.2, s 0.283, 95% CI ± 12.706 · 0.283/√2 = 2.5.
-    assert by[low]["mAP"] == "42.2 ± 1.7" and by[low][DELTA_HEADER] == "+1.2 ± 2.5" and by[low]["Seeds"] == "2"
+    # Its verdict pools σ_d with alpha 1.5's: √((0.08 + 0.02)/2) = 0.2236 on 2 df, t = 1.2/(0.2236/√2) = 7.59,
+    # p 0.017, Holm (second of two) 0.017: helped, so bold although its own CI spans zero.
+    assert by[low]["mAP"] == "42.2 ± 1.7" and by[low][DELTA_HEADER] == "**+1.2 ± 2.5**" and by[low]["Seeds"] == "2"
+    assert by[low]["p (Holm)"] == "0.017 (0.017)"
     # alpha 1.5: 43.1, 44.9 -> 44.0 ± 1.3; differences 3.1, 2.9 -> +3.0, s 0.141, ± 1.3: beyond noise (bold).
     assert by[high]["mAP"] == "44.0 ± 1.3" and by[high][DELTA_HEADER] == "**+3.0 ± 1.3**" and by[high]["Seeds"] == "2"
     assert by["ls"][DELTA_HEADER] == f"{MINUS}1.4 (1 seed, no CI)"
@@ -522,3 +525,27 @@ def test_adaptive_decisions_read_the_adaptive_sweeps_folder_only(tmp_path: Path)
     row = next(line for line in decisions.splitlines() if line.startswith("| mixup "))
     # Differences 1.0, 1.4 of its own seeds (with the other folder's alpha 1.5 runs: +3.0).
     assert "+1.2 ± 2.5" in [cell.strip() for cell in row.strip("|").split("|")]
+
+
+def test_an_adaptive_sweeps_own_decisions_fill_the_tables_verdicts(tmp_path: Path):
+    # Differences 1.0, 1.4 at seeds 0, 1 under a plan of 2..4 seeds: t = 1.2/0.2 = 6 on 1 df, p = 0.1051,
+    # sequential p* = p / w_1 = 0.1051 / ln(1 + (e − 1)/2) = 0.1695: open (the sweep was stopped here). One
+    # look at fixed seeds would call it undecided; the table takes the sweep's decision.
+    adaptive = tmp_path / "runs" / "adapt"
+    write_all(adaptive, [make_record("baseline", seed=0, mAP=0.400), make_record("baseline", seed=1, mAP=0.410),
+                         make_record("mixup", seed=0, mAP=0.410), make_record("mixup", seed=1, mAP=0.424)])
+    (adaptive / "adaptive.json").write_text(json.dumps({
+        "min": 2, "max": 4, "margin": 0.3, "alpha": 0.05, "spending": "Pocock-type", "variants": {"mixup": "baseline"},
+        "rounds": [{"round": 1, "seeds": 2, "variants": ["baseline", "mixup"]}]}))
+    report = build_report([adaptive], tmp_path / "out").read_text()
+    table = pd.read_csv(tmp_path / "out" / "table.csv").set_index("variant")
+    assert table.loc["mixup", "verdict"] == "open"
+    assert table.loc["mixup", "p_difference"] == pytest.approx(0.1051 / math.log(1 + (math.e - 1) / 2), abs=1e-3)
+    section_text = section(report, "Adaptive seeds")
+    assert "stops only on the adjusted p-value" in section_text and "not a confidence interval" in section_text
+    # 4 runs against 2 variants x 4 seeds = 8 (50% saved); the fixed design for 0.5 points at 80% power,
+    # σ_d 0.283 (0.32 = (σ_d/δ)²) on n − 1 df: n = 4 needs (3.182 + 0.978)² · 0.32 = 5.5 > 4, n = 5 needs
+    # (2.776 + 0.941)² · 0.32 = 4.4 <= 5: 2 x 5 = 10 runs (60% saved).
+    assert "4 runs against 8 with 4 seeds everywhere (50% of the runs saved)" in section_text
+    assert "against 10 in the fixed design that detects a 0.5-point change" in section_text
+    assert "seeds per variant: 5 for baseline; 60% saved" in section_text

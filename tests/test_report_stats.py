@@ -112,15 +112,21 @@ def three_seeds() -> list:
             + series("lone", [42.0], created="13"))
 
 
-def test_ci_mark_only_where_the_interval_excludes_zero(three_seeds, tmp_path: Path):
+def test_ci_mark_where_the_corrected_verdict_is_helped_or_hurt(three_seeds, tmp_path: Path):
     report = report_of(tmp_path, three_seeds)
     by = {r["Variant"]: r for r in md_table(report)}
     assert by["baseline"][DELTA_HEADER] == "—"
-    assert by["wide"][DELTA_HEADER] == "+2.0 ± 2.5"  # [−0.48, +4.48]: no mark
+    # Pooled over wide, tight and worse: SS 2 + 0.5 + 0.5 on 6 df, σ_d = √0.5 = 0.7071. Their residuals at
+    # seeds 0, 1, 2 sum to −2, 0, +2 (the baseline's seed noise): ρ̂ = (8 − 3) / (12 · 0.5) = 5/6, so the pool
+    # holds 6 / (1 + 2 · (5/6)²) = 2.51 df. wide: t = 2 / (0.7071/√3) = 4.899, p 0.024; tight and worse:
+    # t = 6.124, p 0.0144; Holm: 0.0144 · 3 = 0.043 for all three. So wide is helped although its own
+    # 95% CI [−0.48, +4.48] spans zero (the old mark).
+    assert by["wide"][DELTA_HEADER] == "**+2.0 ± 2.5**" and by["wide"]["Verdict"] == "helped"
     assert by["tight"][DELTA_HEADER] == "**+2.5 ± 1.2**"  # [+1.26, +3.74]
-    assert by["worse"][DELTA_HEADER] == f"**{MINUS}2.5 ± 1.2**"  # [−3.74, −1.26]
-    assert by["lone"][DELTA_HEADER] == "+1.0 (1 seed, no CI)"
-    assert sum("**" in r[DELTA_HEADER] for r in by.values()) == 2
+    assert by["worse"][DELTA_HEADER] == f"**{MINUS}2.5 ± 1.2**" and by["worse"]["Verdict"] == "hurt"
+    assert by["wide"]["p (Holm)"] == "0.024 (0.043)"
+    assert by["lone"][DELTA_HEADER] == "+1.0 (1 seed, no CI)" and by["lone"]["Verdict"] == "undecided"
+    assert by["lone"]["p (Holm)"] == "n/a"
     table = pd.read_csv(tmp_path / "out" / "sw" / "table.csv").set_index("variant")
     assert table.loc["wide", "delta_ci_half"] == pytest.approx(2.4841, abs=1e-4)
     assert table.loc["wide", "delta_ci_low"] == pytest.approx(-0.4841, abs=1e-4)
@@ -128,22 +134,69 @@ def test_ci_mark_only_where_the_interval_excludes_zero(three_seeds, tmp_path: Pa
     assert list(table["delta_sign"]) == [0, 0, 1, -1, 0]
     assert table.loc["wide", "delta_ci_method"] == "paired" and table.loc["wide", "delta_ci_df"] == 2
     assert math.isnan(table.loc["lone", "delta_ci_half"]) and table.loc["lone", "delta_ci_method"] == "unpaired"
+    assert table.loc["wide", "sigma_d"] == pytest.approx(math.sqrt(0.5))
+    assert table.loc["wide", "sigma_d_df"] == pytest.approx(6 / (1 + 2 * (5 / 6) ** 2))
+    assert table.loc["wide", "p_difference_adjusted"] == pytest.approx(table.loc["tight", "p_difference"] * 3)
 
 
 def test_summary_names_helped_hurt_undecided_and_best(three_seeds, tmp_path: Path):
     report = report_of(tmp_path, three_seeds)
     summary = section(report, "Summary")
     lines = {line.split("**")[1]: line for line in summary.splitlines() if line.startswith("- **")}
-    assert set(lines) == {"Helped", "Hurt", "Undecided", "Best variant"}
-    assert "`tight` +2.5 [+1.3, +3.7]" in lines["Helped"]
-    assert "`worse`" not in lines["Helped"] and "`wide`" not in lines["Helped"]
+    assert set(lines) == {"Decisions", "Helped", "Hurt", "No effect", "Undecided", "Best variant"}
+    assert "Holm's correction over the 3 variants tested" in lines["Decisions"]
+    assert "`tight` +2.5 [+1.3, +3.7] (p 0.014, Holm 0.043)" in lines["Helped"]
+    assert "`wide` +2.0 [" in lines["Helped"] and "`worse`" not in lines["Helped"]
     assert f"`worse` {MINUS}2.5 [{MINUS}3.7, {MINUS}1.3]" in lines["Hurt"] and "`tight`" not in lines["Hurt"]
-    assert "`wide` +2.0 [" in lines["Undecided"] and "`lone` +1.0 (1 seed, no CI)" in lines["Undecided"]
-    assert "`tight`" not in lines["Undecided"] and "`worse`" not in lines["Undecided"]
+    assert "`lone` +1.0 (1 seed, no CI)" in lines["Undecided"]
+    assert "`tight`" not in lines["Undecided"] and "`wide`" not in lines["Undecided"]
     # Best: tight (43.5) over wide (43.0); paired diffs 1, 0.5, 0 -> +0.5 ± 4.303·0.5/√3 = ±1.2: within noise.
     assert "`tight`, 43.5 mAP" in lines["Best variant"] and "runner-up `wide` (43.0)" in lines["Best variant"]
     assert "+0.5 ± 1.2" in lines["Best variant"] and "within noise" in lines["Best variant"]
     assert report.index("## Summary") < report.index("| Variant")  # at the top
+    assert next(line for line in summary.splitlines() if line.startswith("- ")).startswith("- **Decisions**")
+
+
+def test_verdicts_after_holm_on_pooled_noise_with_an_outlier_left_out(tmp_path: Path):
+    # Baseline 40, 40, 40. Differences: up 2, 3, 4; down −2, −3, −4; flat 0.1, −0.1, 0; noisy 5, −5, 0;
+    # edge 1.0, 1.1, 0.9.
+    report = report_of(tmp_path, series("baseline", [40.0, 40.0, 40.0], created="09")
+                       + series("up", [42.0, 43.0, 44.0], created="10")
+                       + series("down", [38.0, 37.0, 36.0], created="11")
+                       + series("flat", [40.1, 39.9, 40.0], created="12")
+                       + series("noisy", [45.0, 35.0, 40.0], created="13")
+                       + series("edge", [41.0, 41.1, 40.9], created="14"))
+    table = pd.read_csv(tmp_path / "out" / "sw" / "table.csv").set_index("variant")
+    # noisy's variance 25 against the pool of the others, 4.04/8 = 0.505: F = 49.5 on (2, 8) df,
+    # p = (1 + 2·49.5/8)^−4 = 3.1e−5 < 0.05/5: left out. Then up's F = 1/(2.04/6) = 2.94 on (2, 6),
+    # p = 0.13 > 0.05/4: kept. Pool: √(4.04/8) = 0.7106 on 8 df (residuals at a seed cancel: ρ̂ = 0).
+    assert table.loc["up", "sigma_d"] == pytest.approx(math.sqrt(4.04 / 8)) and table.loc["up", "sigma_d_df"] == 8
+    assert not table.loc["noisy", "sigma_d_pooled"] and table.loc["noisy", "sigma_d"] == pytest.approx(5.0)
+    se = math.sqrt(4.04 / 8) / math.sqrt(3)
+    # up: t = 3/se = 7.312 on 8 df, p 8.3e−5, Holm · 5.
+    assert table.loc["up", "p_difference"] == pytest.approx(8.29e-5, rel=1e-2)
+    assert table.loc["up", "p_difference_adjusted"] == pytest.approx(5 * table.loc["up", "p_difference"])
+    # edge: t = 1/se = 2.437, p 0.0407 < α raw (its own 95% CI ±0.25 excludes zero), Holm · 3 = 0.122: undecided.
+    assert table.loc["edge", "p_difference"] == pytest.approx(0.0407, abs=2e-4)
+    assert table.loc["edge", "p_difference_adjusted"] == pytest.approx(0.1222, abs=5e-4)
+    # flat: margin X = max(0.5, (t_{0.99,8} + t_{0.9,8}) · se) = (2.8965 + 1.3968) · 0.4103 = 1.761; TOST
+    # t = 1.761/se = 4.293, p 0.0013, Holm · 5 = 0.0066: no effect within ±1.76.
+    assert table.loc["flat", "margin"] == pytest.approx(1.7615, abs=1e-3)
+    assert table.loc["flat", "p_equivalence_adjusted"] == pytest.approx(5 * 0.00132, abs=2e-4)
+    assert dict(table["verdict"].dropna()) == {"up": "helped", "down": "hurt", "flat": "no_effect",
+                                               "noisy": "undecided", "edge": "undecided"}
+    by = {r["Variant"]: r for r in md_table(report)}
+    assert by["flat"]["Verdict"] == r"no effect (\|Δ\| < 1.8)"  # the pipes escaped in the markdown cell
+    assert by["edge"][DELTA_HEADER] == "+1.0 ± 0.2" and by["edge"]["p (Holm)"] == "0.041 (0.12)"
+    noise = section(report, "Seed noise and power")
+    assert "σ_d = 0.71 points, pooled over the paired per-seed differences of 4 variants" in noise
+    assert "left out of the pool, its own variance an outlier (Cochran's C at 0.05): `noisy`" in noise
+    # Power after the correction: two-sided α/5 = 0.01, σ_d on 4·(n − 1) df. z: (2.5758 + 0.8416)² · (0.7106/0.5)²
+    # = 23.6 -> 24; with t, n = 25 (96 df) needs (2.628 + 0.845)² · 2.02 = 24.4 <= 25. Detectable with 3 seeds
+    # (8 df): (t_{0.995,8} + t_{0.8,8}) · 0.4103 = (3.3554 + 0.8889) · 0.4103 = 1.74.
+    assert "α = 0.05 after Holm's correction over 5 variants (paired, two-sided α/5 = 0.01, its first step)" in noise
+    assert "needs **25 seeds** per variant" in noise and "gives 24" in noise
+    assert "80% power at that level is 1.74 points" in noise
 
 
 def test_single_seed_sweep_says_no_interval_can_be_given(tmp_path: Path):
@@ -158,7 +211,7 @@ def test_single_seed_sweep_says_no_interval_can_be_given(tmp_path: Path):
     assert "seeds needed" in noise and "**" not in noise  # no number of seeds is claimed
     assert "No confidence interval can be given for `warmup`, `mixup`" in section(report, "Notes")
     summary = section(report, "Summary")
-    assert "Helped** beyond noise (95% CI of ΔmAP above zero): none." in summary
+    assert "- **Helped**: none." in summary
     assert "`warmup` +2.6 (1 seed, no CI)" in summary and "cannot be told from noise" in summary
 
 
@@ -202,11 +255,12 @@ def test_power_paragraph_from_paired_differences(tmp_path: Path):
     report = report_of(tmp_path, series("baseline", [40.0, 41.0, 42.0]) + series("wide", [41.0, 43.0, 45.0], created="11"))
     noise = section(report, "Seed noise and power")
     assert "σ = 1.00 points (std of its mAP over 3 seeds)" in noise
-    assert "σ_d = 1.00 points, the pooled std of the observed paired per-seed differences of 1 variant" in noise
+    assert "σ_d = 1.00 points, pooled over the paired per-seed differences of 1 variant" in noise
     assert "(2 degrees of freedom)" in noise
-    assert "0.5-point ΔmAP with 80% power at α = 0.05" in noise
+    assert "0.5-point ΔmAP with 80% power at α = 0.05 (paired, two-sided)" in noise  # one variant: no correction
     assert "**34 seeds**" in noise and "gives 32" in noise
-    assert "3 seeds: the smallest ΔmAP a paired comparison over them detects with 80% power is 3.10 points" in noise
+    assert ("3 seeds: the smallest ΔmAP a paired comparison over them detects with 80% power at that level is "
+            "3.10 points") in noise
     assert "too few to resolve a 0.5-point change" in noise
 
 
@@ -237,7 +291,7 @@ def test_cost_columns_are_changes_against_the_baseline(tmp_path: Path):
              created_at="2025-03-01T14:00:00")
     report = report_of(tmp_path, [base, ema, spp, gn, na])
     by = {r["Variant"]: r for r in md_table(report)}
-    assert list(by["baseline"])[:5] == ["Variant", "Kind", "Seeds", DELTA_HEADER, "mAP"]
+    assert list(by["baseline"])[:7] == ["Variant", "Kind", "Seeds", DELTA_HEADER, "Verdict", "p (Holm)", "mAP"]
     b = by["baseline"]
     assert (b["Kind"], b["Train time"], b["Images/s"], b["Peak mem"], b["ms/img"], b["Params"], b["FLOPs"]) == \
         ("—", "120 s", "50.0", "1,000 MB", "8.00 ms", "3.00 M", "2.50 G")

@@ -60,6 +60,7 @@ def test_first_batch_is_the_one_training_sees_at_epoch_0_after_the_tricks(cache)
     data = build_data(cfg.data, cache)
     eseed = epoch_seed(5, 0)
     torch.manual_seed(eseed)
+    data.train.set_epoch(eseed)
     raw_images, raw_targets = to_device(*next(iter(make_loader(data.train, cfg.data.batch_size, shuffle=True,
                                                                num_workers=0, seed=eseed))), torch.device("cpu"), 0)
     assert len(images) == len(raw_images) == 4

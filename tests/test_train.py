@@ -34,12 +34,13 @@ def test_record_holds_what_the_report_needs(tmp_path, shapes_cache):
     on_disk = read_record(tmp_path / "result.json")
     assert on_disk == rec
     assert rec.tricks == ["warmup"] and rec.variant == "warmup" and rec.seed == 0
-    assert set(rec.metrics) == set(COCO_METRICS)
+    assert set(rec.metrics) == {*COCO_METRICS, "mAP_se"}
+    assert 0 < rec.metrics["mAP_se"] < 1  # 8 val images: their mAP is far from certain
     assert set(rec.per_class_ap) == {"circle", "square", "triangle", "cross", "ring"}
     assert rec.params > 0 and rec.flops > 0 and rec.inference_ms_per_image > 0
     for key in ("wall_s", "train_s", "train_cpu_s", "eval_s", "images_per_s", "data_wait_s", "data_wait_fraction",
                 "batch_tricks_s", "batch_tricks_fraction", "model_s", "harness_fraction", "checkpoint_s",
-                "time_to_first_step_s"):
+                "bootstrap_s", "time_to_first_step_s"):
         assert rec.timings[key] >= 0, key
     t = rec.timings
     # The step's parts (data wait, tricks' hooks, model) lie within the training time.
@@ -95,6 +96,31 @@ def test_a_resumed_ema_run_ends_with_the_same_average(tmp_path, shapes_cache, mo
     assert resumed.metrics == whole.metrics
 
 
+def test_a_trick_drawing_from_torch_leaves_its_baseline_flips(tmp_path, shapes_cache, monkeypatch):
+    """DropBlock draws its blocks from torch's global RNG between the batches; the training images a
+    run reads (order and flips) are still its baseline's at the same seed (data.flip_rng=sample)."""
+    from ablate.data import DetectionDataset
+
+    reads: dict[str, list] = {}
+    real = DetectionDataset.__getitem__
+
+    def recording(self, i):
+        image, target = real(self, i)
+        if self.train:
+            reads[current].append((target["image_id"], target["boxes"].clone()))
+        return image, target
+
+    monkeypatch.setattr(DetectionDataset, "__getitem__", recording)
+    for current in ("[]", "[dropblock]"):
+        reads[current] = []
+        rec = train_and_evaluate(make_cfg(shapes_cache, f"tricks={current}", "train.epochs=2", "seed=1"),
+                                 tmp_path / current)
+        assert rec.status == "ok"
+    base, drop = reads["[]"], reads["[dropblock]"]
+    assert len(base) == 2 * 16 and [i for i, _ in base] == [i for i, _ in drop]
+    assert all(torch.equal(a, b) for (_, a), (_, b) in zip(base, drop))
+
+
 def test_checkpoint_of_another_config_is_not_resumed(tmp_path, shapes_cache):
     train_and_evaluate(make_cfg(shapes_cache, "train.epochs=1"), tmp_path)
     (tmp_path / "result.json").unlink()
@@ -113,7 +139,7 @@ def test_non_finite_loss_ends_the_run_as_diverged_not_as_an_exception(tmp_path, 
 @pytest.mark.parametrize("model", ["retinanet", "faster_rcnn"])
 def test_other_baselines_train_and_evaluate(tmp_path, shapes_cache, model):
     rec = train_and_evaluate(make_cfg(shapes_cache, f"model={model}", "tricks=[mixup,warmup]"), tmp_path)
-    assert rec.status == "ok" and set(rec.metrics) == set(COCO_METRICS)
+    assert rec.status == "ok" and set(rec.metrics) == {*COCO_METRICS, "mAP_se"}
     assert rec.config["model"]["name"] == model
 
 

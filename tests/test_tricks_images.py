@@ -348,6 +348,25 @@ def test_mosaic_places_four_images_around_the_centre_and_keeps_the_central_windo
     assert all(r is img for r, img in zip(rest, images[1:]))  # the others' coins said no
 
 
+def test_mosaic_filters_boxes_as_yolov5s_box_candidates():
+    """ultralytics/yolov5 utils/augmentations.py box_candidates after load_mosaic: sides > 2 px, area
+    > 0.1 of the box before the cut, aspect ratio < 100 (ar_thr). Two 64 x 64 images, centre (96, 64)
+    on the 128 x 128 canvas: image 0 fills x [32, 96), y [0, 64), all of it inside the window's x
+    range [32, 96). Its boxes: a 64 x 3 strip (aspect 21.3: kept, where the old limit 20 dropped
+    it), a 64 x 0.5 strip (aspect 128, and under 2 px: dropped), a box cut to 3 / 35 of its area
+    (y [0, 35) -> [32, 35): dropped) and one cut to 8 / 40 (y [0, 40) -> [32, 40): kept)."""
+    trick = build_trick("mosaic", prob=0.5)  # the second image's coin (0.9) says no
+    empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}
+    images = [torch.rand(1, 64, 64) for _ in range(2)]
+    strips = [[0, 60, 64, 63], [0, 50, 64, 50.5], [0, 0, 64, 35], [0, 0, 64, 40]]
+    targets = [target(strips, [1, 2, 3, 4]), empty]
+    rng = ScriptedMosaic(coins=[0.1, 0.9], partners=[0, 0, 0], order=[0, 1, 2, 3], centres=[1.5, 1.0])
+    (_, _), (t, _) = trick.on_batch(images, targets, BatchContext(epoch=0, num_epochs=10, step=0, total_steps=1,
+                                                                  rng=rng))
+    assert t["labels"].tolist() == [1, 4]
+    assert t["boxes"].tolist() == [[0, 28, 64, 31], [0, 0, 64, 8]]
+
+
 def test_mosaic_is_off_for_the_last_tenth_of_training():
     trick = build_trick("mosaic")
     images = [torch.rand(3, 8, 8) for _ in range(2)]

@@ -136,8 +136,14 @@ def test_asff_weights_sum_to_one_per_position_and_fuse():
         r = coarse.resized(levels)
         assert torch.allclose(r[0], coarse.resize[0](F.max_pool2d(levels[0], 3, 2, 1)))
         assert torch.allclose(r[1], coarse.resize[1](levels[1]))
+        # a coarser level of the same channels: nearest up and nothing else, as the authors' ASFF takes
+        # level 1 (256 channels) to level 2 (256); their 1x1 compress is only where channels differ
         fine = ASFFLevel(4, 3, level=0, compress=16).eval()
-        assert torch.allclose(fine.resized(levels)[2], F.interpolate(fine.resize[2](levels[2]), size=(8, 8)))
+        r = fine.resized(levels)
+        assert torch.equal(r[1], F.interpolate(levels[1], size=(8, 8)))
+        assert torch.equal(r[2], F.interpolate(levels[2], size=(8, 8)))
+        assert torch.equal(coarse.resized(levels)[2], levels[2])
+        assert [sum(p.numel() for p in m.parameters()) for m in fine.resize] == [0, 0, 0]
 
 
 @pytest.mark.parametrize("kind,model", FITTING)

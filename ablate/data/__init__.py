@@ -57,7 +57,7 @@ def build_data(cfg_data: Any, cache_dir: Path) -> DataBundle:
 
     def dataset(split: CocoSplit, train: bool, cache_ram_mb: float) -> DetectionDataset:
         return DetectionDataset(split, image_size=cfg_data["image_size"], train=train, hflip=cfg_data["hflip"],
-                                cache_ram_mb=cache_ram_mb, name=f"{name} {'train' if train else 'val'}")
+                                cache_ram_mb=cache_ram_mb, flip_rng=cfg_data["flip_rng"], name=f"{name} {'train' if train else 'val'}")
 
     # One RAM budget for both splits: train takes its share first, val what is left.
     train = dataset(train_split, True, cfg_data["cache_ram_mb"])

@@ -13,11 +13,13 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
-from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
 
 from .coco import CocoSplit, DatasetError, ImageRecord
 
 log = logging.getLogger("ablate.data")
+# data.flip_rng: where a training image's flip is drawn from (conf/data/*.yaml says why).
+FLIP_RNGS = ("sample", "global")
 
 
 def _cores() -> int:
@@ -62,14 +64,22 @@ class DetectionDataset(Dataset):
     ``image_size``), target a dict with ``boxes`` (float32 [N, 4] xyxy, resized pixels),
     ``labels`` (int64 [N], 1..K), ``image_id``, ``scale`` (resized / original) and
     ``orig_size`` ((h, w) of the original image).
+
+    Training images flip with probability ``hflip``. With ``flip_rng="sample"`` the flip of image
+    ``i`` in an epoch is drawn from its own generator, seeded by (the epoch's seed, set by
+    :meth:`set_epoch`, and ``i``): it is the same whatever else drew random numbers before it (a
+    trick's torch draws), in whichever order, process or loader worker the image is read. With
+    ``"global"`` it is drawn from torch's global RNG, as before that key existed.
     """
 
     def __init__(self, split: CocoSplit, image_size: int | None, train: bool, hflip: float,
-                 cache_ram_mb: float, name: str | None = None):
+                 cache_ram_mb: float, flip_rng: str, name: str | None = None):
         if image_size is not None and (not isinstance(image_size, int) or image_size <= 0):
             raise DatasetError(f"image_size must be a positive integer or null, got {image_size!r}")
         if not 0.0 <= hflip <= 1.0:
             raise DatasetError(f"hflip must be a probability in [0, 1], got {hflip!r}")
+        if flip_rng not in FLIP_RNGS:
+            raise DatasetError(f"flip_rng={flip_rng!r}: choose one of {', '.join(FLIP_RNGS)}")
         self.name = name or split.ann_file.name
         self.records = split.records
         self.image_size = image_size
@@ -77,7 +87,10 @@ class DetectionDataset(Dataset):
         self.hflip = float(hflip)
         self.image_ids = [r.id for r in self.records]
         self.classes = list(split.category_names)
-        self._flip = v2.RandomHorizontalFlip(p=self.hflip) if train and self.hflip > 0 else None
+        self.flips = train and self.hflip > 0
+        self.flip_rng = flip_rng
+        # The seed of the current epoch (set_epoch), for flip_rng=sample.
+        self.epoch_seed: int | None = None
         # Targets in resized coordinates, computed once.
         self._scales: list[float] = []
         self._boxes: list[torch.Tensor] = []
@@ -115,16 +128,34 @@ class DetectionDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
+    def set_epoch(self, seed: int) -> None:
+        """The seed of the epoch about to be read (train.epoch_seed). Set before the epoch's loader
+        is iterated: its workers take a copy of the dataset when they start."""
+        self.epoch_seed = int(seed)
+
+    def flipped(self, i: int) -> bool:
+        """Whether image ``i`` is flipped when read now (one draw per read with flip_rng=global)."""
+        if not self.flips:
+            return False
+        if self.flip_rng == "global":
+            # torchvision's RandomHorizontalFlip draw: flip unless torch.rand(1) >= p.
+            return bool(torch.rand(1) < self.hflip)
+        if self.epoch_seed is None:
+            raise RuntimeError(f"{self.name}: set_epoch(seed) before reading training images (flip_rng=sample)")
+        # Child i of the epoch's SeedSequence: independent streams per image, and none of them is
+        # the stream the tricks' BatchContext.rng draws from (default_rng(epoch seed), no spawn key).
+        seq = np.random.SeedSequence(self.epoch_seed, spawn_key=(int(i),))
+        return bool(np.random.default_rng(seq).random() < self.hflip)
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, dict[str, Any]]:
         rec = self.records[i]
         # A copy of the cached image, so that nothing downstream can write into the cache.
         image = self._cache[i].clone() if self._cache is not None else decode_image(rec, self.image_size)
         boxes, labels = self._boxes[i].clone(), self._labels[i].clone()
-        if self._flip is not None:
-            img_t, box_t = self._flip(
-                tv_tensors.Image(image),
-                tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=tuple(image.shape[-2:])))
-            image, boxes = img_t.as_subclass(torch.Tensor), box_t.as_subclass(torch.Tensor)
+        if self.flipped(i):
+            image = TF.horizontal_flip(tv_tensors.Image(image)).as_subclass(torch.Tensor)
+            boxes = TF.horizontal_flip(tv_tensors.BoundingBoxes(
+                boxes, format="XYXY", canvas_size=tuple(image.shape[-2:]))).as_subclass(torch.Tensor)
         target = {"boxes": boxes, "labels": labels, "image_id": rec.id, "scale": self._scales[i],
                   "orig_size": (rec.height, rec.width)}
         return image, target

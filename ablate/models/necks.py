@@ -223,17 +223,19 @@ def conv_bn_relu(cin: int, cout: int, kernel: int, stride: int = 1) -> nn.Sequen
 
 class ASFFLevel(nn.Module):
     """ASFF at level `level` of n (finest first, C channels each): every other level resized to it
-    (a coarser one: 1x1 conv-BN-ReLU, then nearest up; a finer one 2^k times larger: k-1 3x3 stride-2
-    max-pools, then a 3x3 stride-2 conv-BN-ReLU), a 1x1 conv-BN-ReLU of each to `compress` channels,
+    (a coarser one: nearest up, as the authors' ASFF takes its 256-channel level 1 to level 2, their
+    1x1 compress conv being only where the channel counts differ, 512 to 256, and here none differ;
+    a finer one 2^k times larger: k-1 3x3 stride-2 max-pools, then a 3x3 stride-2 conv-BN-ReLU, which
+    the authors apply whatever the channels), a 1x1 conv-BN-ReLU of each to `compress` channels,
     concatenated, a 1x1 conv to n logits, softmax over the levels per position, the weighted sum
     y = sum_l alpha_l x_l (eq. 1-2, alpha summing to 1), then a 3x3 conv-BN-ReLU."""
 
     def __init__(self, channels: int, num_levels: int, level: int, compress: int):
         super().__init__()
         self.level = level
+        # only the finer levels have a resize conv (the coarser ones are upsampled as they are)
         self.resize = nn.ModuleList(
-            nn.Identity() if j == level else conv_bn_relu(channels, channels, 1 if j > level else 3, 1 if j > level else 2)
-            for j in range(num_levels))
+            conv_bn_relu(channels, channels, 3, 2) if j < level else nn.Identity() for j in range(num_levels))
         self.weight_convs = nn.ModuleList(conv_bn_relu(channels, compress, 1) for _ in range(num_levels))
         self.weight_logits = nn.Conv2d(compress * num_levels, num_levels, 1)
         self.expand = conv_bn_relu(channels, channels, 3)
@@ -243,7 +245,7 @@ class ASFFLevel(nn.Module):
         out = []
         for j, (x, resize) in enumerate(zip(levels, self.resize)):
             if j > self.level:
-                x = F.interpolate(resize(x), size=size, mode="nearest")
+                x = F.interpolate(x, size=size, mode="nearest")
             elif j < self.level:
                 for _ in range(self.level - j - 1):
                     x = F.max_pool2d(x, 3, 2, 1)

@@ -26,11 +26,11 @@ class ReportError(UserInputError):
     """Nothing to report: no readable result.json under the given folders."""
 
 
-def adaptive_lines(runs_dirs: list[Path], found: list[tuple[Path, RunRecord]]) -> list[str]:
+def adaptive_lines(runs_dirs: list[Path], found: list[tuple[Path, RunRecord]]) -> tuple[list[str], list]:
     """The "Adaptive seeds" section when a runs folder holds an adaptive sweep's plan (adaptive.json):
-    each trick's decision, the rounds, and the runs saved; none otherwise. The decisions read that folder's
-    records alone: they name variants as its sweep did, which other folders' runs may share with other
-    settings or trick arguments."""
+    each trick's decision, the rounds, and the runs saved, and the decisions; ([], []) otherwise. The
+    decisions read that folder's records alone: they name variants as its sweep did, which other folders'
+    runs may share with other settings or trick arguments."""
     import json
 
     from ablate.report.markdown import adaptive_section
@@ -41,8 +41,21 @@ def adaptive_lines(runs_dirs: list[Path], found: list[tuple[Path, RunRecord]]) -
             info = json.loads(path.read_text())
             plan = Plan(info["min"], info["max"], info["margin"], info["alpha"])
             records = [r for p, r in found if Path(d) in p.parents]
-            return adaptive_section(info, decisions_from_records(records, info["variants"], plan))
-    return []
+            decisions = decisions_from_records(records, info["variants"], plan)
+            return adaptive_section(info, decisions), decisions
+    return [], []
+
+
+def adopt_decisions(table, decisions: list) -> None:
+    """The adaptive sweep's decisions (on which it stopped) in place of the table's one-look ones, for the
+    variants named alike."""
+    for d in decisions:
+        rows = (table["variant"] == d.variant) & ~table["baseline"]
+        if rows.any():
+            table.loc[rows, ["verdict", "p_difference", "p_difference_adjusted", "p_equivalence",
+                             "p_equivalence_adjusted", "margin", "sigma_d", "sigma_d_df", "sigma_d_pooled"]] = [
+                d.verdict, d.p_difference, d.p_difference_adjusted, d.p_equivalence, d.p_equivalence_adjusted,
+                d.margin, d.std, d.df, d.pooled]
 
 
 def split_search_trials(found: list[tuple[Path, RunRecord]], runs_dirs: list[Path]
@@ -113,6 +126,8 @@ def build_report(runs_dirs: list[Path], out_dir: Path, title: str | None = None)
     if title is None:
         title = " + ".join(dict.fromkeys(d.resolve().name or str(d) for d in runs_dirs))
 
+    adaptive, decisions = adaptive_lines(runs_dirs, found)
+    adopt_decisions(table, decisions)
     out_dir.mkdir(parents=True, exist_ok=True)
     plot_delta_map(table, out_dir / "delta_map.png", title)
     plot_curves(epoch_curves(records, table), out_dir / "curves.png", title)
@@ -121,7 +136,6 @@ def build_report(runs_dirs: list[Path], out_dir: Path, title: str | None = None)
     atomic_write_text(out_dir / "table.csv", table.to_csv(index=False, float_format="%.10g"))
     atomic_write_text(out_dir / "runs.csv", runs.drop(columns=["code_files"]).to_csv(index=False, float_format="%.10g"))
     report = out_dir / "report.md"
-    adaptive = adaptive_lines(runs_dirs, found)
     atomic_write_text(report, render_markdown(title, table, runs, errors, runs_dirs, plots=tuple(PLOTS),
                                               adaptive=adaptive, searches=searches))
     log.info("report of %d runs (%d variants) written to %s", len(records), len(table), report)

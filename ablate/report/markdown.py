@@ -15,13 +15,14 @@ import numpy as np
 import pandas as pd
 
 from ablate.report.stats import (ALPHA, CUMULATIVE, POWER, TARGET_DELTA, compare, cumulative_steps, detect_design,
-                                 detectable_change, factorial_effects, pooled_std, seeds_needed, seeds_needed_z)
-from ablate.report.table import (mixed_code, COST_HEADERS, DASH, DELTA_HEADER, HEALTH_HEADER, NA, TABLE_METRICS, WARN,
-                                 display_table, fmt_bounds, fmt_ci, fmt_delta, fmt_interval, fmt_points, metrics_table,
-                                 seed_values, variant_label)
+                                 detectable_change, factorial_effects, seeds_needed, seeds_needed_z)
+from ablate.report.table import (mixed_code, COST_HEADERS, DASH, DELTA_HEADER, HEALTH_HEADER, NA, P_HEADER,
+                                 TABLE_METRICS, WARN, display_table, fmt_bounds, fmt_ci, fmt_delta, fmt_interval,
+                                 fmt_points, fmt_verdict, metrics_table, seed_values, variant_label)
+from ablate.sweep.adaptive import CORRECTION, SCREEN_LEVEL, pooled_sigma
 from ablate.results import STATUSES
 
-RIGHT_ALIGNED = {"Seeds", "mAP", DELTA_HEADER, "AP50", "AP75", "APs", "APm", "APl", "APs/APm/APl", *COST_HEADERS,
+RIGHT_ALIGNED = {"Seeds", "mAP", DELTA_HEADER, P_HEADER, "AP50", "AP75", "APs", "APm", "APl", "APs/APm/APl", *COST_HEADERS,
                  "Seed"}
 
 
@@ -137,38 +138,59 @@ def health_lines(table: pd.DataFrame) -> list[str]:
     variants = table[~table["baseline"] & (table["health"] != "")].to_dict("records")
     if variants:
         lines.append(f"- {WARN} **Collapsed runs**: {', '.join(flagged(r) for r in variants)}. Their mAP reflects a "
-                     f"collapsed or degenerate run and must not be read as the trick's effect (left out of the lines "
-                     f"below; the warnings are under “Run health”).")
+                     f"collapsed or degenerate run and must not be read as the trick's effect (left out of the "
+                     f"decisions below; the warnings are under “Run health”).")
     return lines
 
 
+def tested(table: pd.DataFrame) -> int:
+    """How many variants the decisions tested (Holm's m): those with a p-value."""
+    return int(table["p_difference"].notna().sum())
+
+
+def decision_rule(m: int) -> str:
+    """The decisions' criterion in one sentence."""
+    return (f"{CORRECTION}'s correction over the {_plural(m, 'variant')} tested, α = {ALPHA:g}: paired t-tests on "
+            f"each base's pooled σ_d (see “Seed noise and power”); no effect = equivalence within ±X (two one-sided "
+            f"tests), X the larger of {TARGET_DELTA:g} points and the change the base's seeds can resolve. The "
+            f"intervals are each variant's own 95% CI, without the correction")
+
+
 def summary_lines(table: pd.DataFrame, runs: pd.DataFrame) -> list[str]:
-    """Collapsed variants and baselines, which tricks helped beyond noise, which hurt, which are undecided, and
-    the best variant. A variant with a run-health warning, or whose baseline has one, is in none of Helped,
-    Hurt and Undecided; one with a warning is not ranked for Best variant."""
+    """Collapsed variants and baselines, then the decisions (helped, hurt, no effect, undecided after Holm's
+    correction, with raw and adjusted p) and the best variant. A variant with a run-health warning, or
+    whose baseline has one, is in none of the decision lines; one with a warning is not ranked for Best
+    variant."""
     several = table["base_hash"].nunique() > 1
-    lines = health_lines(table)
+    lines = health_lines(table)  # a collapse first: it says which decisions mean nothing
     computed = table[~table["baseline"] & table["delta_mAP"].notna()]
     rows = computed[(computed["health"] == "") & ~computed["baseline_unhealthy"]].to_dict("records")
-    helped = [r for r in rows if r["delta_sign"] > 0]
-    hurt = [r for r in rows if r["delta_sign"] < 0]
-    undecided = [r for r in rows if r["delta_sign"] == 0]
 
     def with_ci(r: Mapping) -> str:
-        return f"{_name(r, several)} {fmt_delta(r['delta_mAP'])} {fmt_bounds(r['delta_ci_low'], r['delta_ci_high'])}"
-
-    def open_(r: Mapping) -> str:
         if math.isnan(r["delta_ci_half"]):
             return f"{_name(r, several)} {fmt_delta(r['delta_mAP'])} (1 seed, no CI)"
-        return with_ci(r)
+        return f"{_name(r, several)} {fmt_delta(r['delta_mAP'])} {fmt_bounds(r['delta_ci_low'], r['delta_ci_high'])}"
+
+    def with_p(r: Mapping, which: str = "p_difference") -> str:
+        if math.isnan(r[which]):
+            return with_ci(r) + ("" if math.isnan(r["delta_ci_half"]) else " (not tested: unpaired)")
+        return f"{with_ci(r)} (p {r[which]:.2g}, {CORRECTION} {r[which + '_adjusted']:.2g})"
+
+    def no_effect(r: Mapping) -> str:
+        return f"{with_ci(r)} (|Δ| < {r['margin']:.1f}: p {r['p_equivalence']:.2g}, {CORRECTION} " \
+               f"{r['p_equivalence_adjusted']:.2g})"
 
     if rows:
-        lines.append("- **Helped** beyond noise (95% CI of ΔmAP above zero): "
-                     + (", ".join(with_ci(r) for r in helped) if helped else "none") + ".")
-        lines.append("- **Hurt** beyond noise (95% CI below zero): "
-                     + (", ".join(with_ci(r) for r in hurt) if hurt else "none") + ".")
-        lines.append("- **Undecided** (CI spans zero, or a single seed so no CI): "
-                     + (", ".join(open_(r) for r in undecided) if undecided else "none") + ".")
+        by = {v: [r for r in rows if r["verdict"] == v] for v in ("helped", "hurt", "no_effect", "undecided")}
+        m = tested(table)
+        lines.append(f"- **Decisions** after {decision_rule(m)}." if m else
+                     "- **Decisions**: none tested (no variant has two seeds paired with its baseline's), so every "
+                     "variant is undecided.")
+        lines.append("- **Helped**: " + (", ".join(with_p(r) for r in by["helped"]) or "none") + ".")
+        lines.append("- **Hurt**: " + (", ".join(with_p(r) for r in by["hurt"]) or "none") + ".")
+        lines.append("- **No effect** beyond the margin stated: "
+                     + (", ".join(no_effect(r) for r in by["no_effect"]) or "none") + ".")
+        lines.append("- **Undecided**: " + (", ".join(with_p(r) for r in by["undecided"]) or "none") + ".")
     elif len(computed):
         lines.append("- No ΔmAP can be read as a trick's effect: every variant that has one, or its baseline, "
                      "collapsed (see above).")
@@ -199,12 +221,17 @@ def summary_lines(table: pd.DataFrame, runs: pd.DataFrame) -> list[str]:
 
 
 def noise_lines(table: pd.DataFrame, runs: pd.DataFrame) -> list[str]:
-    """Per base: the baseline's seed-to-seed spread, the std of a paired difference, the seeds needed to
-    detect a TARGET_DELTA-point change, and what this sweep's seeds can detect."""
+    """Per base: the baseline's seed-to-seed spread, the pooled std of a paired difference (the outlier
+    screen and its df), the seeds needed to detect a TARGET_DELTA-point change after the correction,
+    and what this sweep's seeds can detect and resolve."""
     several = table["base_hash"].nunique() > 1
     lines = []
-    delta, power, alpha = TARGET_DELTA, POWER, ALPHA
-    z_a, z_b = f"z{_sub('0.975')}", f"z{_sub(f'{power:g}')}"
+    delta, power = TARGET_DELTA, POWER
+    m = max(tested(table), 1)
+    alpha = ALPHA / m  # Holm's first step: what the smallest p-value must beat
+    level = (f"α = {ALPHA:g} after {CORRECTION}'s correction over {_plural(m, 'variant')} (paired, two-sided "
+             f"α/{m} = {alpha:.2g}, its first step)" if m > 1 else f"α = {ALPHA:g} (paired, two-sided)")
+    z_a, z_b = f"z{_sub(f'{1 - alpha / 2:.4g}')}", f"z{_sub(f'{power:g}')}"
     for base in table.loc[table["baseline"], "base_hash"].drop_duplicates():
         block = table[table["base_hash"] == base]
         base_row = block[block["baseline"]].iloc[0]
@@ -212,11 +239,13 @@ def noise_lines(table: pd.DataFrame, runs: pd.DataFrame) -> list[str]:
         baseline = seed_values(runs, base_row)
         n_b = len(baseline)
         sigma = float(np.std(list(baseline.values()), ddof=1)) if n_b >= 2 else math.nan
-        groups = []
+        names, groups = [], []
         for rec in block[~block["baseline"] & block["delta_paired"] & (block["delta_seeds"] >= 2)].to_dict("records"):
             variant = seed_values(runs, rec)
+            names.append(_name(rec, several))
             groups.append([variant[s] - baseline[s] for s in sorted(variant)])
-        sigma_d, dof = pooled_std(groups)
+        sigma_d, dof, pooled, rho = pooled_sigma(groups)
+        raw_df = sum(len(g) - 1 for g, kept in zip(groups, pooled) if kept)
         if n_b >= 2:
             spread = (f"the baseline's seed-to-seed spread is σ = {sigma:.2f} points "
                       f"(std of its mAP over {n_b} seeds)")
@@ -224,9 +253,20 @@ def noise_lines(table: pd.DataFrame, runs: pd.DataFrame) -> list[str]:
             spread = ("the seed-to-seed spread cannot be estimated from this sweep: the baseline ran a single seed")
         else:
             spread = "the baseline has no ok run, so its seed-to-seed spread is unknown"
+        per_seed = 1.0
         if dof:
-            source = (f"σ_d = {sigma_d:.2f} points, the pooled std of the observed paired per-seed differences of "
-                      f"{_plural(len(groups), 'variant')} ({dof} degrees of freedom)")
+            kept = sum(pooled)
+            source = (f"σ_d = {sigma_d:.2f} points, pooled over the paired per-seed differences of "
+                      f"{_plural(kept, 'variant')}, each centred on its own mean ({raw_df} degrees of freedom")
+            if dof < raw_df - 0.05:
+                source += (f"; {dof:.1f} effective, the variants' residuals at the same seed correlating "
+                           f"ρ̂ = {rho:.2f} through their shared baseline")
+            source += ")"
+            dropped = [n for n, k in zip(names, pooled) if not k]
+            if dropped:
+                source += (f"; left out of the pool, its own variance an outlier (Cochran's C at {SCREEN_LEVEL:g}): "
+                           f"{', '.join(dropped)}, tested on its own")
+            per_seed = dof / max(raw_df, 1) * kept  # the pool's df per seed of each variant
         elif not math.isnan(sigma):
             sigma_d = math.sqrt(2) * sigma
             source = (f"σ_d ≈ √2·σ = {sigma_d:.2f} points, from the baseline's spread (no variant has two paired "
@@ -241,16 +281,20 @@ def noise_lines(table: pd.DataFrame, runs: pd.DataFrame) -> list[str]:
                      "run at least 2 seeds (3 or more for intervals of usable width).")
             lines.append(text)
             continue
-        n_t = seeds_needed(sigma_d, delta, alpha, power)
+        n_t = seeds_needed(sigma_d, delta, alpha, power, df_per_seed=per_seed)
         n_z = seeds_needed_z(sigma_d, delta, alpha, power)
         text += (f" The std of a paired difference is {source}. To detect a {delta:g}-point ΔmAP with "
-                 f"{power:.0%} power at α = {alpha:g} (paired, two-sided) needs **{_plural(n_t, 'seed')}** "
-                 f"(n = (({z_a} + {z_b})·σ_d/δ)² gives {n_z}; with t quantiles, iterated, {n_t}).")
+                 f"{power:.0%} power at {level} needs **{_plural(n_t, 'seed')}** per variant "
+                 f"(n = (({z_a} + {z_b})·σ_d/δ)² gives {n_z}; with t quantiles on the pooled df, iterated, {n_t}).")
         # σ_d is known, so the baseline ran two seeds or more.
-        mde = detectable_change(sigma_d, n_b, alpha, power)
+        mde = detectable_change(sigma_d, n_b, alpha, power, df_per_seed=per_seed)
         verdict = "enough to resolve" if n_b >= n_t else "too few to resolve"
         text += (f" This sweep ran the baseline over {_plural(n_b, 'seed')}: the smallest ΔmAP a paired comparison "
-                 f"over them detects with {power:.0%} power is {mde:.2f} points, {verdict} a {delta:g}-point change.")
+                 f"over them detects with {power:.0%} power at that level is {mde:.2f} points, {verdict} a "
+                 f"{delta:g}-point change.")
+        margins = block.loc[~block["baseline"] & block["margin"].notna(), "margin"]
+        if len(margins):
+            text += f" Equivalence (“no effect”) is tested within ±{margins.max():.2f} points."
         lines.append(text)
     if not lines:
         lines.append("- No baseline has an ok run: the seed-to-seed spread cannot be estimated.")
@@ -472,18 +516,25 @@ def search_line(searches: Mapping[Path, int]) -> str:
 
 
 def adaptive_section(info: Mapping, decisions: Sequence) -> list[str]:
-    """An adaptive sweep's decisions (ablate/sweep/adaptive.py): per trick the verdict, raw and
-    adjusted for the number of tricks (Holm), the seeds it took, and what the rounds saved."""
+    """An adaptive sweep's decisions (ablate/sweep/adaptive.py): per trick the verdict after Holm's
+    correction (on which it stopped), the seeds it took, its noise, margin and p-values raw and adjusted,
+    the rounds, and the runs against max seeds everywhere and against the fixed design the power statement
+    names."""
     from ..sweep.adaptive import OPEN
 
     m = len(decisions)
     rows = []
     for d in decisions:
-        change = fmt_ci(d.mean, d.half) if not math.isnan(d.mean) else DASH
-        rows.append({"Variant": d.variant, "Verdict": d.verdict if d.verdict != OPEN else "open (run stopped)",
-                     f"Verdict, Holm over {m}": d.verdict_holm, "Seeds": str(d.seeds), "ΔmAP ± 95% CI": change,
-                     "p difference": f"{d.p_difference:.3g}", "p equivalence": f"{d.p_equivalence:.3g}"})
-    n_variants = len(info["variants"]) + len({b for b in info["variants"].values()})
+        change = fmt_ci(d.mean, d.half, mark=False) if not math.isnan(d.mean) else DASH
+        noise = DASH if math.isnan(d.std) else f"{d.std:.2f} ({d.df:.0f} df{'' if d.pooled else ', own'})"
+        rows.append({"Variant": d.variant,
+                     f"Verdict ({CORRECTION} over {m})": "open (run stopped)" if d.verdict == OPEN else
+                     fmt_verdict(d.verdict, d.margin),
+                     "Seeds": str(d.seeds), "ΔmAP ± t-interval at the stop": change, "σ_d": noise,
+                     "p difference (Holm)": f"{d.p_difference:.2g} ({d.p_difference_adjusted:.2g})",
+                     "p equivalence (Holm)": f"{d.p_equivalence:.2g} ({d.p_equivalence_adjusted:.2g})"})
+    bases = {b: [d for d in decisions if d.baseline == b] for b in dict.fromkeys(info["variants"].values())}
+    n_variants = len(info["variants"]) + len(bases)
     runs = 0
     round_lines = []
     for r in info["rounds"]:
@@ -493,18 +544,44 @@ def adaptive_section(info: Mapping, decisions: Sequence) -> list[str]:
                 else f"seed {r['seeds'] - 1} of " + ", ".join(r["variants"]))
         round_lines.append(f"{r['round']}. {what} ({_plural(count, 'run')})")
     full = n_variants * info["max"]
-    saved = 1 - runs / full if full else math.nan
+    # the fixed design the power statement names: per base, the seeds to detect TARGET_DELTA after the correction
+    fixed, fixed_seeds = 0, []
+    for b, ds in bases.items():
+        pooled = [d for d in ds if d.pooled and d.seeds >= 2 and not math.isnan(d.std)]
+        if not pooled:
+            fixed = 0
+            break
+        last = max(pooled, key=lambda d: d.seeds)
+        n = seeds_needed(last.std, TARGET_DELTA, info["alpha"] / max(m, 1), POWER,
+                         df_per_seed=last.df / (last.seeds - 1))
+        fixed += (len(ds) + 1) * n
+        fixed_seeds.append(f"{n} for {b}")
+    against = f"{_plural(runs, 'run')} against {full} with {info['max']} seeds everywhere " \
+              f"({100 * (1 - runs / full):.0f}% of the runs saved)"
+    if fixed:
+        against += (f", and against {fixed} in the fixed design that detects a {TARGET_DELTA:g}-point change with "
+                    f"{POWER:.0%} power after the correction at this sweep's pooled σ_d (seeds per variant: "
+                    f"{', '.join(fixed_seeds)}; {100 * (1 - runs / fixed):.0f}% saved)")
+    margin = info["margin"]
     return ["## Adaptive seeds", "",
-            f"Each trick ran {info['min']} seeds with its baseline, then one more seed at a time while undecided, "
-            f"up to {info['max']}. Decided: helped or hurt (the paired test of no change rejects), or no effect "
-            f"(equivalence within ±{info['margin']:g} points, two one-sided tests). Each test spends α = "
-            f"{info['alpha']:g} over the planned looks ({info['spending']} spending; the union bound keeps the "
-            "error rate at most α per trick, whatever the correlation of the looks). The Holm column adjusts the "
-            f"sequential p-values for testing {m} tricks at once.", "",
-            markdown_table(pd.DataFrame(rows), right=("Seeds", "ΔmAP ± 95% CI", "p difference", "p equivalence")), "",
+            f"Each trick ran {info['min']} seeds with its baseline, then one more seed at a time while open, "
+            f"up to {info['max']}. After each round every trick's sequential p-values (each test spends "
+            f"α = {info['alpha']:g} over the planned looks: {info['spending']} spending, a union bound over the "
+            f"looks) are adjusted by {info.get('correction', CORRECTION)}'s step-down over the {m} tricks, and a "
+            f"trick stops only on the adjusted p-value: helped or hurt (the paired test of no change rejects), or "
+            f"no effect (equivalence within ±X, two one-sided tests). A trick decided raw but not after the "
+            f"correction gets another seed. The tests use each base's pooled σ_d (the tricks' differences each "
+            f"centred on its own mean; a trick whose own variance is an outlier by Cochran's C at "
+            f"{info.get('screen_level', SCREEN_LEVEL):g} is left out and tested on its own). X is the larger of "
+            f"the plan's margin ±{margin:g} and the margin the design can reach by {info['max']} seeds at the "
+            f"pooled σ_d (80% power at no change); where X > {margin:g} the plan's margin was out of reach and "
+            f"“no effect” means no effect larger than ±X. The ± beside ΔmAP is the 95% t-interval at the stopping "
+            f"look as if the seeds had been fixed: it is not a confidence interval after optional stopping (an "
+            f"early stop favours a larger |ΔmAP|).", "",
+            markdown_table(pd.DataFrame(rows), right=("Seeds", "ΔmAP ± t-interval at the stop", "σ_d",
+                                                      "p difference (Holm)", "p equivalence (Holm)")), "",
             "Rounds:", "", *round_lines, "",
-            f"{_plural(runs, 'run')} against {full} with {info['max']} seeds everywhere: "
-            f"{100 * saved:.0f}% of the runs saved.", ""]
+            against + ".", ""]
 
 
 def render_markdown(title: str, table: pd.DataFrame, runs: pd.DataFrame, errors: Sequence[BaseException],

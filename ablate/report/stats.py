@@ -12,6 +12,9 @@ Formulas (n seeds, d_i the per-seed differences variant − baseline):
   n = ((z_{1−α/2} + z_{1−β}) · σ_d / δ)², and with the t-distribution the smallest n ≥ 2 such that
   n ≥ ((t_{1−α/2, n−1} + t_{1−β, n−1}) · σ_d / δ)²;
 - the change detectable with n seeds: (t_{1−α/2, n−1} + t_{1−β, n−1}) · σ_d / √n.
+
+With σ_d pooled over k variants the t quantiles take its df, k·(n − 1) (less where the variants'
+residuals correlate), and after Holm's correction over m variants α is α/m (its first step).
 """
 from __future__ import annotations
 
@@ -158,8 +161,9 @@ def seeds_needed_z(sigma_d: float, delta: float = TARGET_DELTA, alpha: float = A
 
 
 def seeds_needed(sigma_d: float, delta: float = TARGET_DELTA, alpha: float = ALPHA, power: float = POWER,
-                 limit: int = 100_000) -> int:
-    """The smallest n ≥ 2 with n ≥ ((t_{1−α/2,n−1} + t_{power,n−1}) · σ_d / δ)²: the z-formula with t quantiles.
+                 limit: int = 100_000, df_per_seed: float = 1.0) -> int:
+    """The smallest n ≥ 2 with n ≥ ((t_{1−α/2,ν} + t_{power,ν}) · σ_d / δ)², ν = df_per_seed·(n − 1): the
+    z-formula with t quantiles (df_per_seed > 1 when σ_d is pooled over that many variants' differences).
 
     0 when σ_d is unknown. The t-version is never below the z-version, so the search starts there.
     """
@@ -167,18 +171,22 @@ def seeds_needed(sigma_d: float, delta: float = TARGET_DELTA, alpha: float = ALP
         return 0
     n = seeds_needed_z(sigma_d, delta, alpha, power)
     while n < limit:
-        need = ((_t_ppf(1 - alpha / 2, n - 1) + _t_ppf(power, n - 1)) * sigma_d / delta) ** 2
+        df = df_per_seed * (n - 1)
+        need = ((_t_ppf(1 - alpha / 2, df) + _t_ppf(power, df)) * sigma_d / delta) ** 2
         if n >= need - 1e-9:
             return n
         n += 1
     return limit
 
 
-def detectable_change(sigma_d: float, n: int, alpha: float = ALPHA, power: float = POWER) -> float:
-    """The change (points) a paired comparison over n seeds detects with the given power; NaN under two seeds."""
+def detectable_change(sigma_d: float, n: int, alpha: float = ALPHA, power: float = POWER,
+                      df_per_seed: float = 1.0) -> float:
+    """The change (points) a paired comparison over n seeds detects with the given power, σ_d on
+    df_per_seed·(n − 1) df; NaN under two seeds."""
     if n < 2 or math.isnan(sigma_d):
         return math.nan
-    return (_t_ppf(1 - alpha / 2, n - 1) + _t_ppf(power, n - 1)) * sigma_d / math.sqrt(n)
+    df = df_per_seed * (n - 1)
+    return (_t_ppf(1 - alpha / 2, df) + _t_ppf(power, df)) * sigma_d / math.sqrt(n)
 
 
 # ----------------------------------------------------------------------------------------------

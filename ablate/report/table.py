@@ -23,8 +23,9 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from ablate.report.stats import Interval, compare, relative_change, trick_kind
+from ablate.report.stats import ALPHA, POWER, TARGET_DELTA, Interval, compare, relative_change, trick_kind
 from ablate.results import COCO_METRICS, STATUSES, RunRecord, tricks_hash
+from ablate.sweep.adaptive import UNDECIDED, fixed_decisions
 
 # COCO metrics shown in the table, in the table's order; table.csv holds all 12 (COCO_METRICS).
 TABLE_METRICS = ("mAP", "AP50", "AP75", "APs", "APm", "APl")
@@ -57,6 +58,11 @@ _COST_COLUMNS = {
 }
 COST_HEADERS = tuple(_COST_COLUMNS)
 DELTA_HEADER = "ΔmAP ± 95% CI"
+VERDICT_HEADER = "Verdict"
+P_HEADER = "p (Holm)"
+# Per-variant columns of the decisions (after Holm's correction over the tested variants).
+VERDICT_COLUMNS = ("verdict", "p_difference", "p_difference_adjusted", "p_equivalence", "p_equivalence_adjusted",
+                   "margin", "sigma_d", "sigma_d_df", "sigma_d_pooled")
 HEALTH_HEADER = "Health"
 WARN = "\u26a0"  # ⚠: a run-health warning
 
@@ -377,6 +383,13 @@ def records_table(records: list[RunRecord]) -> pd.DataFrame:
     CI lies above / below zero, 0 otherwise. ``kind`` is "freebie" (params and FLOPs those of the baseline
     within 0.5%), "special", or "" (baseline, or nothing to compare).
 
+    The decisions (ablate/sweep/adaptive.py, one look at all paired seeds): ``verdict`` helped, hurt, no_effect
+    or undecided ('' for a baseline) after Holm's correction over every variant with two or more paired seeds
+    and no run-health warning on either side (the others are undecided); ``p_difference`` the paired t-test's p on the base's pooled σ_d
+    (``sigma_d``, on ``sigma_d_df`` df; ``sigma_d_pooled`` false for a variant whose own variance was an
+    outlier, tested on it) and ``p_difference_adjusted`` Holm's; ``p_equivalence`` and its adjusted value
+    for the equivalence within ±``margin``, the larger of TARGET_DELTA and what the base's seeds can resolve.
+
     ``health`` lists the run-health warning codes of the variant's ok runs with their counts
     ("degenerate_boxes (3/3 seeds)"; '' when healthy), ``health_runs`` counts its ok runs with any warning, and
     ``baseline_unhealthy`` is true for a variant whose baseline has such a run: its ΔmAP is then meaningless.
@@ -407,6 +420,7 @@ def records_table(records: list[RunRecord]) -> pd.DataFrame:
     names = variant_names(groups)
 
     rows = []
+    paired: dict[int, tuple[str, list[float]]] = {}  # row -> (base, paired differences) to decide
     for b in base_order:
         keys = sorted(bases[b], key=lambda k: (k[1] != (), first_created(groups[k]), names[k]))
         for key in keys:
@@ -450,6 +464,8 @@ def records_table(records: list[RunRecord]) -> pd.DataFrame:
                     row["delta_ci_method"] = interval.method
                     row["delta_ci_df"] = interval.df
                     row["delta_sign"] = interval.sign
+                    if delta.paired and delta.n >= 2:
+                        paired[len(rows)] = (b, delta.diffs.tolist())
             row["train_s"] = _mean(_num((r.timings or {}).get("train_s")) for r in ok)
             row["images_per_s"] = _mean(_num((r.timings or {}).get("images_per_s")) for r in ok)
             row["peak_memory_mb"] = _mean(_num(r.peak_memory_mb) for r in ok)
@@ -474,16 +490,29 @@ def records_table(records: list[RunRecord]) -> pd.DataFrame:
         row["kind"] = "" if base_row is None or not row["seeds"] else \
             trick_kind(row["params_M"], row["flops_G"], base_row["params_M"], base_row["flops_G"])
 
+    # A variant with a run-health warning, or whose baseline has one, measures the collapse, not the trick
+    # nor the seed noise: it is neither decided nor pooled.
+    paired = {i: v for i, v in paired.items() if not (rows[i]["health"] or rows[i]["baseline_unhealthy"])}
+    decisions = fixed_decisions(paired, TARGET_DELTA, ALPHA, POWER)
+    for row in rows:
+        row.update({c: math.nan for c in VERDICT_COLUMNS})
+        row["verdict"] = "" if row["baseline"] else UNDECIDED
+        row["sigma_d_pooled"] = False
+    for i, d in zip(paired, decisions):
+        rows[i].update(verdict=d.verdict, p_difference=d.p_difference, p_difference_adjusted=d.p_difference_adjusted,
+                       p_equivalence=d.p_equivalence, p_equivalence_adjusted=d.p_equivalence_adjusted,
+                       margin=d.margin, sigma_d=d.std, sigma_d_df=d.df, sigma_d_pooled=d.pooled)
+
     columns = ["variant", "tricks", "tricks_hash", "trick_args", "base", "base_hash", "baseline", "status", "health",
                "health_runs", "baseline_unhealthy", "runs", "seeds", "seed_list", "mAP",
                "mAP_std", "delta_mAP", "delta_mAP_std", "delta_paired", "delta_seeds", "delta_ci_low",
-               "delta_ci_high", "delta_ci_half", "delta_ci_method", "delta_ci_df", "delta_sign"]
+               "delta_ci_high", "delta_ci_half", "delta_ci_method", "delta_ci_df", "delta_sign", *VERDICT_COLUMNS]
     for name in COCO_METRICS[1:]:
         columns += [name, f"{name}_std"]
     columns += [*TIMING_COLUMNS, *(c for c, _ in CHANGE_COLUMNS.values()), "kind", "first_created_at"]
     table = pd.DataFrame(rows, columns=columns)
     return table.astype({"baseline": bool, "delta_paired": bool, "runs": int, "seeds": int, "delta_seeds": int,
-                         "delta_sign": int, "health_runs": int, "baseline_unhealthy": bool})
+                         "delta_sign": int, "health_runs": int, "baseline_unhealthy": bool, "sigma_d_pooled": bool})
 
 
 def seed_values(runs: pd.DataFrame, variant: Mapping[str, Any], metric: str = "mAP") -> dict[int, float]:
@@ -633,6 +662,20 @@ def fmt_ci(mean: float, half: float, method: str = "paired", n: int = 0, mark: b
     return text + (" (Welch)" if method == "welch" else "")
 
 
+def fmt_verdict(verdict: str, margin: float = math.nan) -> str:
+    """helped, hurt, undecided; "no effect (|Δ| < 1.2)" with the margin it was shown within."""
+    if verdict == "no_effect":
+        return f"no effect (|Δ| < {margin:.1f})" if not math.isnan(margin) else "no effect"
+    return verdict
+
+
+def fmt_p(p: float, adjusted: float) -> str:
+    """A raw p-value and its Holm-adjusted one: "0.047 (0.24)"; n/a without a test."""
+    if p is None or math.isnan(p):
+        return NA
+    return f"{p:.2g} ({adjusted:.2g})"
+
+
 def fmt_interval(interval: Interval, mark: bool = True) -> str:
     return fmt_ci(interval.mean, interval.half, interval.method, interval.n, mark)
 
@@ -677,7 +720,8 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
     A ``Base`` column comes first when the table holds several bases; a ``Status`` column comes
     last when any run of any variant did not finish; a ``Health`` column follows the variant when any ok run
     has a run-health warning (and the ΔmAP of a flagged variant, or of one whose baseline is flagged, starts
-    with ⚠). Costs are absolute for a baseline (and for a variant without one), changes against the baseline
+    with ⚠). ΔmAP is bold where the verdict (after Holm) is helped or hurt; the p column holds the raw
+    p-value of the difference and Holm's. Costs are absolute for a baseline (and for a variant without one), changes against the baseline
     otherwise.
     """
     several_bases = table["base_hash"].nunique() > 1
@@ -698,9 +742,14 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
         else:
             # Without a CI one side has a single seed (paired: one pair; unpaired: one seed on a side).
             n = int(rec["delta_seeds"]) if rec["delta_paired"] else 1
-            row[DELTA_HEADER] = fmt_ci(rec["delta_mAP"], rec["delta_ci_half"], rec["delta_ci_method"], n)
+            # bold where the corrected verdict is helped or hurt, not where the per-variant 95% CI excludes zero
+            row[DELTA_HEADER] = fmt_ci(rec["delta_mAP"], rec["delta_ci_half"], rec["delta_ci_method"], n, mark=False)
+            if rec["verdict"] in ("helped", "hurt"):
+                row[DELTA_HEADER] = f"**{row[DELTA_HEADER]}**"
             if (rec["health"] or rec["baseline_unhealthy"]) and row[DELTA_HEADER] != NA:
                 row[DELTA_HEADER] = f"{WARN} {row[DELTA_HEADER]}"
+        row[VERDICT_HEADER] = DASH if rec["baseline"] else fmt_verdict(rec["verdict"], rec["margin"])
+        row[P_HEADER] = DASH if rec["baseline"] else fmt_p(rec["p_difference"], rec["p_difference_adjusted"])
         row["mAP"] = fmt_points(rec["mAP"], rec["mAP_std"])
         row["AP50"] = fmt_points(rec["AP50"])
         row["AP75"] = fmt_points(rec["AP75"])
@@ -716,7 +765,8 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
             row["Status"] = rec["status"]
         rows.append(row)
     columns = (["Base"] if several_bases else []) + ["Variant", *([HEALTH_HEADER] if show_health else []), "Kind",
-                                                      "Seeds", DELTA_HEADER, "mAP", "AP50", "AP75", "APs/APm/APl",
+                                                      "Seeds", DELTA_HEADER, VERDICT_HEADER, P_HEADER, "mAP", "AP50",
+                                                      "AP75", "APs/APm/APl",
                                                       *COST_HEADERS]
     if show_status:
         columns.append("Status")

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from ..config import check_values
 from ..errors import UserInputError, reported, stop
 from ..results import atomic_write_text, find_records
-from .adaptive import ADAPTIVE_FILE, OPEN, SPENDING, decisions_from_records
+from .adaptive import ADAPTIVE_FILE, CORRECTION, OPEN, SCREEN_LEVEL, SPENDING, decisions_from_records
 from .design import load_sweep
 from .progress import Progress
 
@@ -86,8 +86,9 @@ class AblationSweeper(Sweeper):
             check_values(self.hydra_context.config_loader.load_sweep_config(self.config, overrides))
 
     def sweep_adaptive(self, design, arguments: list[str], sweep_dir: Path) -> tuple[list, list]:
-        """Round 1: every variant at seeds 0..min−1. Then, while some variant is undecided and has
-        fewer than max seeds, one more seed for those variants and their baselines. Decisions are
+        """Round 1: every variant at seeds 0..min−1. Then, while some variant is open (not decided after
+        Holm's correction over the sweep's tricks) and has fewer than max seeds, one more seed for those
+        variants and their baselines. Decisions are
         made from the records on disk, so a relaunched sweep (its finished runs reused) takes the
         same rounds."""
         plan = design.adaptive
@@ -107,13 +108,14 @@ class AblationSweeper(Sweeper):
                 break
             wanted = still_open | {variants[v] for v in still_open}
             more = [job for job in design.all_jobs((seed,)) if job.variant in wanted]
-            log.info("adaptive round %d: seed %d for %d undecided variant(s): %s", len(rounds) + 1, seed,
+            log.info("adaptive round %d: seed %d for %d open variant(s): %s", len(rounds) + 1, seed,
                      len(still_open), ", ".join(sorted(still_open)))
             rounds.append({"round": len(rounds) + 1, "seeds": seed + 1, "variants": sorted(wanted)})
             returns += self.launch(more, arguments, len(jobs))
             jobs += more
         plan_info = {"min": plan.min_seeds, "max": plan.max_seeds, "margin": plan.margin, "alpha": plan.alpha,
-                     "spending": SPENDING, "variants": variants, "rounds": rounds}
+                     "spending": SPENDING, "correction": CORRECTION, "screen_level": SCREEN_LEVEL,
+                     "variants": variants, "rounds": rounds}
         atomic_write_text(sweep_dir / ADAPTIVE_FILE, json.dumps(plan_info, indent=2) + "\n")
         return jobs, returns
 

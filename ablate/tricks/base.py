@@ -137,7 +137,8 @@ def with_boxes(target: dict, boxes: torch.Tensor, keep: torch.Tensor) -> dict:
 def clip_and_filter(target: dict, boxes: torch.Tensor, before: torch.Tensor, width: float, height: float,
                     min_size: float, min_area_ratio: float, max_aspect_ratio: float) -> dict:
     """The target with `boxes` (the transformed boxes, one per box of the target) clipped to the
-    image and filtered as mmdetection's RandomAffine does (_filter_gt_bboxes): both sides above
+    image and filtered as ultralytics/yolov5's box_candidates and mmdetection 2.x RandomAffine's
+    filter_gt_bboxes (the same formula; each trick's YAML gives its thresholds): both sides above
     min_size, area above min_area_ratio of `before`'s (the boxes before the transform), aspect ratio
     below max_aspect_ratio."""
     clipped = clip_boxes_to_image(boxes, (height, width))

@@ -30,6 +30,7 @@ scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(cfg.train.s
 step = 0
 model.train()
 while step < steps_max:
+    data.train.set_epoch(step)  # the flips (data.flip_rng=sample), seeded as the loader's order
     for images, targets in make_loader(data.train, cfg.data.batch_size, shuffle=True, num_workers=0, seed=step):
         images, targets = to_device(images, targets, torch.device("cpu"), 1)
         outputs.clear()
