@@ -14,14 +14,9 @@ import sys
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
-from ..errors import UserInputError
 
-from .base import (FAMILY_EXAMPLES, SLOTS, BatchContext, LRFactor, Trick, TrickArgumentError, TrickConflictError,
+from .base import (FAMILY_EXAMPLES, SLOTS, BatchContext, LRFactor, Trick, TrickArgumentError, TrickConfigError, TrickConflictError,
                    check_choice, check_fraction, check_number)
-
-
-class TrickConfigError(UserInputError):
-    """A trick's config its class cannot be built from: an argument out of range, unknown or missing."""
 
 
 def instantiate_trick(name: str, node) -> Trick:

@@ -69,6 +69,10 @@ class BatchContext:
     rng: np.random.Generator
 
 
+class TrickConfigError(UserInputError):
+    """A trick's config its class cannot be built from: an argument out of range, unknown or missing."""
+
+
 class TrickConflictError(UserInputError):
     """Two tricks claim one slot, a trick claims a slot that does not exist, or a trick does not fit
     the detector."""

@@ -34,7 +34,7 @@ from torch import nn
 from ...models.losses import (CrossEntropyLoss, FocalLoss, SigmoidBCELoss, current_slot, detector_name,
                              set_cls_loss, set_slot)
 from ...models.ssd import SoftmaxCrossEntropyLoss
-from ..base import Trick, TrickArgumentError, check_number
+from ..base import Trick, TrickArgumentError, TrickConfigError, check_number
 
 # The detectors a rule (a string value of epsilon) is defined for.
 RULES = {"gluoncv": ("yolov3",)}
@@ -73,7 +73,6 @@ class LabelSmoothing(Trick):
             return self.epsilon
         name = detector_name(model)
         if name not in self.epsilon:
-            from . import TrickConfigError  # the package imports this module
             raise TrickConfigError(f"tricks.label_smoothing.epsilon={self.epsilon!r} has no entry for model={name}: "
                                    f"add tricks.label_smoothing.epsilon.{name} (conf/tricks/label_smoothing.yaml)")
         value = self.epsilon[name]
