@@ -81,6 +81,9 @@ class LabelSmoothing(Trick):
         return value
 
     def on_model(self, model: nn.Module) -> nn.Module:
+        # a detector without a classification-loss slot (CenterNet, CornerNet) does not fit: say that,
+        # not that the epsilon table lacks it
+        current_slot(model, "cls_loss")
         epsilon = self.epsilon_for(model)
         if detector_name(model) == "ssd":
             set_slot(model, "cls_loss", SoftmaxCrossEntropyLoss(label_smoothing=epsilon))
