@@ -226,79 +226,90 @@ def noise_lines(table: pd.DataFrame, runs: pd.DataFrame) -> list[str]:
     and what this sweep's seeds can detect and resolve."""
     several = table["base_hash"].nunique() > 1
     lines = []
-    delta, power = TARGET_DELTA, POWER
     m = max(tested(table), 1)
     alpha = ALPHA / m  # Holm's first step: what the smallest p-value must beat
     level = (f"α = {ALPHA:g} after {CORRECTION}'s correction over {_plural(m, 'variant')} (paired, two-sided "
              f"α/{m} = {alpha:.2g}, its first step)" if m > 1 else f"α = {ALPHA:g} (paired, two-sided)")
-    z_a, z_b = f"z{_sub(f'{1 - alpha / 2:.4g}')}", f"z{_sub(f'{power:g}')}"
     for base in table.loc[table["baseline"], "base_hash"].drop_duplicates():
-        block = table[table["base_hash"] == base]
-        base_row = block[block["baseline"]].iloc[0]
-        prefix = f"**{base_row['base']}**: " if several else ""
-        baseline = seed_values(runs, base_row)
-        n_b = len(baseline)
-        sigma = float(np.std(list(baseline.values()), ddof=1)) if n_b >= 2 else math.nan
-        names, groups = [], []
-        for rec in block[~block["baseline"] & block["delta_paired"] & (block["delta_seeds"] >= 2)].to_dict("records"):
-            variant = seed_values(runs, rec)
-            names.append(_name(rec, several))
-            groups.append([variant[s] - baseline[s] for s in sorted(variant)])
-        sigma_d, dof, pooled, rho = pooled_sigma(groups)
-        raw_df = sum(len(g) - 1 for g, kept in zip(groups, pooled) if kept)
-        if n_b >= 2:
-            spread = (f"the baseline's seed-to-seed spread is σ = {sigma:.2f} points "
-                      f"(std of its mAP over {n_b} seeds)")
-        elif n_b == 1:
-            spread = ("the seed-to-seed spread cannot be estimated from this sweep: the baseline ran a single seed")
-        else:
-            spread = "the baseline has no ok run, so its seed-to-seed spread is unknown"
-        per_seed = 1.0
-        if dof:
-            kept = sum(pooled)
-            source = (f"σ_d = {sigma_d:.2f} points, pooled over the paired per-seed differences of "
-                      f"{_plural(kept, 'variant')}, each centred on its own mean ({raw_df} degrees of freedom")
-            if dof < raw_df - 0.05:
-                source += (f"; {dof:.1f} effective, the variants' residuals at the same seed correlating "
-                           f"ρ̂ = {rho:.2f} through their shared baseline")
-            source += ")"
-            dropped = [n for n, k in zip(names, pooled) if not k]
-            if dropped:
-                source += (f"; left out of the pool, its own variance an outlier (Cochran's C at {SCREEN_LEVEL:g}): "
-                           f"{', '.join(dropped)}, tested on its own")
-            per_seed = dof / max(raw_df, 1) * kept  # the pool's df per seed of each variant
-        elif not math.isnan(sigma):
-            sigma_d = math.sqrt(2) * sigma
-            source = (f"σ_d ≈ √2·σ = {sigma_d:.2f} points, from the baseline's spread (no variant has two paired "
-                      f"seeds; this assumes a variant's seed noise is independent of its baseline's, which "
-                      f"overstates σ_d when pairing by seed helps)")
-        else:
-            sigma_d = math.nan
-            source = ""
-        text = f"- {prefix}{spread[0].upper()}{spread[1:]}."
-        if math.isnan(sigma_d):
-            text += (" Without it neither a confidence interval nor the number of seeds needed can be given; "
-                     "run at least 2 seeds (3 or more for intervals of usable width).")
-            lines.append(text)
-            continue
-        n_t = seeds_needed(sigma_d, delta, alpha, power, df_per_seed=per_seed)
-        n_z = seeds_needed_z(sigma_d, delta, alpha, power)
-        text += (f" The std of a paired difference is {source}. To detect a {delta:g}-point ΔmAP with "
-                 f"{power:.0%} power at {level} needs **{_plural(n_t, 'seed')}** per variant "
-                 f"(n = (({z_a} + {z_b})·σ_d/δ)² gives {n_z}; with t quantiles on the pooled df, iterated, {n_t}).")
-        # σ_d is known, so the baseline ran two seeds or more.
-        mde = detectable_change(sigma_d, n_b, alpha, power, df_per_seed=per_seed)
-        verdict = "enough to resolve" if n_b >= n_t else "too few to resolve"
-        text += (f" This sweep ran the baseline over {_plural(n_b, 'seed')}: the smallest ΔmAP a paired comparison "
-                 f"over them detects with {power:.0%} power at that level is {mde:.2f} points, {verdict} a "
-                 f"{delta:g}-point change.")
-        margins = block.loc[~block["baseline"] & block["margin"].notna(), "margin"]
-        if len(margins):
-            text += f" Equivalence (“no effect”) is tested within ±{margins.max():.2f} points."
-        lines.append(text)
+        lines.append(_base_noise_line(table[table["base_hash"] == base], runs, several, alpha, level))
     if not lines:
         lines.append("- No baseline has an ok run: the seed-to-seed spread cannot be estimated.")
     return lines
+
+
+def _base_noise_line(block: pd.DataFrame, runs: pd.DataFrame, several: bool, alpha: float, level: str) -> str:
+    """One base's line of "Seed noise and power": its spread, σ_d and where it comes from, then the
+    seeds needed and what this sweep's seeds resolve (or why neither can be said)."""
+    delta, power = TARGET_DELTA, POWER
+    base_row = block[block["baseline"]].iloc[0]
+    prefix = f"**{base_row['base']}**: " if several else ""
+    baseline = seed_values(runs, base_row)
+    n_b = len(baseline)
+    sigma = float(np.std(list(baseline.values()), ddof=1)) if n_b >= 2 else math.nan
+    sigma_d, source, per_seed = _sigma_d(block, runs, baseline, sigma, several)
+    text = f"- {prefix}{_spread_text(sigma, n_b)}."
+    if math.isnan(sigma_d):
+        return text + (" Without it neither a confidence interval nor the number of seeds needed can be given; "
+                       "run at least 2 seeds (3 or more for intervals of usable width).")
+    z_a, z_b = f"z{_sub(f'{1 - alpha / 2:.4g}')}", f"z{_sub(f'{power:g}')}"
+    n_t = seeds_needed(sigma_d, delta, alpha, power, df_per_seed=per_seed)
+    n_z = seeds_needed_z(sigma_d, delta, alpha, power)
+    text += (f" The std of a paired difference is {source}. To detect a {delta:g}-point ΔmAP with "
+             f"{power:.0%} power at {level} needs **{_plural(n_t, 'seed')}** per variant "
+             f"(n = (({z_a} + {z_b})·σ_d/δ)² gives {n_z}; with t quantiles on the pooled df, iterated, {n_t}).")
+    # σ_d is known, so the baseline ran two seeds or more.
+    mde = detectable_change(sigma_d, n_b, alpha, power, df_per_seed=per_seed)
+    verdict = "enough to resolve" if n_b >= n_t else "too few to resolve"
+    text += (f" This sweep ran the baseline over {_plural(n_b, 'seed')}: the smallest ΔmAP a paired comparison "
+             f"over them detects with {power:.0%} power at that level is {mde:.2f} points, {verdict} a "
+             f"{delta:g}-point change.")
+    margins = block.loc[~block["baseline"] & block["margin"].notna(), "margin"]
+    if len(margins):
+        text += f" Equivalence (“no effect”) is tested within ±{margins.max():.2f} points."
+    return text
+
+
+def _spread_text(sigma: float, n_b: int) -> str:
+    """The baseline's seed-to-seed spread in words, or why it is unknown (one seed, or no ok run)."""
+    if n_b >= 2:
+        return (f"The baseline's seed-to-seed spread is σ = {sigma:.2f} points "
+                f"(std of its mAP over {n_b} seeds)")
+    if n_b == 1:
+        return "The seed-to-seed spread cannot be estimated from this sweep: the baseline ran a single seed"
+    return "The baseline has no ok run, so its seed-to-seed spread is unknown"
+
+
+def _sigma_d(block: pd.DataFrame, runs: pd.DataFrame, baseline: Mapping[int, float], sigma: float,
+             several: bool) -> tuple[float, str, float]:
+    """σ_d, the std of a paired difference, the text saying where it comes from, and the pool's df per
+    seed of each variant: pooled over the variants with two paired seeds or more (the outliers left
+    out), else √2·σ from the baseline's spread (NaN when that is unknown too)."""
+    names, groups = [], []
+    for rec in block[~block["baseline"] & block["delta_paired"] & (block["delta_seeds"] >= 2)].to_dict("records"):
+        variant = seed_values(runs, rec)
+        names.append(_name(rec, several))
+        groups.append([variant[s] - baseline[s] for s in sorted(variant)])
+    sigma_d, dof, pooled, rho = pooled_sigma(groups)
+    raw_df = sum(len(g) - 1 for g, kept in zip(groups, pooled) if kept)
+    if dof:
+        kept = sum(pooled)
+        source = (f"σ_d = {sigma_d:.2f} points, pooled over the paired per-seed differences of "
+                  f"{_plural(kept, 'variant')}, each centred on its own mean ({raw_df} degrees of freedom")
+        if dof < raw_df - 0.05:
+            source += (f"; {dof:.1f} effective, the variants' residuals at the same seed correlating "
+                       f"ρ̂ = {rho:.2f} through their shared baseline")
+        source += ")"
+        dropped = [n for n, k in zip(names, pooled) if not k]
+        if dropped:
+            source += (f"; left out of the pool, its own variance an outlier (Cochran's C at {SCREEN_LEVEL:g}): "
+                       f"{', '.join(dropped)}, tested on its own")
+        return sigma_d, source, dof / max(raw_df, 1) * kept  # the pool's df per seed of each variant
+    if not math.isnan(sigma):
+        sigma_d = math.sqrt(2) * sigma
+        return sigma_d, (f"σ_d ≈ √2·σ = {sigma_d:.2f} points, from the baseline's spread (no variant has two "
+                         f"paired seeds; this assumes a variant's seed noise is independent of its baseline's, "
+                         f"which overstates σ_d when pairing by seed helps)"), 1.0
+    return math.nan, "", 1.0
 
 
 def _sub(text: str) -> str:
