@@ -531,6 +531,19 @@ def adaptive_section(info: Mapping, decisions: Sequence) -> list[str]:
     correction (on which it stopped), the seeds it took, its noise, margin and p-values raw and adjusted,
     the rounds, and the runs against max seeds everywhere and against the fixed design the power statement
     names."""
+    m = len(decisions)
+    runs, round_lines = _adaptive_rounds(info)
+    return ["## Adaptive seeds", "",
+            _adaptive_method(info, m), "",
+            markdown_table(pd.DataFrame(_adaptive_rows(decisions)),
+                           right=("Seeds", "ΔmAP ± t-interval at the stop", "σ_d",
+                                  "p difference (Holm)", "p equivalence (Holm)")), "",
+            "Rounds:", "", *round_lines, "",
+            _adaptive_savings(info, decisions, runs) + ".", ""]
+
+
+def _adaptive_rows(decisions: Sequence) -> list[dict[str, str]]:
+    """The adaptive table's rows, one per trick: what it stopped on, with how many seeds, and why."""
     from ..sweep.adaptive import OPEN
 
     m = len(decisions)
@@ -544,8 +557,11 @@ def adaptive_section(info: Mapping, decisions: Sequence) -> list[str]:
                      "Seeds": str(d.seeds), "ΔmAP ± t-interval at the stop": change, "σ_d": noise,
                      "p difference (Holm)": f"{d.p_difference:.2g} ({d.p_difference_adjusted:.2g})",
                      "p equivalence (Holm)": f"{d.p_equivalence:.2g} ({d.p_equivalence_adjusted:.2g})"})
-    bases = {b: [d for d in decisions if d.baseline == b] for b in dict.fromkeys(info["variants"].values())}
-    n_variants = len(info["variants"]) + len(bases)
+    return rows
+
+
+def _adaptive_rounds(info: Mapping) -> tuple[int, list[str]]:
+    """The runs the adaptive sweep made in all, and one numbered line per round saying which."""
     runs = 0
     round_lines = []
     for r in info["rounds"]:
@@ -554,8 +570,16 @@ def adaptive_section(info: Mapping, decisions: Sequence) -> list[str]:
         what = (f"seeds 0–{r['seeds'] - 1} of all {len(r['variants'])} variants" if r["round"] == 1
                 else f"seed {r['seeds'] - 1} of " + ", ".join(r["variants"]))
         round_lines.append(f"{r['round']}. {what} ({_plural(count, 'run')})")
-    full = n_variants * info["max"]
-    # the fixed design the power statement names: per base, the seeds to detect TARGET_DELTA after the correction
+    return runs, round_lines
+
+
+def _adaptive_savings(info: Mapping, decisions: Sequence, runs: int) -> str:
+    """The runs made against max seeds everywhere and against the fixed design the power statement
+    names (per base, the seeds to detect TARGET_DELTA after the correction): what adapting saved.
+    The fixed design is left out when a base has no pooled σ_d to size it with."""
+    m = len(decisions)
+    bases = {b: [d for d in decisions if d.baseline == b] for b in dict.fromkeys(info["variants"].values())}
+    full = (len(info["variants"]) + len(bases)) * info["max"]
     fixed, fixed_seeds = 0, []
     for b, ds in bases.items():
         pooled = [d for d in ds if d.pooled and d.seeds >= 2 and not math.isnan(d.std)]
@@ -573,9 +597,14 @@ def adaptive_section(info: Mapping, decisions: Sequence) -> list[str]:
         against += (f", and against {fixed} in the fixed design that detects a {TARGET_DELTA:g}-point change with "
                     f"{POWER:.0%} power after the correction at this sweep's pooled σ_d (seeds per variant: "
                     f"{', '.join(fixed_seeds)}; {100 * (1 - runs / fixed):.0f}% saved)")
+    return against
+
+
+def _adaptive_method(info: Mapping, m: int) -> str:
+    """The paragraph that says how the adaptive sweep decided, with this sweep's plan filled in, so the
+    table can be read without ablate/sweep/adaptive.py."""
     margin = info["margin"]
-    return ["## Adaptive seeds", "",
-            f"Each trick ran {info['min']} seeds with its baseline, then one more seed at a time while open, "
+    return (f"Each trick ran {info['min']} seeds with its baseline, then one more seed at a time while open, "
             f"up to {info['max']}. After each round every trick's sequential p-values (each test spends "
             f"α = {info['alpha']:g} over the planned looks: {info['spending']} spending, a union bound over the "
             f"looks) are adjusted by {info.get('correction', CORRECTION)}'s step-down over the {m} tricks, and a "
@@ -588,11 +617,7 @@ def adaptive_section(info: Mapping, decisions: Sequence) -> list[str]:
             f"pooled σ_d (80% power at no change); where X > {margin:g} the plan's margin was out of reach and "
             f"“no effect” means no effect larger than ±X. The ± beside ΔmAP is the 95% t-interval at the stopping "
             f"look as if the seeds had been fixed: it is not a confidence interval after optional stopping (an "
-            f"early stop favours a larger |ΔmAP|).", "",
-            markdown_table(pd.DataFrame(rows), right=("Seeds", "ΔmAP ± t-interval at the stop", "σ_d",
-                                                      "p difference (Holm)", "p equivalence (Holm)")), "",
-            "Rounds:", "", *round_lines, "",
-            against + ".", ""]
+            f"early stop favours a larger |ΔmAP|).")
 
 
 def render_markdown(title: str, table: pd.DataFrame, runs: pd.DataFrame, errors: Sequence[BaseException],
