@@ -165,59 +165,75 @@ def summary_lines(table: pd.DataFrame, runs: pd.DataFrame) -> list[str]:
     lines = health_lines(table)  # a collapse first: it says which decisions mean nothing
     computed = table[~table["baseline"] & table["delta_mAP"].notna()]
     rows = computed[(computed["health"] == "") & ~computed["baseline_unhealthy"]].to_dict("records")
-
-    def with_ci(r: Mapping) -> str:
-        if math.isnan(r["delta_ci_half"]):
-            return f"{_name(r, several)} {fmt_delta(r['delta_mAP'])} (1 seed, no CI)"
-        return f"{_name(r, several)} {fmt_delta(r['delta_mAP'])} {fmt_bounds(r['delta_ci_low'], r['delta_ci_high'])}"
-
-    def with_p(r: Mapping, which: str = "p_difference") -> str:
-        if math.isnan(r[which]):
-            return with_ci(r) + ("" if math.isnan(r["delta_ci_half"]) else " (not tested: unpaired)")
-        return f"{with_ci(r)} (p {r[which]:.2g}, {CORRECTION} {r[which + '_adjusted']:.2g})"
-
-    def no_effect(r: Mapping) -> str:
-        return f"{with_ci(r)} (|Δ| < {r['margin']:.1f}: p {r['p_equivalence']:.2g}, {CORRECTION} " \
-               f"{r['p_equivalence_adjusted']:.2g})"
-
     if rows:
-        by = {v: [r for r in rows if r["verdict"] == v] for v in ("helped", "hurt", "no_effect", "undecided")}
-        m = tested(table)
-        lines.append(f"- **Decisions** after {decision_rule(m)}." if m else
-                     "- **Decisions**: none tested (no variant has two seeds paired with its baseline's), so every "
-                     "variant is undecided.")
-        lines.append("- **Helped**: " + (", ".join(with_p(r) for r in by["helped"]) or "none") + ".")
-        lines.append("- **Hurt**: " + (", ".join(with_p(r) for r in by["hurt"]) or "none") + ".")
-        lines.append("- **No effect** beyond the margin stated: "
-                     + (", ".join(no_effect(r) for r in by["no_effect"]) or "none") + ".")
-        lines.append("- **Undecided**: " + (", ".join(with_p(r) for r in by["undecided"]) or "none") + ".")
+        lines += _decision_lines(table, rows, several)
     elif len(computed):
         lines.append("- No ΔmAP can be read as a trick's effect: every variant that has one, or its baseline, "
                      "collapsed (see above).")
     else:
         lines.append("- No ΔmAP could be computed (no variant with an ok run beside an ok baseline run).")
+    best = _best_variant_line(table, runs, several)
+    if best:
+        lines.append(best)
+    return lines
 
+
+def _with_ci(r: Mapping, several: bool) -> str:
+    """A variant's ΔmAP with its 95% CI, for the decision lines (or why there is no CI)."""
+    if math.isnan(r["delta_ci_half"]):
+        return f"{_name(r, several)} {fmt_delta(r['delta_mAP'])} (1 seed, no CI)"
+    return f"{_name(r, several)} {fmt_delta(r['delta_mAP'])} {fmt_bounds(r['delta_ci_low'], r['delta_ci_high'])}"
+
+
+def _with_p(r: Mapping, several: bool, which: str = "p_difference") -> str:
+    """A variant's ΔmAP with its CI and its raw and adjusted p (or why it was not tested)."""
+    if math.isnan(r[which]):
+        return _with_ci(r, several) + ("" if math.isnan(r["delta_ci_half"]) else " (not tested: unpaired)")
+    return f"{_with_ci(r, several)} (p {r[which]:.2g}, {CORRECTION} {r[which + '_adjusted']:.2g})"
+
+
+def _no_effect(r: Mapping, several: bool) -> str:
+    """A variant decided "no effect": its ΔmAP and CI, the margin and the equivalence test's p."""
+    return f"{_with_ci(r, several)} (|Δ| < {r['margin']:.1f}: p {r['p_equivalence']:.2g}, {CORRECTION} " \
+           f"{r['p_equivalence_adjusted']:.2g})"
+
+
+def _decision_lines(table: pd.DataFrame, rows: Sequence[Mapping], several: bool) -> list[str]:
+    """The rule the decisions followed, then the healthy variants by verdict: helped, hurt, no effect,
+    undecided (each line says "none" rather than disappearing)."""
+    by = {v: [r for r in rows if r["verdict"] == v] for v in ("helped", "hurt", "no_effect", "undecided")}
+    m = tested(table)
+    return [f"- **Decisions** after {decision_rule(m)}." if m else
+            "- **Decisions**: none tested (no variant has two seeds paired with its baseline's), so every "
+            "variant is undecided.",
+            "- **Helped**: " + (", ".join(_with_p(r, several) for r in by["helped"]) or "none") + ".",
+            "- **Hurt**: " + (", ".join(_with_p(r, several) for r in by["hurt"]) or "none") + ".",
+            "- **No effect** beyond the margin stated: "
+            + (", ".join(_no_effect(r, several) for r in by["no_effect"]) or "none") + ".",
+            "- **Undecided**: " + (", ".join(_with_p(r, several) for r in by["undecided"]) or "none") + "."]
+
+
+def _best_variant_line(table: pd.DataFrame, runs: pd.DataFrame, several: bool) -> str:
+    """The best healthy variant by mAP and whether its margin over the runner-up is beyond seed noise;
+    '' when no variant has an ok run without a run-health warning."""
     healthy = table[table["mAP"].notna() & (table["health"] == "")]
     ranked = healthy.sort_values("mAP", ascending=False, kind="stable").to_dict("records")
-    if ranked:
-        best = ranked[0]
-        text = f"- **Best variant**: {_name(best, several)}, {fmt_points(best['mAP'])} mAP"
-        if len(ranked) == 1:
-            text += (" (the only variant with an ok run)." if len(table[table["mAP"].notna()]) == 1 else
-                     " (the only variant with an ok run and no run-health warning).")
-        else:
-            second = ranked[1]
-            margin = compare(seed_values(runs, best), seed_values(runs, second))
-            text += (f"; its margin over the runner-up {_name(second, several)} ({fmt_points(second['mAP'])}) is "
-                     f"{fmt_interval(margin, mark=False)}")
-            if not margin.has_ci:
-                text += ": with a single seed it cannot be told from noise."
-            elif margin.excludes_zero:
-                text += ", beyond noise (95% CI excludes zero)."
-            else:
-                text += ", within noise (the 95% CI spans zero)."
-        lines.append(text)
-    return lines
+    if not ranked:
+        return ""
+    best = ranked[0]
+    text = f"- **Best variant**: {_name(best, several)}, {fmt_points(best['mAP'])} mAP"
+    if len(ranked) == 1:
+        return text + (" (the only variant with an ok run)." if len(table[table["mAP"].notna()]) == 1 else
+                       " (the only variant with an ok run and no run-health warning).")
+    second = ranked[1]
+    margin = compare(seed_values(runs, best), seed_values(runs, second))
+    text += (f"; its margin over the runner-up {_name(second, several)} ({fmt_points(second['mAP'])}) is "
+             f"{fmt_interval(margin, mark=False)}")
+    if not margin.has_ci:
+        return text + ": with a single seed it cannot be told from noise."
+    if margin.excludes_zero:
+        return text + ", beyond noise (95% CI excludes zero)."
+    return text + ", within noise (the 95% CI spans zero)."
 
 
 def noise_lines(table: pd.DataFrame, runs: pd.DataFrame) -> list[str]:
