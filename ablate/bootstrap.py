@@ -100,87 +100,128 @@ def match_images(coco_gt: dict, detections: list[dict], image_ids: list[int],
     box before a crowd one."""
     images = np.unique(np.asarray(list(image_ids), dtype=np.int64))  # COCOeval's order
     cats = sorted({int(c["id"]) for c in coco_gt["categories"]})
-    n, k_count, t_count = len(images), len(cats), len(IOU_THRESHOLDS)
+    n, k_count = len(images), len(cats)
     image_index = {int(i): j for j, i in enumerate(images)}
     cat_index = {c: k for k, c in enumerate(cats)}
 
-    g_img, g_cls, g_box, g_fields = _table(coco_gt["annotations"], image_index, cat_index, "area", "iscrowd")
-    g_area, g_crowd = g_fields[:, 0], g_fields[:, 1].astype(bool)
-    # pycocotools' _prepare: a box is ignored when it is a crowd; "all" also ignores areas outside it.
-    g_ig = g_crowd | (g_area < AREA_ALL[0]) | (g_area > AREA_ALL[1])
+    g_img, g_cls, g_box, g_crowd, g_ig = _ground_truth(coco_gt["annotations"], image_index, cat_index)
     d_img, d_cls, d_box, d_score = _table(detections, image_index, cat_index, "score")
     d_score = d_score[:, 0]
 
     positives = np.zeros((k_count, n), dtype=np.int64)
     np.add.at(positives, (g_cls, g_img), (~g_ig).astype(np.int64))
 
-    # Detections per (class, image) pair by score, stable (COCOeval's mergesort), the first max_dets.
-    d_sel = np.lexsort((-d_score, d_cls * n + d_img))
-    d_pair = (d_cls * n + d_img)[d_sel]
-    rank = np.arange(len(d_sel)) - np.searchsorted(d_pair, d_pair, side="left")
-    kept = rank < max_dets
-    d_sel, d_pair, rank = d_sel[kept], d_pair[kept], rank[kept]
+    d_sel, d_pair, rank = _first_detections(d_img, d_cls, d_score, n, max_dets)
     # Boxes per pair, regular ones first (COCOeval's stable sort on the ignore flag).
     g_sel = np.lexsort((g_ig, g_cls * n + g_img))
     g_pair = (g_cls * n + g_img)[g_sel]
-
-    matched = np.zeros((t_count, len(d_sel)), dtype=bool)
-    matched_ig = np.zeros((t_count, len(d_sel)), dtype=bool)
-    pairs = np.intersect1d(d_pair, g_pair)  # pairs with detections and boxes; elsewhere nothing matches
-    if pairs.size:
-        d_in, g_in = np.isin(d_pair, pairs), np.isin(g_pair, pairs)
-        d_group, g_group = np.searchsorted(pairs, d_pair[d_in]), np.searchsorted(pairs, g_pair[g_in])
-        # Pairs with the most detections first: at rank r only the first `active[r]` pairs take part.
-        order = np.argsort(-np.bincount(d_group, minlength=len(pairs)), kind="stable")
-        where = np.empty_like(order)
-        where[order] = np.arange(len(order))
-        d_group, g_group = where[d_group], where[g_group]
-        d_slot, g_slot = _slots(d_group), _slots(g_group)  # a detection's slot is its rank
-        dt = _pad(d_group, d_slot, len(pairs), d_box[d_sel[d_in]], 0.0)
-        d_mask = _pad(d_group, d_slot, len(pairs), np.ones(len(d_group), dtype=bool), False)
-        gt = _pad(g_group, g_slot, len(pairs), g_box[g_sel[g_in]], 0.0)
-        g_mask = _pad(g_group, g_slot, len(pairs), np.ones(len(g_group), dtype=bool), False)
-        crowd = _pad(g_group, g_slot, len(pairs), g_crowd[g_sel[g_in]], False)
-        ig = _pad(g_group, g_slot, len(pairs), g_ig[g_sel[g_in]], True)
-        ious = _iou(dt, gt, crowd)  # [P, D, G]
-        thr = np.minimum(IOU_THRESHOLDS, 1 - 1e-10)[None, :, None]
-        taken = np.zeros((len(pairs), t_count, gt.shape[1]), dtype=bool)
-        out_m = np.zeros((len(pairs), t_count, dt.shape[1]), dtype=bool)
-        out_ig = np.zeros_like(out_m)
-        active = d_mask.sum(axis=0)
-        for r in range(dt.shape[1]):
-            a = int(active[r])
-            iou = ious[:a, r, None, :]  # [a, 1, G]
-            ok = g_mask[:a, None, :] & (~taken[:a] | crowd[:a, None, :]) & (iou >= thr)
-            # The best regular box if any qualifies (evaluateImg stops at the crowd boxes then), else
-            # the best crowd box; on equal IoU the later box (it takes IoU >= the best so far).
-            regular = ok & ~ig[:a, None, :]
-            cand = np.where(regular.any(axis=2, keepdims=True), regular, ok)
-            score = np.where(cand, iou, -1.0)
-            best = score.shape[2] - 1 - np.argmax(score[:, :, ::-1], axis=2)  # [a, T]
-            hit = cand.any(axis=2)
-            rows, ts = np.nonzero(hit)
-            taken[rows, ts, best[rows, ts]] = True
-            out_m[:a, :, r] = hit
-            out_ig[:a, :, r] = hit & ig[np.arange(a)[:, None], best]
-        matched[:, d_in] = out_m[d_group, :, d_slot].T
-        matched_ig[:, d_in] = out_ig[d_group, :, d_slot].T
+    matched, matched_ig = _match_pairs(d_pair, d_box[d_sel], g_pair, g_box[g_sel], g_crowd[g_sel], g_ig[g_sel])
     # Unmatched detections outside the area range are ignored (for "all": none).
     d_area = d_box[d_sel, 2] * d_box[d_sel, 3]
     out_of_range = (d_area < AREA_ALL[0]) | (d_area > AREA_ALL[1])
     tp = matched & ~matched_ig
     ignored = matched_ig | (~matched & out_of_range[None, :])
 
+    det_image, tps, igs = _per_class(k_count, d_cls[d_sel], d_img[d_sel], d_score[d_sel], rank, tp, ignored)
+    return ImageMatches(num_images=n, det_image=det_image, tp=tps, ignored=igs, positives=positives)
+
+
+def _ground_truth(anns: list[dict], image_index: dict[int, int], cat_index: dict[int, int]):
+    """The boxes of the evaluated images and classes: image index, class index, xywh box, crowd flag
+    and ignore flag (pycocotools' _prepare: a box is ignored when it is a crowd; "all" also ignores
+    areas outside it)."""
+    g_img, g_cls, g_box, g_fields = _table(anns, image_index, cat_index, "area", "iscrowd")
+    g_area, g_crowd = g_fields[:, 0], g_fields[:, 1].astype(bool)
+    g_ig = g_crowd | (g_area < AREA_ALL[0]) | (g_area > AREA_ALL[1])
+    return g_img, g_cls, g_box, g_crowd, g_ig
+
+
+def _first_detections(d_img: np.ndarray, d_cls: np.ndarray, d_score: np.ndarray, n: int, max_dets: int):
+    """The detections evaluateImg keeps: per (class, image) pair by score, stable (COCOeval's mergesort),
+    the first max_dets. Returns their indices, their pair (class * n + image) and their rank in it."""
+    d_sel = np.lexsort((-d_score, d_cls * n + d_img))
+    d_pair = (d_cls * n + d_img)[d_sel]
+    rank = np.arange(len(d_sel)) - np.searchsorted(d_pair, d_pair, side="left")
+    kept = rank < max_dets
+    return d_sel[kept], d_pair[kept], rank[kept]
+
+
+def _match_pairs(d_pair: np.ndarray, d_box: np.ndarray, g_pair: np.ndarray, g_box: np.ndarray,
+                 g_crowd: np.ndarray, g_ig: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """[thresholds, detections] booleans: each kept detection matched, and matched to an ignored box.
+    Detections and boxes come sorted by pair; they are padded into [pairs, slots] arrays so that all
+    pairs are matched at once, rank by rank."""
+    matched = np.zeros((len(IOU_THRESHOLDS), len(d_pair)), dtype=bool)
+    matched_ig = np.zeros((len(IOU_THRESHOLDS), len(d_pair)), dtype=bool)
+    pairs = np.intersect1d(d_pair, g_pair)  # pairs with detections and boxes; elsewhere nothing matches
+    if pairs.size:
+        d_in, g_in = np.isin(d_pair, pairs), np.isin(g_pair, pairs)
+        d_group, g_group = _pair_groups(pairs, d_pair[d_in], g_pair[g_in])
+        d_slot, g_slot = _slots(d_group), _slots(g_group)  # a detection's slot is its rank
+        dt = _pad(d_group, d_slot, len(pairs), d_box[d_in], 0.0)
+        d_mask = _pad(d_group, d_slot, len(pairs), np.ones(len(d_group), dtype=bool), False)
+        gt = _pad(g_group, g_slot, len(pairs), g_box[g_in], 0.0)
+        g_mask = _pad(g_group, g_slot, len(pairs), np.ones(len(g_group), dtype=bool), False)
+        crowd = _pad(g_group, g_slot, len(pairs), g_crowd[g_in], False)
+        ig = _pad(g_group, g_slot, len(pairs), g_ig[g_in], True)
+        out_m, out_ig = _greedy_match(dt, d_mask, gt, g_mask, crowd, ig)
+        matched[:, d_in] = out_m[d_group, :, d_slot].T
+        matched_ig[:, d_in] = out_ig[d_group, :, d_slot].T
+    return matched, matched_ig
+
+
+def _pair_groups(pairs: np.ndarray, d_pair: np.ndarray, g_pair: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each detection's and box's group: its pair's place, the pairs with the most detections first,
+    so that at rank r only the first `active[r]` pairs take part in the matching."""
+    d_group, g_group = np.searchsorted(pairs, d_pair), np.searchsorted(pairs, g_pair)
+    order = np.argsort(-np.bincount(d_group, minlength=len(pairs)), kind="stable")
+    where = np.empty_like(order)
+    where[order] = np.arange(len(order))
+    return where[d_group], where[g_group]
+
+
+def _greedy_match(dt: np.ndarray, d_mask: np.ndarray, gt: np.ndarray, g_mask: np.ndarray, crowd: np.ndarray,
+                  ig: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """evaluateImg's greedy matching on padded pairs ([P, D, 4] detections by rank, [P, G, 4] boxes):
+    [P, T, D] matched and matched-to-an-ignored-box flags, one rank at a time since a box taken by a
+    higher-scored detection is no longer available."""
+    ious = _iou(dt, gt, crowd)  # [P, D, G]
+    thr = np.minimum(IOU_THRESHOLDS, 1 - 1e-10)[None, :, None]
+    taken = np.zeros((dt.shape[0], len(IOU_THRESHOLDS), gt.shape[1]), dtype=bool)
+    out_m = np.zeros((dt.shape[0], len(IOU_THRESHOLDS), dt.shape[1]), dtype=bool)
+    out_ig = np.zeros_like(out_m)
+    active = d_mask.sum(axis=0)
+    for r in range(dt.shape[1]):
+        a = int(active[r])
+        iou = ious[:a, r, None, :]  # [a, 1, G]
+        ok = g_mask[:a, None, :] & (~taken[:a] | crowd[:a, None, :]) & (iou >= thr)
+        # The best regular box if any qualifies (evaluateImg stops at the crowd boxes then), else
+        # the best crowd box; on equal IoU the later box (it takes IoU >= the best so far).
+        regular = ok & ~ig[:a, None, :]
+        cand = np.where(regular.any(axis=2, keepdims=True), regular, ok)
+        score = np.where(cand, iou, -1.0)
+        best = score.shape[2] - 1 - np.argmax(score[:, :, ::-1], axis=2)  # [a, T]
+        hit = cand.any(axis=2)
+        rows, ts = np.nonzero(hit)
+        taken[rows, ts, best[rows, ts]] = True
+        out_m[:a, :, r] = hit
+        out_ig[:a, :, r] = hit & ig[np.arange(a)[:, None], best]
+    return out_m, out_ig
+
+
+def _per_class(k_count: int, d_cls: np.ndarray, d_img: np.ndarray, d_score: np.ndarray, rank: np.ndarray,
+               tp: np.ndarray, ignored: np.ndarray) -> tuple[list, list, list]:
+    """Per class, the kept detections' images, true-positive and ignored flags in the order
+    COCOeval.accumulate sorts them: the images' detections concatenated in image order, then sorted
+    by score (stable)."""
     det_image, tps, igs = [], [], []
-    d_cls_sel, d_img_sel, d_score_sel = d_cls[d_sel], d_img[d_sel], d_score[d_sel]
     for k in range(k_count):
-        mine = np.flatnonzero(d_cls_sel == k)
-        # accumulate: the images' detections concatenated in image order, sorted by score (stable).
-        mine = mine[np.lexsort((rank[mine], d_img_sel[mine], -d_score_sel[mine]))]
-        det_image.append(d_img_sel[mine])
+        mine = np.flatnonzero(d_cls == k)
+        mine = mine[np.lexsort((rank[mine], d_img[mine], -d_score[mine]))]
+        det_image.append(d_img[mine])
         tps.append(tp[:, mine])
         igs.append(ignored[:, mine])
-    return ImageMatches(num_images=n, det_image=det_image, tp=tps, ignored=igs, positives=positives)
+    return det_image, tps, igs
 
 
 def _counts_reaching(npig: np.ndarray) -> np.ndarray:

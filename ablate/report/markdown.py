@@ -165,59 +165,75 @@ def summary_lines(table: pd.DataFrame, runs: pd.DataFrame) -> list[str]:
     lines = health_lines(table)  # a collapse first: it says which decisions mean nothing
     computed = table[~table["baseline"] & table["delta_mAP"].notna()]
     rows = computed[(computed["health"] == "") & ~computed["baseline_unhealthy"]].to_dict("records")
-
-    def with_ci(r: Mapping) -> str:
-        if math.isnan(r["delta_ci_half"]):
-            return f"{_name(r, several)} {fmt_delta(r['delta_mAP'])} (1 seed, no CI)"
-        return f"{_name(r, several)} {fmt_delta(r['delta_mAP'])} {fmt_bounds(r['delta_ci_low'], r['delta_ci_high'])}"
-
-    def with_p(r: Mapping, which: str = "p_difference") -> str:
-        if math.isnan(r[which]):
-            return with_ci(r) + ("" if math.isnan(r["delta_ci_half"]) else " (not tested: unpaired)")
-        return f"{with_ci(r)} (p {r[which]:.2g}, {CORRECTION} {r[which + '_adjusted']:.2g})"
-
-    def no_effect(r: Mapping) -> str:
-        return f"{with_ci(r)} (|Δ| < {r['margin']:.1f}: p {r['p_equivalence']:.2g}, {CORRECTION} " \
-               f"{r['p_equivalence_adjusted']:.2g})"
-
     if rows:
-        by = {v: [r for r in rows if r["verdict"] == v] for v in ("helped", "hurt", "no_effect", "undecided")}
-        m = tested(table)
-        lines.append(f"- **Decisions** after {decision_rule(m)}." if m else
-                     "- **Decisions**: none tested (no variant has two seeds paired with its baseline's), so every "
-                     "variant is undecided.")
-        lines.append("- **Helped**: " + (", ".join(with_p(r) for r in by["helped"]) or "none") + ".")
-        lines.append("- **Hurt**: " + (", ".join(with_p(r) for r in by["hurt"]) or "none") + ".")
-        lines.append("- **No effect** beyond the margin stated: "
-                     + (", ".join(no_effect(r) for r in by["no_effect"]) or "none") + ".")
-        lines.append("- **Undecided**: " + (", ".join(with_p(r) for r in by["undecided"]) or "none") + ".")
+        lines += _decision_lines(table, rows, several)
     elif len(computed):
         lines.append("- No ΔmAP can be read as a trick's effect: every variant that has one, or its baseline, "
                      "collapsed (see above).")
     else:
         lines.append("- No ΔmAP could be computed (no variant with an ok run beside an ok baseline run).")
+    best = _best_variant_line(table, runs, several)
+    if best:
+        lines.append(best)
+    return lines
 
+
+def _with_ci(r: Mapping, several: bool) -> str:
+    """A variant's ΔmAP with its 95% CI, for the decision lines (or why there is no CI)."""
+    if math.isnan(r["delta_ci_half"]):
+        return f"{_name(r, several)} {fmt_delta(r['delta_mAP'])} (1 seed, no CI)"
+    return f"{_name(r, several)} {fmt_delta(r['delta_mAP'])} {fmt_bounds(r['delta_ci_low'], r['delta_ci_high'])}"
+
+
+def _with_p(r: Mapping, several: bool, which: str = "p_difference") -> str:
+    """A variant's ΔmAP with its CI and its raw and adjusted p (or why it was not tested)."""
+    if math.isnan(r[which]):
+        return _with_ci(r, several) + ("" if math.isnan(r["delta_ci_half"]) else " (not tested: unpaired)")
+    return f"{_with_ci(r, several)} (p {r[which]:.2g}, {CORRECTION} {r[which + '_adjusted']:.2g})"
+
+
+def _no_effect(r: Mapping, several: bool) -> str:
+    """A variant decided "no effect": its ΔmAP and CI, the margin and the equivalence test's p."""
+    return f"{_with_ci(r, several)} (|Δ| < {r['margin']:.1f}: p {r['p_equivalence']:.2g}, {CORRECTION} " \
+           f"{r['p_equivalence_adjusted']:.2g})"
+
+
+def _decision_lines(table: pd.DataFrame, rows: Sequence[Mapping], several: bool) -> list[str]:
+    """The rule the decisions followed, then the healthy variants by verdict: helped, hurt, no effect,
+    undecided (each line says "none" rather than disappearing)."""
+    by = {v: [r for r in rows if r["verdict"] == v] for v in ("helped", "hurt", "no_effect", "undecided")}
+    m = tested(table)
+    return [f"- **Decisions** after {decision_rule(m)}." if m else
+            "- **Decisions**: none tested (no variant has two seeds paired with its baseline's), so every "
+            "variant is undecided.",
+            "- **Helped**: " + (", ".join(_with_p(r, several) for r in by["helped"]) or "none") + ".",
+            "- **Hurt**: " + (", ".join(_with_p(r, several) for r in by["hurt"]) or "none") + ".",
+            "- **No effect** beyond the margin stated: "
+            + (", ".join(_no_effect(r, several) for r in by["no_effect"]) or "none") + ".",
+            "- **Undecided**: " + (", ".join(_with_p(r, several) for r in by["undecided"]) or "none") + "."]
+
+
+def _best_variant_line(table: pd.DataFrame, runs: pd.DataFrame, several: bool) -> str:
+    """The best healthy variant by mAP and whether its margin over the runner-up is beyond seed noise;
+    '' when no variant has an ok run without a run-health warning."""
     healthy = table[table["mAP"].notna() & (table["health"] == "")]
     ranked = healthy.sort_values("mAP", ascending=False, kind="stable").to_dict("records")
-    if ranked:
-        best = ranked[0]
-        text = f"- **Best variant**: {_name(best, several)}, {fmt_points(best['mAP'])} mAP"
-        if len(ranked) == 1:
-            text += (" (the only variant with an ok run)." if len(table[table["mAP"].notna()]) == 1 else
-                     " (the only variant with an ok run and no run-health warning).")
-        else:
-            second = ranked[1]
-            margin = compare(seed_values(runs, best), seed_values(runs, second))
-            text += (f"; its margin over the runner-up {_name(second, several)} ({fmt_points(second['mAP'])}) is "
-                     f"{fmt_interval(margin, mark=False)}")
-            if not margin.has_ci:
-                text += ": with a single seed it cannot be told from noise."
-            elif margin.excludes_zero:
-                text += ", beyond noise (95% CI excludes zero)."
-            else:
-                text += ", within noise (the 95% CI spans zero)."
-        lines.append(text)
-    return lines
+    if not ranked:
+        return ""
+    best = ranked[0]
+    text = f"- **Best variant**: {_name(best, several)}, {fmt_points(best['mAP'])} mAP"
+    if len(ranked) == 1:
+        return text + (" (the only variant with an ok run)." if len(table[table["mAP"].notna()]) == 1 else
+                       " (the only variant with an ok run and no run-health warning).")
+    second = ranked[1]
+    margin = compare(seed_values(runs, best), seed_values(runs, second))
+    text += (f"; its margin over the runner-up {_name(second, several)} ({fmt_points(second['mAP'])}) is "
+             f"{fmt_interval(margin, mark=False)}")
+    if not margin.has_ci:
+        return text + ": with a single seed it cannot be told from noise."
+    if margin.excludes_zero:
+        return text + ", beyond noise (95% CI excludes zero)."
+    return text + ", within noise (the 95% CI spans zero)."
 
 
 def noise_lines(table: pd.DataFrame, runs: pd.DataFrame) -> list[str]:
@@ -226,79 +242,90 @@ def noise_lines(table: pd.DataFrame, runs: pd.DataFrame) -> list[str]:
     and what this sweep's seeds can detect and resolve."""
     several = table["base_hash"].nunique() > 1
     lines = []
-    delta, power = TARGET_DELTA, POWER
     m = max(tested(table), 1)
     alpha = ALPHA / m  # Holm's first step: what the smallest p-value must beat
     level = (f"α = {ALPHA:g} after {CORRECTION}'s correction over {_plural(m, 'variant')} (paired, two-sided "
              f"α/{m} = {alpha:.2g}, its first step)" if m > 1 else f"α = {ALPHA:g} (paired, two-sided)")
-    z_a, z_b = f"z{_sub(f'{1 - alpha / 2:.4g}')}", f"z{_sub(f'{power:g}')}"
     for base in table.loc[table["baseline"], "base_hash"].drop_duplicates():
-        block = table[table["base_hash"] == base]
-        base_row = block[block["baseline"]].iloc[0]
-        prefix = f"**{base_row['base']}**: " if several else ""
-        baseline = seed_values(runs, base_row)
-        n_b = len(baseline)
-        sigma = float(np.std(list(baseline.values()), ddof=1)) if n_b >= 2 else math.nan
-        names, groups = [], []
-        for rec in block[~block["baseline"] & block["delta_paired"] & (block["delta_seeds"] >= 2)].to_dict("records"):
-            variant = seed_values(runs, rec)
-            names.append(_name(rec, several))
-            groups.append([variant[s] - baseline[s] for s in sorted(variant)])
-        sigma_d, dof, pooled, rho = pooled_sigma(groups)
-        raw_df = sum(len(g) - 1 for g, kept in zip(groups, pooled) if kept)
-        if n_b >= 2:
-            spread = (f"the baseline's seed-to-seed spread is σ = {sigma:.2f} points "
-                      f"(std of its mAP over {n_b} seeds)")
-        elif n_b == 1:
-            spread = ("the seed-to-seed spread cannot be estimated from this sweep: the baseline ran a single seed")
-        else:
-            spread = "the baseline has no ok run, so its seed-to-seed spread is unknown"
-        per_seed = 1.0
-        if dof:
-            kept = sum(pooled)
-            source = (f"σ_d = {sigma_d:.2f} points, pooled over the paired per-seed differences of "
-                      f"{_plural(kept, 'variant')}, each centred on its own mean ({raw_df} degrees of freedom")
-            if dof < raw_df - 0.05:
-                source += (f"; {dof:.1f} effective, the variants' residuals at the same seed correlating "
-                           f"ρ̂ = {rho:.2f} through their shared baseline")
-            source += ")"
-            dropped = [n for n, k in zip(names, pooled) if not k]
-            if dropped:
-                source += (f"; left out of the pool, its own variance an outlier (Cochran's C at {SCREEN_LEVEL:g}): "
-                           f"{', '.join(dropped)}, tested on its own")
-            per_seed = dof / max(raw_df, 1) * kept  # the pool's df per seed of each variant
-        elif not math.isnan(sigma):
-            sigma_d = math.sqrt(2) * sigma
-            source = (f"σ_d ≈ √2·σ = {sigma_d:.2f} points, from the baseline's spread (no variant has two paired "
-                      f"seeds; this assumes a variant's seed noise is independent of its baseline's, which "
-                      f"overstates σ_d when pairing by seed helps)")
-        else:
-            sigma_d = math.nan
-            source = ""
-        text = f"- {prefix}{spread[0].upper()}{spread[1:]}."
-        if math.isnan(sigma_d):
-            text += (" Without it neither a confidence interval nor the number of seeds needed can be given; "
-                     "run at least 2 seeds (3 or more for intervals of usable width).")
-            lines.append(text)
-            continue
-        n_t = seeds_needed(sigma_d, delta, alpha, power, df_per_seed=per_seed)
-        n_z = seeds_needed_z(sigma_d, delta, alpha, power)
-        text += (f" The std of a paired difference is {source}. To detect a {delta:g}-point ΔmAP with "
-                 f"{power:.0%} power at {level} needs **{_plural(n_t, 'seed')}** per variant "
-                 f"(n = (({z_a} + {z_b})·σ_d/δ)² gives {n_z}; with t quantiles on the pooled df, iterated, {n_t}).")
-        # σ_d is known, so the baseline ran two seeds or more.
-        mde = detectable_change(sigma_d, n_b, alpha, power, df_per_seed=per_seed)
-        verdict = "enough to resolve" if n_b >= n_t else "too few to resolve"
-        text += (f" This sweep ran the baseline over {_plural(n_b, 'seed')}: the smallest ΔmAP a paired comparison "
-                 f"over them detects with {power:.0%} power at that level is {mde:.2f} points, {verdict} a "
-                 f"{delta:g}-point change.")
-        margins = block.loc[~block["baseline"] & block["margin"].notna(), "margin"]
-        if len(margins):
-            text += f" Equivalence (“no effect”) is tested within ±{margins.max():.2f} points."
-        lines.append(text)
+        lines.append(_base_noise_line(table[table["base_hash"] == base], runs, several, alpha, level))
     if not lines:
         lines.append("- No baseline has an ok run: the seed-to-seed spread cannot be estimated.")
     return lines
+
+
+def _base_noise_line(block: pd.DataFrame, runs: pd.DataFrame, several: bool, alpha: float, level: str) -> str:
+    """One base's line of "Seed noise and power": its spread, σ_d and where it comes from, then the
+    seeds needed and what this sweep's seeds resolve (or why neither can be said)."""
+    delta, power = TARGET_DELTA, POWER
+    base_row = block[block["baseline"]].iloc[0]
+    prefix = f"**{base_row['base']}**: " if several else ""
+    baseline = seed_values(runs, base_row)
+    n_b = len(baseline)
+    sigma = float(np.std(list(baseline.values()), ddof=1)) if n_b >= 2 else math.nan
+    sigma_d, source, per_seed = _sigma_d(block, runs, baseline, sigma, several)
+    text = f"- {prefix}{_spread_text(sigma, n_b)}."
+    if math.isnan(sigma_d):
+        return text + (" Without it neither a confidence interval nor the number of seeds needed can be given; "
+                       "run at least 2 seeds (3 or more for intervals of usable width).")
+    z_a, z_b = f"z{_sub(f'{1 - alpha / 2:.4g}')}", f"z{_sub(f'{power:g}')}"
+    n_t = seeds_needed(sigma_d, delta, alpha, power, df_per_seed=per_seed)
+    n_z = seeds_needed_z(sigma_d, delta, alpha, power)
+    text += (f" The std of a paired difference is {source}. To detect a {delta:g}-point ΔmAP with "
+             f"{power:.0%} power at {level} needs **{_plural(n_t, 'seed')}** per variant "
+             f"(n = (({z_a} + {z_b})·σ_d/δ)² gives {n_z}; with t quantiles on the pooled df, iterated, {n_t}).")
+    # σ_d is known, so the baseline ran two seeds or more.
+    mde = detectable_change(sigma_d, n_b, alpha, power, df_per_seed=per_seed)
+    verdict = "enough to resolve" if n_b >= n_t else "too few to resolve"
+    text += (f" This sweep ran the baseline over {_plural(n_b, 'seed')}: the smallest ΔmAP a paired comparison "
+             f"over them detects with {power:.0%} power at that level is {mde:.2f} points, {verdict} a "
+             f"{delta:g}-point change.")
+    margins = block.loc[~block["baseline"] & block["margin"].notna(), "margin"]
+    if len(margins):
+        text += f" Equivalence (“no effect”) is tested within ±{margins.max():.2f} points."
+    return text
+
+
+def _spread_text(sigma: float, n_b: int) -> str:
+    """The baseline's seed-to-seed spread in words, or why it is unknown (one seed, or no ok run)."""
+    if n_b >= 2:
+        return (f"The baseline's seed-to-seed spread is σ = {sigma:.2f} points "
+                f"(std of its mAP over {n_b} seeds)")
+    if n_b == 1:
+        return "The seed-to-seed spread cannot be estimated from this sweep: the baseline ran a single seed"
+    return "The baseline has no ok run, so its seed-to-seed spread is unknown"
+
+
+def _sigma_d(block: pd.DataFrame, runs: pd.DataFrame, baseline: Mapping[int, float], sigma: float,
+             several: bool) -> tuple[float, str, float]:
+    """σ_d, the std of a paired difference, the text saying where it comes from, and the pool's df per
+    seed of each variant: pooled over the variants with two paired seeds or more (the outliers left
+    out), else √2·σ from the baseline's spread (NaN when that is unknown too)."""
+    names, groups = [], []
+    for rec in block[~block["baseline"] & block["delta_paired"] & (block["delta_seeds"] >= 2)].to_dict("records"):
+        variant = seed_values(runs, rec)
+        names.append(_name(rec, several))
+        groups.append([variant[s] - baseline[s] for s in sorted(variant)])
+    sigma_d, dof, pooled, rho = pooled_sigma(groups)
+    raw_df = sum(len(g) - 1 for g, kept in zip(groups, pooled) if kept)
+    if dof:
+        kept = sum(pooled)
+        source = (f"σ_d = {sigma_d:.2f} points, pooled over the paired per-seed differences of "
+                  f"{_plural(kept, 'variant')}, each centred on its own mean ({raw_df} degrees of freedom")
+        if dof < raw_df - 0.05:
+            source += (f"; {dof:.1f} effective, the variants' residuals at the same seed correlating "
+                       f"ρ̂ = {rho:.2f} through their shared baseline")
+        source += ")"
+        dropped = [n for n, k in zip(names, pooled) if not k]
+        if dropped:
+            source += (f"; left out of the pool, its own variance an outlier (Cochran's C at {SCREEN_LEVEL:g}): "
+                       f"{', '.join(dropped)}, tested on its own")
+        return sigma_d, source, dof / max(raw_df, 1) * kept  # the pool's df per seed of each variant
+    if not math.isnan(sigma):
+        sigma_d = math.sqrt(2) * sigma
+        return sigma_d, (f"σ_d ≈ √2·σ = {sigma_d:.2f} points, from the baseline's spread (no variant has two "
+                         f"paired seeds; this assumes a variant's seed noise is independent of its baseline's, "
+                         f"which overstates σ_d when pairing by seed helps)"), 1.0
+    return math.nan, "", 1.0
 
 
 def _sub(text: str) -> str:
@@ -520,6 +547,19 @@ def adaptive_section(info: Mapping, decisions: Sequence) -> list[str]:
     correction (on which it stopped), the seeds it took, its noise, margin and p-values raw and adjusted,
     the rounds, and the runs against max seeds everywhere and against the fixed design the power statement
     names."""
+    m = len(decisions)
+    runs, round_lines = _adaptive_rounds(info)
+    return ["## Adaptive seeds", "",
+            _adaptive_method(info, m), "",
+            markdown_table(pd.DataFrame(_adaptive_rows(decisions)),
+                           right=("Seeds", "ΔmAP ± t-interval at the stop", "σ_d",
+                                  "p difference (Holm)", "p equivalence (Holm)")), "",
+            "Rounds:", "", *round_lines, "",
+            _adaptive_savings(info, decisions, runs) + ".", ""]
+
+
+def _adaptive_rows(decisions: Sequence) -> list[dict[str, str]]:
+    """The adaptive table's rows, one per trick: what it stopped on, with how many seeds, and why."""
     from ..sweep.adaptive import OPEN
 
     m = len(decisions)
@@ -533,8 +573,11 @@ def adaptive_section(info: Mapping, decisions: Sequence) -> list[str]:
                      "Seeds": str(d.seeds), "ΔmAP ± t-interval at the stop": change, "σ_d": noise,
                      "p difference (Holm)": f"{d.p_difference:.2g} ({d.p_difference_adjusted:.2g})",
                      "p equivalence (Holm)": f"{d.p_equivalence:.2g} ({d.p_equivalence_adjusted:.2g})"})
-    bases = {b: [d for d in decisions if d.baseline == b] for b in dict.fromkeys(info["variants"].values())}
-    n_variants = len(info["variants"]) + len(bases)
+    return rows
+
+
+def _adaptive_rounds(info: Mapping) -> tuple[int, list[str]]:
+    """The runs the adaptive sweep made in all, and one numbered line per round saying which."""
     runs = 0
     round_lines = []
     for r in info["rounds"]:
@@ -543,8 +586,16 @@ def adaptive_section(info: Mapping, decisions: Sequence) -> list[str]:
         what = (f"seeds 0–{r['seeds'] - 1} of all {len(r['variants'])} variants" if r["round"] == 1
                 else f"seed {r['seeds'] - 1} of " + ", ".join(r["variants"]))
         round_lines.append(f"{r['round']}. {what} ({_plural(count, 'run')})")
-    full = n_variants * info["max"]
-    # the fixed design the power statement names: per base, the seeds to detect TARGET_DELTA after the correction
+    return runs, round_lines
+
+
+def _adaptive_savings(info: Mapping, decisions: Sequence, runs: int) -> str:
+    """The runs made against max seeds everywhere and against the fixed design the power statement
+    names (per base, the seeds to detect TARGET_DELTA after the correction): what adapting saved.
+    The fixed design is left out when a base has no pooled σ_d to size it with."""
+    m = len(decisions)
+    bases = {b: [d for d in decisions if d.baseline == b] for b in dict.fromkeys(info["variants"].values())}
+    full = (len(info["variants"]) + len(bases)) * info["max"]
     fixed, fixed_seeds = 0, []
     for b, ds in bases.items():
         pooled = [d for d in ds if d.pooled and d.seeds >= 2 and not math.isnan(d.std)]
@@ -562,9 +613,14 @@ def adaptive_section(info: Mapping, decisions: Sequence) -> list[str]:
         against += (f", and against {fixed} in the fixed design that detects a {TARGET_DELTA:g}-point change with "
                     f"{POWER:.0%} power after the correction at this sweep's pooled σ_d (seeds per variant: "
                     f"{', '.join(fixed_seeds)}; {100 * (1 - runs / fixed):.0f}% saved)")
+    return against
+
+
+def _adaptive_method(info: Mapping, m: int) -> str:
+    """The paragraph that says how the adaptive sweep decided, with this sweep's plan filled in, so the
+    table can be read without ablate/sweep/adaptive.py."""
     margin = info["margin"]
-    return ["## Adaptive seeds", "",
-            f"Each trick ran {info['min']} seeds with its baseline, then one more seed at a time while open, "
+    return (f"Each trick ran {info['min']} seeds with its baseline, then one more seed at a time while open, "
             f"up to {info['max']}. After each round every trick's sequential p-values (each test spends "
             f"α = {info['alpha']:g} over the planned looks: {info['spending']} spending, a union bound over the "
             f"looks) are adjusted by {info.get('correction', CORRECTION)}'s step-down over the {m} tricks, and a "
@@ -577,11 +633,7 @@ def adaptive_section(info: Mapping, decisions: Sequence) -> list[str]:
             f"pooled σ_d (80% power at no change); where X > {margin:g} the plan's margin was out of reach and "
             f"“no effect” means no effect larger than ±X. The ± beside ΔmAP is the 95% t-interval at the stopping "
             f"look as if the seeds had been fixed: it is not a confidence interval after optional stopping (an "
-            f"early stop favours a larger |ΔmAP|).", "",
-            markdown_table(pd.DataFrame(rows), right=("Seeds", "ΔmAP ± t-interval at the stop", "σ_d",
-                                                      "p difference (Holm)", "p equivalence (Holm)")), "",
-            "Rounds:", "", *round_lines, "",
-            against + ".", ""]
+            f"early stop favours a larger |ΔmAP|).")
 
 
 def render_markdown(title: str, table: pd.DataFrame, runs: pd.DataFrame, errors: Sequence[BaseException],

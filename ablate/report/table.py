@@ -394,88 +394,124 @@ def records_table(records: list[RunRecord]) -> pd.DataFrame:
     ("degenerate_boxes (3/3 seeds)"; '' when healthy), ``health_runs`` counts its ok runs with any warning, and
     ``baseline_unhealthy`` is true for a variant whose baseline has such a run: its ΔmAP is then meaningless.
     """
-    records = list(records)
-    groups: dict[GroupKey, list[RunRecord]] = {}
-    for record in records:
-        groups.setdefault(group_key(record), []).append(record)
-
-    def first_created(recs: list[RunRecord]) -> str:
-        return min((r.created_at or "\uffff") for r in recs)
-
+    groups = _group_records(records)
     # Per-seed mAP of each group's ok runs, for the ΔmAP.
     seed_maps = {key: per_seed((r.seed, _metric_points(r, "mAP")) for r in recs if r.status == "ok")
                  for key, recs in groups.items()}
-
-    # Blocks per base, ordered by their first run; inside, the baseline then the variants by first run.
-    bases: dict[str, list[GroupKey]] = {}
-    for key in groups:
-        bases.setdefault(key[0], []).append(key)
-    base_order = sorted(bases, key=lambda b: (min(first_created(groups[k]) for k in bases[b]), b))
-    base_configs = {}
-    for b in base_order:
-        keys = bases[b]
-        source = groups[(b, (), "")] if (b, (), "") in groups else groups[keys[0]]
-        base_configs[b] = source[0].config
-    labels = base_labels(base_configs)
+    bases, base_order = _base_blocks(groups)
+    labels = base_labels({b: _base_config(groups, b, bases[b]) for b in base_order})
     names = variant_names(groups)
 
     rows = []
     paired: dict[int, tuple[str, list[float]]] = {}  # row -> (base, paired differences) to decide
     for b in base_order:
-        keys = sorted(bases[b], key=lambda k: (k[1] != (), first_created(groups[k]), names[k]))
+        keys = sorted(bases[b], key=lambda k: (k[1] != (), _first_created(groups[k]), names[k]))
         for key in keys:
-            recs = groups[key]
-            ok = [r for r in recs if r.status == "ok"]
-            counts = {s: sum(r.status == s for r in recs) for s in STATUSES}
-            is_baseline = key[1] == ()
-            row: dict[str, Any] = {
-                "variant": names[key],
-                "tricks": "+".join(key[1]),
-                "tricks_hash": key[2],
-                "trick_args": json.dumps(trick_arguments(recs[0].config)) if key[1] else "",
-                "base": labels[b],
-                "base_hash": b,
-                "baseline": is_baseline,
-                "status": _status_text(counts),
-                "health": health_text(recs),
-                "health_runs": sum(bool(health_codes(r)) for r in ok),
-                "baseline_unhealthy": False,
-                "runs": len(recs),
-                "seeds": len(ok),
-                "seed_list": " ".join(str(s) for s in sorted({r.seed for r in ok})),
-            }
-            for name in COCO_METRICS:
-                values = [_metric_points(r, name) for r in ok]
-                row[name] = _mean(values)
-                row[f"{name}_std"] = _std(values)
-                if name == "mAP":
-                    delta, interval = Delta(), Interval()
-                    baseline_key = (b, (), "")
-                    if not is_baseline and baseline_key in groups:
-                        delta = delta_against(seed_maps[key], seed_maps[baseline_key])
-                        interval = compare(seed_maps[key], seed_maps[baseline_key])
-                    row["delta_mAP"] = delta.mean
-                    row["delta_mAP_std"] = delta.std
-                    row["delta_paired"] = delta.paired
-                    row["delta_seeds"] = delta.n
-                    row["delta_ci_low"] = interval.low
-                    row["delta_ci_high"] = interval.high
-                    row["delta_ci_half"] = interval.half
-                    row["delta_ci_method"] = interval.method
-                    row["delta_ci_df"] = interval.df
-                    row["delta_sign"] = interval.sign
-                    if delta.paired and delta.n >= 2:
-                        paired[len(rows)] = (b, delta.diffs.tolist())
-            row["train_s"] = _mean(_num((r.timings or {}).get("train_s")) for r in ok)
-            row["images_per_s"] = _mean(_num((r.timings or {}).get("images_per_s")) for r in ok)
-            row["peak_memory_mb"] = _mean(_num(r.peak_memory_mb) for r in ok)
-            row["inference_ms"] = _mean(_num(r.inference_ms_per_image) for r in ok)
-            row["params_M"] = _mean(_num(r.params) / 1e6 for r in ok)
-            row["flops_G"] = _mean(_num(r.flops) / 1e9 for r in ok)
-            row["first_created_at"] = first_created(recs).replace("\uffff", "")
+            row = _variant_row(key, groups[key], names[key], labels[b])
+            baseline_key = (b, (), "")
+            against = seed_maps[baseline_key] if key[1] and baseline_key in groups else None
+            delta = _add_delta_columns(row, seed_maps[key], against)
+            if delta.paired and delta.n >= 2:
+                paired[len(rows)] = (b, delta.diffs.tolist())
             rows.append(row)
+    _add_baseline_changes(rows)
+    _add_decisions(rows, paired)
+    table = pd.DataFrame(rows, columns=_table_columns())
+    return table.astype({"baseline": bool, "delta_paired": bool, "runs": int, "seeds": int, "delta_seeds": int,
+                         "delta_sign": int, "health_runs": int, "baseline_unhealthy": bool, "sigma_d_pooled": bool})
 
-    # Costs against the baseline of the same base (NaN for baselines and where either side is missing).
+
+def _group_records(records: Iterable[RunRecord]) -> dict[GroupKey, list[RunRecord]]:
+    """The runs of each variant (group_key), in the records' order: a variant's rows average these."""
+    groups: dict[GroupKey, list[RunRecord]] = {}
+    for record in records:
+        groups.setdefault(group_key(record), []).append(record)
+    return groups
+
+
+def _first_created(recs: Sequence[RunRecord]) -> str:
+    """The earliest creation time of some runs ('\\uffff' when none has one, so they sort last): the
+    report lists bases and variants in the order they were first run."""
+    return min((r.created_at or "\uffff") for r in recs)
+
+
+def _base_blocks(groups: Mapping[GroupKey, Sequence[RunRecord]]) -> tuple[dict[str, list[GroupKey]], list[str]]:
+    """The variants of each base, and the bases ordered by their first run (then by hash), so the
+    table shows one block per base in the order the sweep ran them."""
+    bases: dict[str, list[GroupKey]] = {}
+    for key in groups:
+        bases.setdefault(key[0], []).append(key)
+    base_order = sorted(bases, key=lambda b: (min(_first_created(groups[k]) for k in bases[b]), b))
+    return bases, base_order
+
+
+def _base_config(groups: Mapping[GroupKey, Sequence[RunRecord]], base: str, keys: Sequence[GroupKey]) -> Any:
+    """The config that names a base: its baseline's, else its first variant's (a base may have no
+    baseline run), so that base_labels can tell the bases apart."""
+    source = groups[(base, (), "")] if (base, (), "") in groups else groups[keys[0]]
+    return source[0].config
+
+
+def _variant_row(key: GroupKey, recs: Sequence[RunRecord], name: str, base_label: str) -> dict[str, Any]:
+    """One variant's row without its ΔmAP, baseline changes and verdict (those need other rows): its
+    identity, status and health counts, and the means over its ok runs of the metrics and costs."""
+    ok = [r for r in recs if r.status == "ok"]
+    counts = {s: sum(r.status == s for r in recs) for s in STATUSES}
+    row: dict[str, Any] = {
+        "variant": name,
+        "tricks": "+".join(key[1]),
+        "tricks_hash": key[2],
+        "trick_args": json.dumps(trick_arguments(recs[0].config)) if key[1] else "",
+        "base": base_label,
+        "base_hash": key[0],
+        "baseline": key[1] == (),
+        "status": _status_text(counts),
+        "health": health_text(recs),
+        "health_runs": sum(bool(health_codes(r)) for r in ok),
+        "baseline_unhealthy": False,
+        "runs": len(recs),
+        "seeds": len(ok),
+        "seed_list": " ".join(str(s) for s in sorted({r.seed for r in ok})),
+    }
+    for metric in COCO_METRICS:
+        values = [_metric_points(r, metric) for r in ok]
+        row[metric] = _mean(values)
+        row[f"{metric}_std"] = _std(values)
+    row["train_s"] = _mean(_num((r.timings or {}).get("train_s")) for r in ok)
+    row["images_per_s"] = _mean(_num((r.timings or {}).get("images_per_s")) for r in ok)
+    row["peak_memory_mb"] = _mean(_num(r.peak_memory_mb) for r in ok)
+    row["inference_ms"] = _mean(_num(r.inference_ms_per_image) for r in ok)
+    row["params_M"] = _mean(_num(r.params) / 1e6 for r in ok)
+    row["flops_G"] = _mean(_num(r.flops) / 1e9 for r in ok)
+    row["first_created_at"] = _first_created(recs).replace("\uffff", "")
+    return row
+
+
+def _add_delta_columns(row: dict[str, Any], seeds: Mapping[int, float],
+                       baseline: Mapping[int, float] | None) -> Delta:
+    """Fill the row's ΔmAP and its 95% CI against the baseline's per-seed mAP (NaN when there is no
+    baseline to compare with: a baseline row, or a base without one); the Delta is returned so the
+    caller can collect the paired differences to decide."""
+    delta, interval = Delta(), Interval()
+    if baseline is not None:
+        delta = delta_against(seeds, baseline)
+        interval = compare(seeds, baseline)
+    row["delta_mAP"] = delta.mean
+    row["delta_mAP_std"] = delta.std
+    row["delta_paired"] = delta.paired
+    row["delta_seeds"] = delta.n
+    row["delta_ci_low"] = interval.low
+    row["delta_ci_high"] = interval.high
+    row["delta_ci_half"] = interval.half
+    row["delta_ci_method"] = interval.method
+    row["delta_ci_df"] = interval.df
+    row["delta_sign"] = interval.sign
+    return delta
+
+
+def _add_baseline_changes(rows: Sequence[dict[str, Any]]) -> None:
+    """Costs against the baseline of the same base (NaN for baselines and where either side is missing),
+    the freebie/special kind, and whether that baseline is unhealthy: all need the baseline's row."""
     baseline_rows = {row["base_hash"]: row for row in rows if row["baseline"]}
     for row in rows:
         base_row = None if row["baseline"] else baseline_rows.get(row["base_hash"])
@@ -490,6 +526,10 @@ def records_table(records: list[RunRecord]) -> pd.DataFrame:
         row["kind"] = "" if base_row is None or not row["seeds"] else \
             trick_kind(row["params_M"], row["flops_G"], base_row["params_M"], base_row["flops_G"])
 
+
+def _add_decisions(rows: Sequence[dict[str, Any]], paired: Mapping[int, tuple[str, list[float]]]) -> None:
+    """The verdict columns: one look at every healthy variant's paired differences, Holm-corrected
+    together; the others stay undecided ('' for a baseline) with NaN p-values."""
     # A variant with a run-health warning, or whose baseline has one, measures the collapse, not the trick
     # nor the seed noise: it is neither decided nor pooled.
     paired = {i: v for i, v in paired.items() if not (rows[i]["health"] or rows[i]["baseline_unhealthy"])}
@@ -503,6 +543,9 @@ def records_table(records: list[RunRecord]) -> pd.DataFrame:
                        p_equivalence=d.p_equivalence, p_equivalence_adjusted=d.p_equivalence_adjusted,
                        margin=d.margin, sigma_d=d.std, sigma_d_df=d.df, sigma_d_pooled=d.pooled)
 
+
+def _table_columns() -> list[str]:
+    """records_table's columns, in table.csv's order."""
     columns = ["variant", "tricks", "tricks_hash", "trick_args", "base", "base_hash", "baseline", "status", "health",
                "health_runs", "baseline_unhealthy", "runs", "seeds", "seed_list", "mAP",
                "mAP_std", "delta_mAP", "delta_mAP_std", "delta_paired", "delta_seeds", "delta_ci_low",
@@ -510,9 +553,7 @@ def records_table(records: list[RunRecord]) -> pd.DataFrame:
     for name in COCO_METRICS[1:]:
         columns += [name, f"{name}_std"]
     columns += [*TIMING_COLUMNS, *(c for c, _ in CHANGE_COLUMNS.values()), "kind", "first_created_at"]
-    table = pd.DataFrame(rows, columns=columns)
-    return table.astype({"baseline": bool, "delta_paired": bool, "runs": int, "seeds": int, "delta_seeds": int,
-                         "delta_sign": int, "health_runs": int, "baseline_unhealthy": bool, "sigma_d_pooled": bool})
+    return columns
 
 
 def seed_values(runs: pd.DataFrame, variant: Mapping[str, Any], metric: str = "mAP") -> dict[int, float]:

@@ -29,6 +29,7 @@ import dataclasses
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -132,16 +133,10 @@ def resolve_sweep_path(name_or_path: str) -> Path:
 
 
 def load_sweep(path: Path) -> SweepDesign:
+    """Read and check a sweep file; every mistake is a SweepFileError naming the file and the key, so a
+    sweep fails before any run starts."""
     path = Path(path)
-    try:
-        raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    except (OSError, OmegaConfBaseException, ValueError) as e:
-        raise SweepFileError(f"{path}: cannot read the sweep file ({e})") from None
-    if not isinstance(raw, dict):
-        raise SweepFileError(f"{path}: a sweep file is a mapping with keys {sorted(KEYS)}")
-    unknown = sorted(set(raw) - KEYS)
-    if unknown:
-        raise SweepFileError(f"{path}: unknown keys {unknown} (known: {sorted(KEYS)})")
+    raw = _read_sweep_file(path)
     design = raw.get("design", "one_at_a_time")
     if design not in DESIGNS:
         raise SweepFileError(f"{path}: design {design!r} is not one of {DESIGNS}")
@@ -153,6 +148,37 @@ def load_sweep(path: Path) -> SweepDesign:
         raise SweepFileError(f"{path}: tricks must be a list of trick names, got {tricks!r}")
     if len(set(tricks)) != len(tricks):
         raise SweepFileError(f"{path}: tricks lists a name twice: {tricks}")
+    seeds, adaptive = _parse_seeds(raw, path)
+    baselines, baseline_tricks = _parse_baselines(raw, path, tricks)
+    search = None
+    if design == SEARCH:
+        if adaptive is not None or len(baselines) > 1 or baseline_tricks:
+            raise SweepFileError(f"{path}: design: search takes a count or list of seeds and one baseline "
+                                 "(overrides of every trial), not adaptive seeds or named baselines")
+        search = parse_search(raw, path)
+    return SweepDesign(name=str(raw.get("name") or path.stem), design=design, tricks=tuple(tricks),
+                       seeds=tuple(seeds), baselines=baselines, path=path, baseline_tricks=baseline_tricks,
+                       adaptive=adaptive, search=search)
+
+
+def _read_sweep_file(path: Path) -> dict:
+    """The sweep file as a plain dict (interpolations resolved) with known keys only: a typo in a key
+    would otherwise be silently ignored."""
+    try:
+        raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    except (OSError, OmegaConfBaseException, ValueError) as e:
+        raise SweepFileError(f"{path}: cannot read the sweep file ({e})") from None
+    if not isinstance(raw, dict):
+        raise SweepFileError(f"{path}: a sweep file is a mapping with keys {sorted(KEYS)}")
+    unknown = sorted(set(raw) - KEYS)
+    if unknown:
+        raise SweepFileError(f"{path}: unknown keys {unknown} (known: {sorted(KEYS)})")
+    return raw
+
+
+def _parse_seeds(raw: dict, path: Path) -> tuple[list[int], Plan | None]:
+    """The seeds to run first and the adaptive plan, if any: `seeds` is a count, a list, or adaptive
+    {min, max, margin[, alpha]} (which starts with min seeds and adds more as the decisions need)."""
     seeds = raw.get("seeds", 1)
     adaptive = None
     if isinstance(seeds, dict):
@@ -170,6 +196,13 @@ def load_sweep(path: Path) -> SweepDesign:
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
         raise SweepFileError(f"{path}: seeds must be a count >= 1, a list of integers or adaptive "
                              f"{{min, max, margin}}, got {raw.get('seeds')!r}")
+    return seeds, adaptive
+
+
+def _parse_baselines(raw: dict, path: Path, tricks: list[str]) -> tuple[dict[str, tuple[str, ...]],
+                                                                        dict[str, tuple[str, ...]]]:
+    """Each baseline's overrides by name ('' for the single `baseline`), and the tricks of the named
+    baselines that run only some of the sweep's tricks."""
     if "baseline" in raw and "baselines" in raw:
         raise SweepFileError(f"{path}: give either baseline (one) or baselines (several, named), not both")
     named = raw.get("baselines") if "baselines" in raw else {"": raw.get("baseline") or []}
@@ -177,31 +210,32 @@ def load_sweep(path: Path) -> SweepDesign:
         raise SweepFileError(f"{path}: baselines must map names to override lists, e.g. fcos: [model=fcos]")
     baselines, baseline_tricks = {}, {}
     for label, entry in named.items():
-        where = f"baselines.{label}" if label else "baseline"
-        overrides = entry
-        if isinstance(entry, dict) and label:
-            unknown = sorted(set(entry) - {"overrides", "tricks"})
-            if unknown:
-                raise SweepFileError(f"{path}: {where} has unknown keys {unknown} (known: overrides, tricks)")
-            overrides = entry.get("overrides") or []
-            if "tricks" in entry:
-                own = entry["tricks"] or []
-                if not isinstance(own, list) or not set(own) <= set(tricks) or len(set(own)) != len(own):
-                    raise SweepFileError(f"{path}: {where}.tricks must list some of the sweep's tricks {tricks}, "
-                                         f"each once, got {entry['tricks']!r}")
-                baseline_tricks[label] = tuple(own)
-        if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
-            raise SweepFileError(f"{path}: {where} must be a list of overrides such as [model=faster_rcnn]"
-                                 + (" or a mapping with overrides and tricks" if label else ""))
-        if "/" in label or "=" in label:
-            raise SweepFileError(f"{path}: baseline name {label!r} may not contain '/' or '='")
+        overrides, own = _parse_baseline_entry(path, label, entry, tricks)
+        if own is not None:
+            baseline_tricks[label] = own
         baselines[label] = tuple(overrides)
-    search = None
-    if design == SEARCH:
-        if adaptive is not None or len(baselines) > 1 or baseline_tricks:
-            raise SweepFileError(f"{path}: design: search takes a count or list of seeds and one baseline "
-                                 "(overrides of every trial), not adaptive seeds or named baselines")
-        search = parse_search(raw, path)
-    return SweepDesign(name=str(raw.get("name") or path.stem), design=design, tricks=tuple(tricks),
-                       seeds=tuple(seeds), baselines=baselines, path=path, baseline_tricks=baseline_tricks,
-                       adaptive=adaptive, search=search)
+    return baselines, baseline_tricks
+
+
+def _parse_baseline_entry(path: Path, label: str, entry: Any, tricks: list[str]) -> tuple[list, tuple | None]:
+    """One baseline's overrides and its own tricks (None when it runs all of them): a list of
+    overrides, or for a named baseline a mapping with overrides and tricks."""
+    where = f"baselines.{label}" if label else "baseline"
+    overrides, own = entry, None
+    if isinstance(entry, dict) and label:
+        unknown = sorted(set(entry) - {"overrides", "tricks"})
+        if unknown:
+            raise SweepFileError(f"{path}: {where} has unknown keys {unknown} (known: overrides, tricks)")
+        overrides = entry.get("overrides") or []
+        if "tricks" in entry:
+            own = entry["tricks"] or []
+            if not isinstance(own, list) or not set(own) <= set(tricks) or len(set(own)) != len(own):
+                raise SweepFileError(f"{path}: {where}.tricks must list some of the sweep's tricks {tricks}, "
+                                     f"each once, got {entry['tricks']!r}")
+            own = tuple(own)
+    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+        raise SweepFileError(f"{path}: {where} must be a list of overrides such as [model=faster_rcnn]"
+                             + (" or a mapping with overrides and tricks" if label else ""))
+    if "/" in label or "=" in label:
+        raise SweepFileError(f"{path}: baseline name {label!r} may not contain '/' or '='")
+    return overrides, own

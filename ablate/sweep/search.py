@@ -249,7 +249,6 @@ def run_search(sweeper, design, arguments: list[str], sweep_dir: Path, out) -> t
     """Ask, run, tell, until the study holds n_trials trials; first the trials a killed launch left
     running. Returns every job launched and the launcher's returns, as the other designs do."""
     optuna = require_optuna()
-    from hydra.core.utils import JobStatus
 
     spec = design.search
     storage = storage_url(sweep_dir)
@@ -257,51 +256,14 @@ def run_search(sweeper, design, arguments: list[str], sweep_dir: Path, out) -> t
     with search_lock(sweep_dir):
         study = open_study(design, sweep_dir)
         states = optuna.trial.TrialState
-        left = [t for t in study.trials if t.state == states.RUNNING]
-        done = len(study.trials) - len(left)
-        print(f"search {design.name}: study {storage_url(sweep_dir).removeprefix('sqlite:///')}, "
-              f"{done} of {spec.n_trials} trials done" + (f", {len(left)} left running" if left else ""),
-              file=out, flush=True)
-        for t in left:
-            print(f"trial {t.number} was running when the search stopped: training it again in "
-                  f"{sweep_dir / f'trial{t.number}'} (from its checkpoint where there is one)", file=out, flush=True)
-        pending = [(t.number, with_all_params(study, t, distributions(spec))) for t in left]
+        pending, done = _left_running(study, design, sweep_dir, out, states)
         started, trained, job_index = time.monotonic(), 0, done * len(design.seeds)
         while pending or len(study.trials) < spec.n_trials:
-            # Up to n_jobs trials at once: a parallel launcher (joblib, SLURM) runs their jobs together.
-            batch_trials = []
-            while len(batch_trials) < spec.n_jobs and (pending or len(study.trials) < spec.n_trials):
-                if pending:
-                    number, params = pending.pop(0)
-                else:
-                    trial = study.ask(distributions(spec))
-                    number, params = trial.number, trial.params
-                batch_trials.append((number, params, trial_jobs(design, number, params, storage)))
-            statuses: dict[int, list[str]] = {number: [] for number, _, _ in batch_trials}
-            for index in range(len(design.seeds)):  # seed by seed: a pruned (or failed) seed ends its trial
-                live = [(number, jobs[index]) for number, _, jobs in batch_trials
-                        if all(s == "ok" for s in statuses[number])]
-                if not live:
-                    break
-                batch = [sweeper.batch([job], arguments)[0] for _, job in live]
-                sweeper.validate_batch_is_legal(batch)
-                rets = list(sweeper.launcher.launch(batch, initial_job_idx=job_index))
-                job_index += len(batch)
-                for (number, job), ret in zip(live, rets):
-                    statuses[number].append(ret.return_value if ret.status == JobStatus.COMPLETED else "failed")
-                    all_jobs.append(job)
-                    returns.append(ret)
+            batch_trials = _next_trials(study, design, pending, storage)
+            statuses, job_index = _launch_trials(sweeper, design, arguments, batch_trials, job_index,
+                                                 all_jobs, returns)
             for number, params, jobs in batch_trials:
-                status, value = trial_outcome(sweep_dir, jobs, statuses[number])
-                if status == "not_applicable":  # every trial would be: the tricks do not fit the detector
-                    study.tell(number, state=states.FAIL)
-                    error = read_record(sweep_dir / jobs[0].variant / f"seed{jobs[0].seed}" / RECORD_NAME).error
-                    raise UserInputError(f"{design.path}: the search's tricks do not fit: {error}")
-                if status == "ok":
-                    study.tell(number, value)
-                else:
-                    study.tell(number, state=states.PRUNED if status == "pruned" else states.FAIL)
-                study.set_user_attr(f"trial{number}_status", status)
+                status, value = _tell_trial(study, design, sweep_dir, number, jobs, statuses[number], states)
                 trained += 1
                 print(trial_line(study, number, status, value, params, spec.n_trials,
                                  (time.monotonic() - started) / trained), file=out, flush=True)
@@ -309,6 +271,79 @@ def run_search(sweeper, design, arguments: list[str], sweep_dir: Path, out) -> t
             print(f"best: trial {study.best_trial.number}, mAP {study.best_value:.3f}, "
                   + ", ".join(f"{k}={v}" for k, v in study.best_params.items()), file=out, flush=True)
     return all_jobs, returns
+
+
+def _left_running(study, design, sweep_dir: Path, out, states) -> tuple[list, int]:
+    """The trials a killed launch left running, with all their parameters, to be trained again first
+    (so the study reaches n_trials finished trials), and the count of trials already done; both are
+    said on `out`."""
+    spec = design.search
+    left = [t for t in study.trials if t.state == states.RUNNING]
+    done = len(study.trials) - len(left)
+    print(f"search {design.name}: study {storage_url(sweep_dir).removeprefix('sqlite:///')}, "
+          f"{done} of {spec.n_trials} trials done" + (f", {len(left)} left running" if left else ""),
+          file=out, flush=True)
+    for t in left:
+        print(f"trial {t.number} was running when the search stopped: training it again in "
+              f"{sweep_dir / f'trial{t.number}'} (from its checkpoint where there is one)", file=out, flush=True)
+    return [(t.number, with_all_params(study, t, distributions(spec))) for t in left], done
+
+
+def _next_trials(study, design, pending: list, storage: str) -> list[tuple[int, dict, list]]:
+    """Up to n_jobs trials to run at once (a parallel launcher, joblib or SLURM, runs their jobs
+    together): the pending ones first, then new ones asked of the study. Takes them off `pending`."""
+    spec = design.search
+    batch_trials = []
+    while len(batch_trials) < spec.n_jobs and (pending or len(study.trials) < spec.n_trials):
+        if pending:
+            number, params = pending.pop(0)
+        else:
+            trial = study.ask(distributions(spec))
+            number, params = trial.number, trial.params
+        batch_trials.append((number, params, trial_jobs(design, number, params, storage)))
+    return batch_trials
+
+
+def _launch_trials(sweeper, design, arguments: list[str], batch_trials: list, job_index: int,
+                   all_jobs: list, returns: list) -> tuple[dict[int, list[str]], int]:
+    """Run the trials' jobs seed by seed, each seed's jobs in one launch; a pruned (or failed) seed ends
+    its trial, so later seeds run only for trials still ok. Returns each trial's statuses per seed and
+    the next job index; the jobs launched and their returns are added to all_jobs and returns."""
+    from hydra.core.utils import JobStatus
+
+    statuses: dict[int, list[str]] = {number: [] for number, _, _ in batch_trials}
+    for index in range(len(design.seeds)):
+        live = [(number, jobs[index]) for number, _, jobs in batch_trials
+                if all(s == "ok" for s in statuses[number])]
+        if not live:
+            break
+        batch = [sweeper.batch([job], arguments)[0] for _, job in live]
+        sweeper.validate_batch_is_legal(batch)
+        rets = list(sweeper.launcher.launch(batch, initial_job_idx=job_index))
+        job_index += len(batch)
+        for (number, job), ret in zip(live, rets):
+            statuses[number].append(ret.return_value if ret.status == JobStatus.COMPLETED else "failed")
+            all_jobs.append(job)
+            returns.append(ret)
+    return statuses, job_index
+
+
+def _tell_trial(study, design, sweep_dir: Path, number: int, jobs: list, statuses: list[str],
+                states) -> tuple[str, float | None]:
+    """Tell the study a trial's outcome (its value, pruned or failed) and keep its status as a user
+    attribute. Tricks that do not fit the detector would fail every trial: that stops the search with
+    the record's error."""
+    status, value = trial_outcome(sweep_dir, jobs, statuses)
+    if status == "not_applicable":  # every trial would be: the tricks do not fit the detector
+        study.tell(number, state=states.FAIL)
+        error = read_record(sweep_dir / jobs[0].variant / f"seed{jobs[0].seed}" / RECORD_NAME).error
+        raise UserInputError(f"{design.path}: the search's tricks do not fit: {error}")
+    if status == "ok":
+        study.tell(number, value)
+    else:
+        study.tell(number, state=states.PRUNED if status == "pruned" else states.FAIL)
+    study.set_user_attr(f"trial{number}_status", status)
+    return status, value
 
 
 def check_search(design, arguments: list[str], sweeper) -> None:
