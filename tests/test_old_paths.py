@@ -84,7 +84,8 @@ def test_an_old_target_builds_the_same_trick_with_the_same_fingerprint():
 
 def test_records_and_checkpoints_made_before_the_move_keep_their_config_hash():
     """Where a trick's class lives is no part of the hash: the committed records, whose configs name
-    the tricks by their flat paths, hash the same with the paths of now (so they are reused, their
+    the tricks by their flat paths (or, made after the move, by their folders' paths), hash the same
+    with the other paths (so they are reused, their
     checkpoints resume, and a report puts old and new runs of a variant in one row)."""
     import copy
     from pathlib import Path
@@ -98,9 +99,12 @@ def test_records_and_checkpoints_made_before_the_move_keep_their_config_hash():
     for record in with_tricks:
         moved = copy.deepcopy(record.config)
         for node in moved["tricks"].values():
-            module = node["_target_"].split(".")[2]
-            node["_target_"] = node["_target_"].replace(f"ablate.tricks.{module}.",
-                                                        f"ablate.tricks.{MOVED[module]}.{module}.")
+            parts = node["_target_"].split(".")
+            if parts[2] in MOVED:  # a record of before the move: its flat path, moved
+                parts[2:3] = [MOVED[parts[2]], parts[2]]
+            else:  # a record made after the move: its folder's path, made flat
+                del parts[2]
+            node["_target_"] = ".".join(parts)
         assert moved["tricks"] != record.config["tricks"]
         assert config_hash(moved) == config_hash(record.config) == record.config_hash
         assert tricks_hash(moved) == tricks_hash(record.config)
