@@ -121,6 +121,19 @@ def test_a_trick_drawing_from_torch_leaves_its_baseline_flips(tmp_path, shapes_c
     assert all(torch.equal(a, b) for (_, a), (_, b) in zip(base, drop))
 
 
+def test_an_evaluation_during_training_changes_no_number_of_the_training(tmp_path, shapes_cache):
+    """train.eval_every evaluates in the middle of training (its loader draws a seed from torch's global
+    RNG); DropBlock draws from that RNG after it. The loop seeds each epoch's draws, so the losses and the
+    final metrics are those of the run evaluated only at the end: a curve of val mAP is free of side effects."""
+    runs = {every: train_and_evaluate(make_cfg(shapes_cache, "tricks=[dropblock]", "train.epochs=3",
+                                               f"train.eval_every={every}"), tmp_path / str(every))
+            for every in (0, 1)}
+    assert [p for p in runs[1].curve if "val_mAP" in p and p["epoch"] < 3]  # it did evaluate mid-run
+    losses = {k: [p["loss"] for p in r.curve if "loss" in p] for k, r in runs.items()}
+    assert losses[0] == losses[1]
+    assert runs[0].metrics == runs[1].metrics
+
+
 def test_checkpoint_of_another_config_is_not_resumed(tmp_path, shapes_cache):
     train_and_evaluate(make_cfg(shapes_cache, "train.epochs=1"), tmp_path)
     (tmp_path / "result.json").unlink()
