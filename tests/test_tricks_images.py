@@ -300,6 +300,19 @@ def test_rotation_draws_its_angle_and_drops_boxes_turned_out_of_the_image():
     assert t["labels"].tolist() == [2]
 
 
+def test_rotation_filters_boxes_as_yoloxs_box_candidates():
+    """Megvii-BaseDetection/YOLOX yolox/data/data_augment.py box_candidates (wh_thr 2, ar_thr 20,
+    area_thr 0.2) after random_perspective: a box kept only if its sides exceed 2 px, its area 0.2 of
+    the box before, its aspect ratio stays under 20. Turned 10 degrees about the centre of a 400-px
+    image, the 24 x 60 box at the left border keeps bounds of 3.4 x 63.3 px: 0.15 of its area (the
+    old 0.1 kept it; aspect 18.6 and sides > 2 pass), dropped; the central box is kept."""
+    trick = build_trick("rotation")
+    rng = Scripted(coins=[0.0], uniforms=[10.0])
+    tgt = target([[0, 6, 24, 66], [150, 150, 250, 250]], [1, 2])
+    _, (t,) = trick.on_batch([torch.rand(1, 400, 400)], [tgt], ctx(rng))
+    assert t["labels"].tolist() == [2]
+
+
 def test_rotation_changes_training():
     really_on("rotation", model="fcos")
 
