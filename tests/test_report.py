@@ -325,6 +325,41 @@ def test_row_order_baselines_first_blocks_per_base(tmp_path: Path):
     assert list(table["variant"]) == ["baseline", "mixup"]
 
 
+def named(base: str, trick: str | None, model: str, **kw) -> RunRecord:
+    """A run of a sweep with named baselines (variant ``<baseline>/<tricks>``, ablate/sweep/design.py), each
+    base's model also under another default (the override-derived label would name it)."""
+    rec = make_record(f"{base}/{trick or 'baseline'}", tricks=[trick] if trick else [], base=f"hash-{base}",
+                      model=model, **kw)
+    rec.config["model"]["anchor_scale"] = len(model)
+    return rec
+
+
+def test_bases_are_named_as_the_sweep_file_names_them(tmp_path: Path):
+    root = tmp_path / "runs"
+    write_all(root, [named("fcos", None, "fcos"), named("fcos", "mixup", "fcos", mAP=0.42),
+                     named("two_stage", None, "faster_rcnn"), named("two_stage", "iou_balanced", "faster_rcnn")])
+    report = build_report([root], tmp_path / "out").read_text()
+    rows = md_table(report)
+    assert [(r["Base"], r["Variant"]) for r in rows] == [
+        ("fcos", "fcos/baseline"), ("fcos", "fcos/mixup"),
+        ("two_stage", "two_stage/baseline"), ("two_stage", "two_stage/iou_balanced")]
+    assert "model=" not in report and "anchor_scale" not in report
+    assert "`fcos/mixup` +2.0" in report  # the name says the base already: no "(fcos)" after it
+
+
+def test_bases_fall_back_to_their_differing_overrides(tmp_path: Path):
+    # A run named without "<baseline>/" in a base: the base has no sweep name, and is labelled by the
+    # config keys in which the bases differ.
+    records = [named("fcos", None, "fcos"), named("fcos", "mixup", "fcos"), named("rn", None, "retinanet")]
+    records[2].variant = "baseline"
+    table = records_table(records)
+    assert list(table["base"]) == ["fcos", "fcos", "model=retinanet, model.anchor_scale=9"]
+    # One sweep run twice with other overrides: two bases of one name, told apart by those overrides.
+    twice = [named("fcos", None, "fcos"), named("fcos", None, "fcos")]
+    twice[1].base_hash, twice[1].config["model"]["anchor_scale"] = "hash-other", 8
+    assert list(records_table(twice)["base"]) == ["fcos (model.anchor_scale=4)", "fcos (model.anchor_scale=8)"]
+
+
 def test_paired_differences_helper():
     diffs = paired_differences({0: 41.5, 1: 44.5}, {1: 42.0, 0: 40.0})
     assert list(diffs) == pytest.approx([1.5, 2.5])

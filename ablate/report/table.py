@@ -323,6 +323,32 @@ def base_labels(configs: Mapping[str, dict[str, Any]]) -> dict[str, str]:
     return difference_labels(flat, lambda k: (not k.endswith(".name"), order.get(k.split(".")[0], 9), k))
 
 
+def sweep_base_names(groups: Mapping[GroupKey, Sequence[RunRecord]]) -> dict[str, str]:
+    """Per base_hash, the baseline's name in its sweep file, where the sweep had named baselines: such a
+    sweep names its variants ``<baseline>/<tricks>`` (ablate/sweep/design.py), so the part before the '/'
+    when every run of the base shares it; '' otherwise."""
+    prefixes: dict[str, set[str]] = {}
+    for (base, _, _), recs in groups.items():
+        for r in recs:
+            name = str(r.variant or "")
+            prefixes.setdefault(base, set()).add(name.split("/", 1)[0] if "/" in name else "")
+    return {base: next(iter(p)) if len(p) == 1 else "" for base, p in prefixes.items()}
+
+
+def base_names(named: Mapping[str, str], derived: Mapping[str, str]) -> dict[str, str]:
+    """Each base's name: the sweep file's (``named``) where there is one, with the override-derived label
+    (``derived``, base_labels) beside it where two bases share it (one sweep run twice with other
+    overrides); the derived label alone otherwise."""
+    counts: dict[str, int] = {}
+    for name in named.values():
+        counts[name] = counts.get(name, 0) + 1
+    names = {}
+    for base, label in derived.items():
+        name = named.get(base, "")
+        names[base] = (f"{name} ({label})" if counts[name] > 1 and label else name) if name else label
+    return names
+
+
 def trick_arguments(config: Any) -> dict[str, Any]:
     """The selected tricks' arguments of a run's config, flattened ("mixup.alpha": 1.5), builders' _target_
     left out."""
@@ -368,7 +394,8 @@ def records_table(records: list[RunRecord]) -> pd.DataFrame:
 
     Columns: variant (the runs' variant name, with the trick arguments that tell it apart where one base ran the
     same tricks with several: "mixup [mixup.alpha=1.5]"), tricks, tricks_hash ('' for a baseline), trick_args (the
-    tricks' arguments as JSON, {"mixup.alpha": 1.5, ...}; '' for a baseline), base, base_hash, baseline (bool),
+    tricks' arguments as JSON, {"mixup.alpha": 1.5, ...}; '' for a baseline), base (the base's name in its sweep
+    file, sweep_base_names, else the config keys in which the bases differ), base_hash, baseline (bool),
     status, health, health_runs, baseline_unhealthy (bool), runs, seeds (ok runs), seed_list,
     mAP, mAP_std, delta_mAP, delta_mAP_std, delta_paired, delta_seeds, delta_ci_low, delta_ci_high,
     delta_ci_half, delta_ci_method, delta_ci_df, delta_sign, AP50, AP50_std, ... ARl, ARl_std (the 12 COCO
@@ -399,7 +426,8 @@ def records_table(records: list[RunRecord]) -> pd.DataFrame:
     seed_maps = {key: per_seed((r.seed, _metric_points(r, "mAP")) for r in recs if r.status == "ok")
                  for key, recs in groups.items()}
     bases, base_order = _base_blocks(groups)
-    labels = base_labels({b: _base_config(groups, b, bases[b]) for b in base_order})
+    derived = base_labels({b: _base_config(groups, b, bases[b]) for b in base_order})
+    labels = base_names(sweep_base_names(groups), derived)
     names = variant_names(groups)
 
     rows = []
@@ -566,9 +594,12 @@ def seed_values(runs: pd.DataFrame, variant: Mapping[str, Any], metric: str = "m
 
 
 def variant_label(row: Mapping[str, Any], several_bases: bool) -> str:
-    """A variant's name for plots: with the base's label when the table holds several bases."""
-    variant = str(row["variant"])
-    return f"{variant} ({row['base']})" if several_bases and row["base"] else variant
+    """A variant's name for plots and text: with the base's label when the table holds several bases and
+    the name does not start with it already (``fcos/mixup`` under the base fcos)."""
+    variant, base = str(row["variant"]), str(row["base"])
+    if not several_bases or not base or variant.startswith(f"{base}/"):
+        return variant
+    return f"{variant} ({base})"
 
 
 def per_class_deltas(records: Sequence[RunRecord], table: pd.DataFrame) -> pd.DataFrame:
