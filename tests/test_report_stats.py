@@ -472,7 +472,9 @@ def test_per_class_deltas_and_curves_by_hand(tmp_path: Path):
     assert list(deltas.index) == ["mixup"] and list(deltas.columns) == ["cat", "cow", "dog"]
     assert deltas.loc["mixup", "cat"] == pytest.approx(4.0) and deltas.loc["mixup", "dog"] == pytest.approx(-2.0)
     assert math.isnan(deltas.loc["mixup", "cow"])
-    curves = epoch_curves(records, table)
+    by_base = epoch_curves(records, table)
+    assert list(by_base) == [""]  # one base, unnamed (its runs' names have no "<baseline>/")
+    curves = by_base[""]
     assert list(curves) == ["baseline", "mixup"]
     # baseline epoch 1 loss: (2 + 3) / 2 = 2.5; epoch 2: 1.0, val mAP (40 + 41) / 2 = 40.5 points.
     assert list(curves["baseline"]["loss"]) == pytest.approx([2.5, 1.0])

@@ -400,8 +400,8 @@ def records_table(records: list[RunRecord]) -> pd.DataFrame:
     mAP, mAP_std, delta_mAP, delta_mAP_std, delta_paired, delta_seeds, delta_ci_low, delta_ci_high,
     delta_ci_half, delta_ci_method, delta_ci_df, delta_sign, AP50, AP50_std, ... ARl, ARl_std (the 12 COCO
     metrics, mean and std over ok runs), train_s, images_per_s, peak_memory_mb, inference_ms, params_M,
-    flops_G (means over ok runs), their changes against the baseline (train_s_change_pct, ...,
-    inference_ms_change in ms), kind, first_created_at.
+    flops_G (means over ok runs), inference_ms_std (its std over ok runs), their changes against the baseline
+    (train_s_change_pct, ..., inference_ms_change in ms), kind, first_created_at.
 
     ``delta_mAP`` is NaN for a baseline and for a variant whose baseline has no ok run. Its 95% CI is the
     t-interval of the per-seed differences when the variant ran its baseline's seeds (delta_ci_method
@@ -509,6 +509,7 @@ def _variant_row(key: GroupKey, recs: Sequence[RunRecord], name: str, base_label
     row["images_per_s"] = _mean(_num((r.timings or {}).get("images_per_s")) for r in ok)
     row["peak_memory_mb"] = _mean(_num(r.peak_memory_mb) for r in ok)
     row["inference_ms"] = _mean(_num(r.inference_ms_per_image) for r in ok)
+    row["inference_ms_std"] = _std(_num(r.inference_ms_per_image) for r in ok)  # latency is noisy: its spread
     row["params_M"] = _mean(_num(r.params) / 1e6 for r in ok)
     row["flops_G"] = _mean(_num(r.flops) / 1e9 for r in ok)
     row["first_created_at"] = _first_created(recs).replace("\uffff", "")
@@ -580,7 +581,8 @@ def _table_columns() -> list[str]:
                "delta_ci_high", "delta_ci_half", "delta_ci_method", "delta_ci_df", "delta_sign", *VERDICT_COLUMNS]
     for name in COCO_METRICS[1:]:
         columns += [name, f"{name}_std"]
-    columns += [*TIMING_COLUMNS, *(c for c, _ in CHANGE_COLUMNS.values()), "kind", "first_created_at"]
+    columns += [*TIMING_COLUMNS, "inference_ms_std", *(c for c, _ in CHANGE_COLUMNS.values()), "kind",
+                "first_created_at"]
     return columns
 
 
@@ -591,6 +593,13 @@ def seed_values(runs: pd.DataFrame, variant: Mapping[str, Any], metric: str = "m
             & (runs["tricks_hash"].fillna("") == variant["tricks_hash"]) & (runs["status"] == "ok"))
     sel = runs[mask]
     return per_seed((int(s), float(v)) for s, v in zip(sel["seed"], sel[metric]))
+
+
+def short_name(row: Mapping[str, Any]) -> str:
+    """A variant's name within its base: the sweep's ``<baseline>/`` prefix left off (``fcos/mixup`` is
+    ``mixup`` under the base fcos)."""
+    variant, base = str(row["variant"]), str(row["base"])
+    return variant.removeprefix(f"{base}/") if base else variant
 
 
 def variant_label(row: Mapping[str, Any], several_bases: bool) -> str:
@@ -633,52 +642,53 @@ def per_class_deltas(records: Sequence[RunRecord], table: pd.DataFrame) -> pd.Da
     return pd.DataFrame(rows, index=index, columns=classes, dtype=float)
 
 
-def epoch_curves(records: Sequence[RunRecord], table: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """Training curves per variant (plot label, table order), mean over its ok runs: a frame indexed by epoch
-    with columns loss (the epoch's mean training loss) and val_mAP (points, NaN where not evaluated).
-
-    The loss is the epoch entry's ``epoch_loss``; a run without epoch entries falls back to the mean of its
-    logged step losses per epoch.
+def epoch_curves(records: Sequence[RunRecord], table: pd.DataFrame) -> dict[str, dict[str, pd.DataFrame]]:
+    """Training curves per base (its name, table order) and per variant (its short name, table order), the mean
+    over its ok runs: a frame indexed by epoch with columns loss (the epoch's mean training loss) and val_mAP
+    (points, NaN where not evaluated: a run evaluates every train.eval_every epochs and after the last).
     """
     per_group: dict[GroupKey, list[pd.DataFrame]] = {}
     for r in records:
-        if r.status != "ok" or not isinstance(r.curve, list):
-            continue
-        loss: dict[int, float] = {}
-        val: dict[int, float] = {}
-        steps: dict[int, list[float]] = {}
-        for point in r.curve:
-            if not isinstance(point, dict):
-                continue
-            epoch = _num(point.get("epoch"))
-            if math.isnan(epoch):
-                continue
-            epoch = int(epoch)
-            if "epoch_loss" in point:
-                loss[epoch] = _num(point.get("epoch_loss"))
-                if "val_mAP" in point:
-                    v = _num(point.get("val_mAP"))
-                    val[epoch] = v * 100.0 if v >= 0 else math.nan
-            elif "loss" in point:
-                steps.setdefault(epoch, []).append(_num(point.get("loss")))
-        if not loss:
-            loss = {e: _mean(v) for e, v in steps.items()}
-        if not loss and not val:
-            continue
-        epochs = sorted(set(loss) | set(val))
-        frame = pd.DataFrame({"loss": [loss.get(e, math.nan) for e in epochs],
-                              "val_mAP": [val.get(e, math.nan) for e in epochs]}, index=epochs, dtype=float)
-        per_group.setdefault(group_key(r), []).append(frame)
-    several = table["base_hash"].nunique() > 1
-    curves = {}
+        frame = record_curve(r) if r.status == "ok" else None
+        if frame is not None:
+            per_group.setdefault(group_key(r), []).append(frame)
+    curves: dict[str, dict[str, pd.DataFrame]] = {}
     for rec in table.to_dict("records"):
         key = row_key(rec)
         if key in per_group:
-            frames = pd.concat(per_group[key])
-            mean = frames.groupby(level=0).mean()
+            mean = pd.concat(per_group[key]).groupby(level=0).mean()  # over the seeds that have the epoch
             mean.index.name = "epoch"
-            curves[variant_label(rec, several)] = mean
+            curves.setdefault(str(rec["base"]), {})[short_name(rec)] = mean
     return curves
+
+
+def record_curve(record: RunRecord) -> pd.DataFrame | None:
+    """One run's curve by epoch: loss (the epoch entry's ``epoch_loss``; for a run without epoch entries, the
+    mean of its logged step losses per epoch) and val_mAP in points; None when it has neither."""
+    if not isinstance(record.curve, list):
+        return None
+    loss: dict[int, float] = {}
+    val: dict[int, float] = {}
+    steps: dict[int, list[float]] = {}
+    for point in record.curve:
+        epoch = _num(point.get("epoch")) if isinstance(point, dict) else math.nan
+        if math.isnan(epoch):
+            continue
+        epoch = int(epoch)
+        if "epoch_loss" in point:
+            loss[epoch] = _num(point.get("epoch_loss"))
+            if "val_mAP" in point:
+                v = _num(point.get("val_mAP"))
+                val[epoch] = v * 100.0 if v >= 0 else math.nan
+        elif "loss" in point:
+            steps.setdefault(epoch, []).append(_num(point.get("loss")))
+    if not loss:
+        loss = {e: _mean(v) for e, v in steps.items()}
+    if not loss and not val:
+        return None
+    epochs = sorted(set(loss) | set(val))
+    return pd.DataFrame({"loss": [loss.get(e, math.nan) for e in epochs],
+                         "val_mAP": [val.get(e, math.nan) for e in epochs]}, index=epochs, dtype=float)
 
 
 def has_baseline(table: pd.DataFrame, base_hash: str) -> bool:
