@@ -358,6 +358,7 @@ def test_bases_are_named_as_the_sweep_file_names_them(tmp_path: Path):
         ("two_stage", "two_stage/baseline"), ("two_stage", "two_stage/iou_balanced")]
     assert "model=" not in report and "anchor_scale" not in report
     assert "`fcos/mixup` +2.0" in report  # the name says the base already: no "(fcos)" after it
+    assert "of 4 variants over 2 bases (fcos, two_stage), each against its own baseline;" in report
 
 
 def test_bases_fall_back_to_their_differing_overrides(tmp_path: Path):
@@ -428,8 +429,10 @@ def test_the_header_warns_when_the_runs_were_made_by_different_code(tmp_path):
                        "versions": {"torch": "2.5"}}
     write_all(root, records[2:3])
     mixed = build_report([root], tmp_path / "mixed").read_text()
+    # A caveat: among the notes at the end, not before the decisions.
     assert ("The runs were made by different versions of the code they depend on (ablate/train.py: 2 versions, "
-            "torch (version): 2 versions; see each record's `code`)" in mixed.split("## Summary")[0])
+            "torch (version): 2 versions; see each record's `code`)" in section(mixed, "Notes"))
+    assert "versions of the code" not in mixed.split("## Decisions")[0]
     # records whose fingerprint lists no files are compared by the whole fingerprint
     for r, fp in zip(records, ("a", "a", "b", "b")):
         r.code = {"fingerprint": fp, "files": {}, "versions": {}}
@@ -588,6 +591,8 @@ def test_an_adaptive_sweeps_own_decisions_fill_the_tables_verdicts(tmp_path: Pat
     report = build_report([adaptive], tmp_path / "out").read_text()
     table = pd.read_csv(tmp_path / "out" / "table.csv").set_index("variant")
     assert table.loc["mixup", "verdict"] == "open"
+    undecided = next(line for line in section(report, "Decisions").splitlines() if line.startswith("- **Undecided**"))
+    assert "`mixup` +1.2 [" in undecided and "(open: the sweep stopped before deciding)" in undecided
     assert table.loc["mixup", "p_difference"] == pytest.approx(0.1051 / math.log(1 + (math.e - 1) / 2), abs=1e-3)
     section_text = section(report, "Adaptive seeds")
     assert "stops only on the adjusted p-value" in section_text and "not a confidence interval" in section_text
