@@ -276,7 +276,7 @@ def test_delta_map_png_without_any_delta_says_so_and_draws_no_bar(tmp_path: Path
     (ax,) = fig.axes
     assert [t.get_text() for t in ax.texts] == ["no ΔmAP to plot: no variant with an ok baseline run"]
     assert len(ax.patches) == 0 and len(ax.lines) == 0 and not ax.axison
-    assert fig._suptitle.get_text() == "sw: ΔmAP against each base's baseline"
+    assert fig._suptitle.get_text() == "sw: ΔmAP against the baseline"
     # The PNG written is that figure: (7, 2.5) inches at 120 dpi, grey text only (no green or red).
     assert struct.unpack(">II", (out / "delta_map.png").read_bytes()[16:24]) == (840, 300)
     rgb = png_rgb(out / "delta_map.png")

@@ -147,7 +147,8 @@ def delta_map_figure(table: pd.DataFrame, title: str) -> Figure:
     Changes far beyond the rest (axis_reach) end at the axis edge with an arrow."""
     rows = forest_rows(table)
     variants = [r for r in rows if not r["header"]]
-    heading = f"{title}: ΔmAP against each base's baseline"
+    heading = f"{title}: ΔmAP against " + ("each base's baseline" if table["base_hash"].nunique() > 1 else
+                                             "the baseline")
     if not variants:
         fig = new_figure(7, 2.5)
         return _empty(fig, "no ΔmAP to plot: no variant with an ok baseline run", heading)
