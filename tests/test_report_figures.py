@@ -275,3 +275,14 @@ def test_the_other_figures_fit_at_any_number_of_variants(n):
     val = next(line for line in panel.get_lines() if line.get_label() == "baseline")
     assert list(val.get_xdata()) == [3, 6, 9]
     assert float(val.get_ydata()[-1]) == pytest.approx(40.5)
+
+
+@pytest.mark.parametrize("values", [{}, {f"tricks.mixup.param_{i}": 1 / (i + 1) for i in range(12)}])
+def test_a_searchs_importance_plot_fits_its_canvas(tmp_path, values):
+    from ablate.report.search import importance_figure, plot_importance
+
+    fig = importance_figure(values, "tune_mixup")
+    assert outside(fig) == []
+    assert pixels(fig) == (7 * DPI, round((0.5 * len(values) + 2 if values else 2.5) * DPI))
+    with Image.open(plot_importance(values, tmp_path / "importance.png", "tune_mixup")) as png:
+        assert png.size == pixels(fig)

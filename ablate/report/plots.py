@@ -86,7 +86,8 @@ def set_title(fig: Figure, text: str) -> None:
     fig.suptitle("\n".join(textwrap.fill(line, chars) for line in text.split("\n")), fontsize=TITLE_FONT)
 
 
-def _empty(fig: Figure, message: str, title: str) -> Figure:
+def empty_figure(fig: Figure, message: str, title: str) -> Figure:
+    """The figure of a plot with nothing to draw: the message, axes off, the title."""
     ax = fig.add_subplot()
     ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, wrap=True)
     ax.set_axis_off()
@@ -151,7 +152,7 @@ def delta_map_figure(table: pd.DataFrame, title: str) -> Figure:
                                              "the baseline")
     if not variants:
         fig = new_figure(7, 2.5)
-        return _empty(fig, "no ΔmAP to plot: no variant with an ok baseline run", heading)
+        return empty_figure(fig, "no ΔmAP to plot: no variant with an ok baseline run", heading)
     label_chars = max(len(r["label"]) for r in rows)
     value_chars = max(len(_value_text(r["rec"])) for r in variants)
     width = max(7.0, 4.2 + CHAR_IN * (label_chars + value_chars + 12))
@@ -281,7 +282,7 @@ def curves_figure(curves: Mapping[str, Mapping[str, pd.DataFrame]], title: str) 
     heading = f"{title}: training curves (mean over seeds)"
     bases = {b: c for b, c in curves.items() if c}
     if not bases:
-        return _empty(new_figure(7, 2.5), "no training curve in the records", heading)
+        return empty_figure(new_figure(7, 2.5), "no training curve in the records", heading)
     has_val = any(c["val_mAP"].notna().any() for b in bases.values() for c in b.values())
     names = list(dict.fromkeys(n for b in bases.values() for n in b if n != "baseline"))
     colors = dict(zip(names, _colors(len(names))), baseline="black")
@@ -370,7 +371,7 @@ def pareto_figure(table: pd.DataFrame, title: str) -> Figure:
     cost = pareto_cost(table)
     heading = f"{title}: mAP against {cost[2].split(' (')[0] if cost else 'inference cost'}"
     if cost is None:
-        return _empty(new_figure(7.5, 3), "no variant with both an mAP and an inference cost", heading)
+        return empty_figure(new_figure(7.5, 3), "no variant with both an mAP and an inference cost", heading)
     column, spread, label = cost
     recs = table[table["mAP"].notna()].to_dict("records")
     points = [(float(r[column]), float(r["mAP"])) for r in recs]
@@ -521,7 +522,7 @@ def per_class_figure(deltas: pd.DataFrame, title: str) -> Figure:
     heading = f"{title}: per-class AP change against the baseline (mean over seeds)"
     n_rows, n_cols = deltas.shape
     if not n_rows or not n_cols or not deltas.notna().any().any():
-        return _empty(new_figure(7, 2.5), "no per-class AP to compare (no variant and baseline with per-class AP)",
+        return empty_figure(new_figure(7, 2.5), "no per-class AP to compare (no variant and baseline with per-class AP)",
                       heading)
     labels = [str(i) for i in deltas.index]
     classes = [str(c) for c in deltas.columns]
