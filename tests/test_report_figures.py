@@ -16,7 +16,7 @@ from matplotlib.text import Text
 from PIL import Image
 
 from ablate.report import build_report, records_table
-from ablate.report.plots import (DPI, GAIN, LOSS, NEUTRAL, curves_figure, delta_map_figure, pareto_figure,
+from ablate.report.plots import (BAND, DPI, GAIN, LOSS, NEUTRAL, curves_figure, delta_map_figure, pareto_figure,
                                  per_class_figure)
 from ablate.report.table import epoch_curves, per_class_deltas
 from ablate.results import RunRecord, find_records
@@ -189,6 +189,13 @@ def test_the_forest_plot_colours_only_decided_verdicts(bag):
     assert float(arrow.get_xdata()[0]) == pytest.approx(fig.axes[0].get_xlim()[0], abs=1.5)
     assert -15 < fig.axes[0].get_xlim()[0] < -9  # cutmix's −9.5 shown, not −60
     assert "−46.6 [−60.0, −33.2]" in [t.get_text() for t in fig.axes[0].texts]
+    # Each base's no-effect margin, a grey band over its rows: ±1.29 (fcos), ±4.22 (faster_rcnn), ±2.35.
+    bands = [c.get_paths()[0].get_extents() for c in fig.axes[0].collections
+             if to_rgba(c.get_facecolor()[0]) == to_rgba(BAND)]
+    margins = table.drop_duplicates("base_hash")["base_hash"].map(
+        table.groupby("base_hash")["margin"].max()).tolist()
+    assert [round(b.x1, 2) for b in bands] == [round(m, 2) for m in margins] == [1.29, 4.22, 2.35]
+    assert all(b.x0 == pytest.approx(-b.x1) for b in bands)
 
 
 def test_the_pareto_plot_puts_flops_on_x_and_names_points_without_collision(bag):
