@@ -24,7 +24,7 @@ def flagged(record: RunRecord, *warnings: dict) -> RunRecord:
 
 
 def summary(report: str) -> list[str]:
-    return [line for line in section(report, "Summary").splitlines() if line.startswith("- ")]
+    return [line for line in section(report, "Decisions").splitlines() if line.startswith("- ")]
 
 
 def test_collapsed_variant_is_flagged_in_table_summary_and_csv(tmp_path: Path):

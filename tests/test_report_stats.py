@@ -139,13 +139,12 @@ def test_ci_mark_where_the_corrected_verdict_is_helped_or_hurt(three_seeds, tmp_
     assert table.loc["wide", "p_difference_adjusted"] == pytest.approx(table.loc["tight", "p_difference"] * 3)
 
 
-def test_summary_names_helped_hurt_undecided_and_best(three_seeds, tmp_path: Path):
+def test_the_report_leads_with_its_decisions(three_seeds, tmp_path: Path):
     report = report_of(tmp_path, three_seeds)
-    summary = section(report, "Summary")
-    lines = {line.split("**")[1]: line for line in summary.splitlines() if line.startswith("- **")}
-    assert set(lines) == {"Decisions", "Helped", "Hurt", "No effect", "Undecided", "Best variant"}
-    assert "Holm's correction over the 3 variants tested" in lines["Decisions"]
-    assert "`tight` +2.5 [+1.3, +3.7] (p 0.014, Holm 0.043)" in lines["Helped"]
+    decisions = section(report, "Decisions")
+    lines = {line.split("**")[1]: line for line in decisions.splitlines() if line.startswith("- **")}
+    assert set(lines) == {"Helped", "Hurt", "No effect", "Undecided", "Best variant"}
+    assert "`tight` +2.5 [+1.3, +3.7]" in lines["Helped"] and "(p " not in lines["Helped"]  # p: in the table
     assert "`wide` +2.0 [" in lines["Helped"] and "`worse`" not in lines["Helped"]
     assert f"`worse` {MINUS}2.5 [{MINUS}3.7, {MINUS}1.3]" in lines["Hurt"] and "`tight`" not in lines["Hurt"]
     assert "`lone` +1.0 (1 seed, no CI)" in lines["Undecided"]
@@ -153,8 +152,14 @@ def test_summary_names_helped_hurt_undecided_and_best(three_seeds, tmp_path: Pat
     # Best: tight (43.5) over wide (43.0); paired diffs 1, 0.5, 0 -> +0.5 ± 4.303·0.5/√3 = ±1.2: within noise.
     assert "`tight`, 43.5 mAP" in lines["Best variant"] and "runner-up `wide` (43.0)" in lines["Best variant"]
     assert "+0.5 ± 1.2" in lines["Best variant"] and "within noise" in lines["Best variant"]
-    assert report.index("## Summary") < report.index("| Variant")  # at the top
-    assert next(line for line in summary.splitlines() if line.startswith("- ")).startswith("- **Decisions**")
+    assert "after Holm's correction over the 3 variants tested (α = 0.05)" in decisions
+    # The decisions come first, then the table; the method at the end, after the plots and the runs.
+    order = [report.index(h) for h in ("## Decisions", "| Variant", "## Plots", "## Seed noise and power",
+                                       "## Notes")]
+    assert order == sorted(order)
+    assert report.split("## Decisions")[0].count("\n- ") == 0  # no method or caveat before it
+    notes = section(report, "Notes")
+    assert notes.startswith("\n- Decisions: Holm's correction over the 3 variants tested, α = 0.05: paired t-tests")
 
 
 def test_verdicts_after_holm_on_pooled_noise_with_an_outlier_left_out(tmp_path: Path):
@@ -210,9 +215,11 @@ def test_single_seed_sweep_says_no_interval_can_be_given(tmp_path: Path):
     assert "cannot be estimated from this sweep" in noise and "single seed" in noise
     assert "seeds needed" in noise and "**" not in noise  # no number of seeds is claimed
     assert "No confidence interval can be given for `warmup`, `mixup`" in section(report, "Notes")
-    summary = section(report, "Summary")
-    assert "- **Helped**: none." in summary
-    assert "`warmup` +2.6 (1 seed, no CI)" in summary and "cannot be told from noise" in summary
+    decisions = section(report, "Decisions")
+    assert "- **Helped**: none." in decisions
+    assert "`warmup` +2.6 (1 seed, no CI)" in decisions and "cannot be told from noise" in decisions
+    assert "No variant could be tested" in decisions
+    assert "- Decisions: none tested" in section(report, "Notes")
 
 
 def test_welch_interval_in_the_table_when_seeds_differ(tmp_path: Path):
@@ -472,7 +479,9 @@ def test_per_class_deltas_and_curves_by_hand(tmp_path: Path):
     assert list(deltas.index) == ["mixup"] and list(deltas.columns) == ["cat", "cow", "dog"]
     assert deltas.loc["mixup", "cat"] == pytest.approx(4.0) and deltas.loc["mixup", "dog"] == pytest.approx(-2.0)
     assert math.isnan(deltas.loc["mixup", "cow"])
-    curves = epoch_curves(records, table)
+    by_base = epoch_curves(records, table)
+    assert list(by_base) == [""]  # one base, unnamed (its runs' names have no "<baseline>/")
+    curves = by_base[""]
     assert list(curves) == ["baseline", "mixup"]
     # baseline epoch 1 loss: (2 + 3) / 2 = 2.5; epoch 2: 1.0, val mAP (40 + 41) / 2 = 40.5 points.
     assert list(curves["baseline"]["loss"]) == pytest.approx([2.5, 1.0])

@@ -1,5 +1,8 @@
-"""The report.md text: header, summary, the per-variant table, the ΔmAP chart, seed noise and power, the
-cumulative or factorial analysis, metrics over seeds, plots, notes, run health, unfinished and unreadable runs.
+"""The report.md text. First what a reader came for: what the report covers in a sentence, the decisions
+(helped, hurt, no effect, undecided, the best variant), the per-variant table and the ΔmAP forest plot. Then
+the cumulative or factorial analysis, metrics over seeds, the plots, run health, the runs that do not apply,
+did not finish or could not be read. The method at the end: adaptive seeds, seed noise and power, the notes
+(the decision rule, how to read the table, the caveats).
 
 Markdown tables are written here with plain string operations (no ``tabulate`` dependency).
 """
@@ -19,7 +22,7 @@ from ablate.report.stats import (ALPHA, CUMULATIVE, POWER, TARGET_DELTA, compare
 from ablate.report.table import (mixed_code, COST_HEADERS, DASH, DELTA_HEADER, HEALTH_HEADER, NA, P_HEADER,
                                  TABLE_METRICS, WARN, display_table, fmt_bounds, fmt_ci, fmt_delta, fmt_interval,
                                  fmt_points, fmt_verdict, metrics_table, seed_values, variant_label)
-from ablate.sweep.adaptive import CORRECTION, SCREEN_LEVEL, pooled_sigma
+from ablate.sweep.adaptive import CORRECTION, OPEN, SCREEN_LEVEL, pooled_sigma
 from ablate.results import STATUSES
 
 RIGHT_ALIGNED = {"Seeds", "mAP", DELTA_HEADER, P_HEADER, "AP50", "AP75", "APs", "APm", "APl", "APs/APm/APl", *COST_HEADERS,
@@ -81,6 +84,8 @@ def _date_range(created: Iterable[str]) -> str:
 
 
 def header_paragraph(table: pd.DataFrame, runs: pd.DataFrame, n_unreadable: int) -> str:
+    """What the report covers, in one sentence: runs and their statuses, variants, the bases by name,
+    seeds, device, training time, dates (the caveats about them are in the notes, caveat_lines)."""
     counts = runs["status"].value_counts()
     status_bits = ", ".join(f"{int(counts[s])} {s.replace('_', ' ')}" for s in STATUSES if s in counts)
     ok = runs[runs["status"] == "ok"]
@@ -91,10 +96,10 @@ def header_paragraph(table: pd.DataFrame, runs: pd.DataFrame, n_unreadable: int)
     device_text = ("device " + devices[0]) if len(devices) == 1 else \
         ("devices " + ", ".join(devices)) if devices else "device not recorded"
     train_total = float(ok["train_s"].sum(min_count=1)) if len(ok) else math.nan
-    n_bases = table["base_hash"].nunique()
+    bases = table.drop_duplicates("base_hash")["base"].tolist()
     parts = [
         f"{_plural(len(runs), 'run')} ({status_bits}) of {_plural(len(table), 'variant')}"
-        + (f" over {n_bases} bases (models or settings, each with its own baseline)" if n_bases > 1 else ""),
+        + (f" over {len(bases)} bases ({', '.join(bases)}), each against its own baseline" if len(bases) > 1 else ""),
         seed_text,
         device_text,
         (f"{_duration(train_total)} of training in the ok runs" if not math.isnan(train_total)
@@ -102,17 +107,25 @@ def header_paragraph(table: pd.DataFrame, runs: pd.DataFrame, n_unreadable: int)
         f"runs from {_date_range(runs['created_at'])}",
     ]
     text = "; ".join(parts) + "."
-    commits = sorted({c[:10] for c in runs["git_commit"] if c})
-    if len(commits) > 1:
-        text += f" The runs come from {len(commits)} git commits ({', '.join(commits)}): check they are comparable."
-    mixed = mixed_code(runs)
-    if mixed:
-        text += (f" The runs were made by different versions of the code they depend on ("
-                 f"{', '.join(f'{name}: {n} versions' for name, n in mixed.items())}; see each record's `code`): a "
-                 "change between runs of different code mixes the trick's effect with the code's.")
     if n_unreadable:
         text += f" {_plural(n_unreadable, 'record')} could not be read (listed below)."
     return text
+
+
+def caveat_lines(runs: pd.DataFrame) -> list[str]:
+    """The notes' caveats about where the runs come from: several git commits, and code files (or package
+    versions) that differ between runs that depend on them."""
+    lines = []
+    commits = sorted({c[:10] for c in runs["git_commit"] if c})
+    if len(commits) > 1:
+        lines.append(f"- The runs come from {len(commits)} git commits ({', '.join(commits)}): check they are "
+                     f"comparable.")
+    mixed = mixed_code(runs)
+    if mixed:
+        lines.append(f"- The runs were made by different versions of the code they depend on ("
+                     f"{', '.join(f'{name}: {n} versions' for name, n in mixed.items())}; see each record's `code`): "
+                     "a change between runs of different code mixes the trick's effect with the code's.")
+    return lines
 
 
 def _name(rec: Mapping, several_bases: bool) -> str:
@@ -149,16 +162,21 @@ def tested(table: pd.DataFrame) -> int:
 
 
 def decision_rule(m: int) -> str:
-    """The decisions' criterion in one sentence."""
-    return (f"{CORRECTION}'s correction over the {_plural(m, 'variant')} tested, α = {ALPHA:g}: paired t-tests on "
-            f"each base's pooled σ_d (see “Seed noise and power”); no effect = equivalence within ±X (two one-sided "
-            f"tests), X the larger of {TARGET_DELTA:g} points and the change the base's seeds can resolve. The "
-            f"intervals are each variant's own 95% CI, without the correction")
+    """How the decisions were made, in one sentence (the first of the notes)."""
+    if not m:
+        return ("- Decisions: none tested (no variant has two seeds paired with its baseline's), so every variant "
+                "is undecided.")
+    return (f"- Decisions: {CORRECTION}'s correction over the {_plural(m, 'variant')} tested, α = {ALPHA:g}: "
+            f"paired t-tests on each base's pooled σ_d (see “Seed noise and power”); no effect = equivalence "
+            f"within ±X (two one-sided tests), X the larger of {TARGET_DELTA:g} points and the change the base's "
+            f"seeds can resolve. The intervals are each variant's own 95% CI, without the correction; the p-values "
+            f"of the differences are in the table's “{P_HEADER}” column.")
 
 
-def summary_lines(table: pd.DataFrame, runs: pd.DataFrame) -> list[str]:
-    """Collapsed variants and baselines, then the decisions (helped, hurt, no effect, undecided after Holm's
-    correction, with raw and adjusted p) and the best variant. A variant with a run-health warning, or
+def decision_lines(table: pd.DataFrame, runs: pd.DataFrame) -> list[str]:
+    """What the report decided, first thing: collapsed variants and baselines, then what helped, hurt, made
+    no difference and stays undecided (after Holm's correction), and the best variant, each variant with
+    its ΔmAP and 95% CI; the rule and p-values are in the notes. A variant with a run-health warning, or
     whose baseline has one, is in none of the decision lines; one with a warning is not ranked for Best
     variant."""
     several = table["base_hash"].nunique() > 1
@@ -166,7 +184,7 @@ def summary_lines(table: pd.DataFrame, runs: pd.DataFrame) -> list[str]:
     computed = table[~table["baseline"] & table["delta_mAP"].notna()]
     rows = computed[(computed["health"] == "") & ~computed["baseline_unhealthy"]].to_dict("records")
     if rows:
-        lines += _decision_lines(table, rows, several)
+        lines += _verdict_lines(rows, several)
     elif len(computed):
         lines.append("- No ΔmAP can be read as a trick's effect: every variant that has one, or its baseline, "
                      "collapsed (see above).")
@@ -175,42 +193,47 @@ def summary_lines(table: pd.DataFrame, runs: pd.DataFrame) -> list[str]:
     best = _best_variant_line(table, runs, several)
     if best:
         lines.append(best)
+    m = tested(table)
+    lines += ["", (f"Decided by paired t-tests after {CORRECTION}'s correction over the {_plural(m, 'variant')} "
+                   f"tested (α = {ALPHA:g}); the method, the seeds' power and the caveats are at the end."
+                   if m else "No variant could be tested (none has two seeds paired with its baseline's); the "
+                   "seeds' power and the caveats are at the end.")]
     return lines
 
 
 def _with_ci(r: Mapping, several: bool) -> str:
-    """A variant's ΔmAP with its 95% CI, for the decision lines (or why there is no CI)."""
+    """A variant's ΔmAP with its 95% CI, for the decision lines (or why there is no CI, or no test)."""
     if math.isnan(r["delta_ci_half"]):
         return f"{_name(r, several)} {fmt_delta(r['delta_mAP'])} (1 seed, no CI)"
-    return f"{_name(r, several)} {fmt_delta(r['delta_mAP'])} {fmt_bounds(r['delta_ci_low'], r['delta_ci_high'])}"
+    text = f"{_name(r, several)} {fmt_delta(r['delta_mAP'])} {fmt_bounds(r['delta_ci_low'], r['delta_ci_high'])}"
+    return text + (" (not tested: unpaired)" if math.isnan(r["p_difference"]) else "")
 
 
-def _with_p(r: Mapping, several: bool, which: str = "p_difference") -> str:
-    """A variant's ΔmAP with its CI and its raw and adjusted p (or why it was not tested)."""
-    if math.isnan(r[which]):
-        return _with_ci(r, several) + ("" if math.isnan(r["delta_ci_half"]) else " (not tested: unpaired)")
-    return f"{_with_ci(r, several)} (p {r[which]:.2g}, {CORRECTION} {r[which + '_adjusted']:.2g})"
-
-
-def _no_effect(r: Mapping, several: bool) -> str:
-    """A variant decided "no effect": its ΔmAP and CI, the margin and the equivalence test's p."""
-    return f"{_with_ci(r, several)} (|Δ| < {r['margin']:.1f}: p {r['p_equivalence']:.2g}, {CORRECTION} " \
-           f"{r['p_equivalence_adjusted']:.2g})"
-
-
-def _decision_lines(table: pd.DataFrame, rows: Sequence[Mapping], several: bool) -> list[str]:
-    """The rule the decisions followed, then the healthy variants by verdict: helped, hurt, no effect,
-    undecided (each line says "none" rather than disappearing)."""
-    by = {v: [r for r in rows if r["verdict"] == v] for v in ("helped", "hurt", "no_effect", "undecided")}
-    m = tested(table)
-    return [f"- **Decisions** after {decision_rule(m)}." if m else
-            "- **Decisions**: none tested (no variant has two seeds paired with its baseline's), so every "
-            "variant is undecided.",
-            "- **Helped**: " + (", ".join(_with_p(r, several) for r in by["helped"]) or "none") + ".",
-            "- **Hurt**: " + (", ".join(_with_p(r, several) for r in by["hurt"]) or "none") + ".",
+def _verdict_lines(rows: Sequence[Mapping], several: bool) -> list[str]:
+    """The healthy variants by verdict: helped, hurt, no effect (with its margin), undecided (an adaptive
+    sweep's open ones among them, said so); each line says "none" rather than disappearing."""
+    by = {v: [r for r in rows if r["verdict"] == v] for v in ("helped", "hurt", "no_effect")}
+    undecided = [r for r in rows if r["verdict"] not in by]
+    return ["- **Helped**: " + (", ".join(_with_ci(r, several) for r in by["helped"]) or "none") + ".",
+            "- **Hurt**: " + (", ".join(_with_ci(r, several) for r in by["hurt"]) or "none") + ".",
             "- **No effect** beyond the margin stated: "
-            + (", ".join(_no_effect(r, several) for r in by["no_effect"]) or "none") + ".",
-            "- **Undecided**: " + (", ".join(_with_p(r, several) for r in by["undecided"]) or "none") + "."]
+            + (", ".join(f"{_with_ci(r, several)} (|Δ| < {r['margin']:.1f})" for r in by["no_effect"]) or "none")
+            + ".",
+            "- **Undecided**: " + (", ".join(_with_ci(r, several) + (" (open: the sweep stopped before deciding)"
+                                                                     if r["verdict"] == OPEN else "")
+                                             for r in undecided) or "none") + "."]
+
+
+def equivalence_line(table: pd.DataFrame) -> list[str]:
+    """The equivalence tests behind "no effect", for the notes: each such variant's margin and p, raw and
+    adjusted."""
+    several = table["base_hash"].nunique() > 1
+    rows = table[table["verdict"] == "no_effect"].to_dict("records")
+    if not rows:
+        return []
+    return ["- No effect rests on the equivalence test within ±X (two one-sided tests): "
+            + "; ".join(f"{_name(r, several)} |Δ| < {r['margin']:.2f}: p {r['p_equivalence']:.2g}, {CORRECTION} "
+                        f"{r['p_equivalence_adjusted']:.2g}" for r in rows) + "."]
 
 
 def _best_variant_line(table: pd.DataFrame, runs: pd.DataFrame, several: bool) -> str:
@@ -404,11 +427,13 @@ def metrics_section(table: pd.DataFrame) -> list[str]:
 
 
 PLOTS = {
-    "curves.png": "Training curves: loss per epoch, and val mAP per epoch where recorded, of every variant "
-                  "(mean over seeds).",
-    "pareto.png": "mAP against inference latency (ms per image); filled points and the line: the Pareto front "
-                  "(no variant is both faster and better).",
-    "per_class.png": "Per-class AP change of each variant against its baseline (points, mean over seeds).",
+    "curves.png": "Training curves per base: loss per epoch, and val mAP at each evaluated epoch (every "
+                  "train.eval_every epochs and after the last), of every variant (mean over seeds).",
+    "pareto.png": "mAP against the model's cost: FLOPs per image (params where FLOPs are not recorded, latency "
+                  "with its spread over seeds where neither is); filled points and the line: the Pareto front (no "
+                  "variant both cheaper and better).",
+    "per_class.png": "Per-class AP change of each variant against its baseline (points, mean over seeds); a "
+                     "change far beyond the others saturates the colour, its number is in the cell.",
 }
 
 
@@ -432,9 +457,10 @@ def notes(table: pd.DataFrame) -> list[str]:
         "Seeds counts the ok runs; failed and diverged runs add no number.",
         f"- {DELTA_HEADER}: the variant's mAP minus its baseline's (same model, data and schedule, no tricks). "
         f"When both ran the same n seeds it is the mean of the per-seed differences d_i and the ± is the half-width "
-        f"of their 95% t-interval, t₀.₉₇₅,ₙ₋₁·s_d/√n (the error bars of the chart); when the seed sets differ it "
-        f"is the difference of the means with Welch's 95% interval, marked (Welch). **Bold**: the interval "
-        f"excludes zero, a change beyond seed noise. With a single seed no interval can be given (1 seed, no CI). "
+        f"of their 95% t-interval, t₀.₉₇₅,ₙ₋₁·s_d/√n (the lines of the forest plot); when the seed sets differ it "
+        f"is the difference of the means with Welch's 95% interval, marked (Welch). **Bold**: the verdict after "
+        f"{CORRECTION}'s correction is helped or hurt (an interval may exclude zero and the corrected test not, "
+        f"or the reverse: the test uses the base's pooled σ_d). With a single seed no interval can be given (1 seed, no CI). "
         f"{DASH} marks the baseline itself; n/a a ΔmAP that cannot be computed (no ok run of the variant or of "
         f"its baseline), never a zero change.",
         "- Costs: the baseline row gives them absolute, the other rows as changes against their baseline. Train time "
@@ -560,8 +586,6 @@ def adaptive_section(info: Mapping, decisions: Sequence) -> list[str]:
 
 def _adaptive_rows(decisions: Sequence) -> list[dict[str, str]]:
     """The adaptive table's rows, one per trick: what it stopped on, with how many seeds, and why."""
-    from ..sweep.adaptive import OPEN
-
     m = len(decisions)
     rows = []
     for d in decisions:
@@ -640,6 +664,9 @@ def render_markdown(title: str, table: pd.DataFrame, runs: pd.DataFrame, errors:
                     runs_dirs: Sequence[Path | str], image: str = "delta_map.png",
                     plots: Sequence[str] = tuple(PLOTS), now: datetime | None = None,
                     adaptive: Sequence[str] = (), searches: Mapping[Path, int] | None = None) -> str:
+    """report.md: what it covers in a sentence, the decisions, the table and the forest plot first; the
+    analyses, plots and the runs that did not count next; the method notes (adaptive seeds, seed noise
+    and power, how to read the table, the caveats) at the end."""
     now = now or datetime.now().astimezone()
     dirs = " ".join(str(d) for d in runs_dirs)
     sweeps = sorted({s for s in runs["sweep"] if s})
@@ -648,19 +675,22 @@ def render_markdown(title: str, table: pd.DataFrame, runs: pd.DataFrame, errors:
         parts += [f"Sweep{'s' if len(sweeps) > 1 else ''} in the records: {', '.join(sweeps)}.", ""]
     if searches:
         parts += [search_line(searches), ""]
-    parts += ["## Summary", "", *summary_lines(table, runs), ""]
+    parts += ["## Decisions", "", *decision_lines(table, runs), ""]
     parts += [markdown_table(display_table(table)), "",
-              f"![ΔmAP per variant with its 95% CI]({image})", ""]
-    parts += list(adaptive)
-    parts += ["## Seed noise and power", "", *noise_lines(table, runs), ""]
+              f"![ΔmAP per variant with its 95% CI]({image})", "",
+              "ΔmAP and its 95% CI per variant, under its base; coloured where the verdict is helped or hurt, the "
+              "grey band each base's no-effect margin.", ""]
     parts += design_sections(table, runs)
     parts += metrics_section(table)
     parts += plots_section(plots)
-    parts += ["## Notes", "", *notes(table), ""]
     parts += health_section(runs)
     parts += not_applicable_section(runs)
     parts += unfinished_section(runs)
     parts += unreadable_section(errors)
+    parts += list(adaptive)
+    parts += ["## Seed noise and power", "", *noise_lines(table, runs), ""]
+    parts += ["## Notes", "", decision_rule(tested(table)), *equivalence_line(table), *notes(table),
+              *caveat_lines(runs), ""]
     parts += ["---", "",
               f"Built by `ablate report {dirs}` on {now:%Y-%m-%d %H:%M} from the result.json records alone "
               f"(table.csv: one row per variant, runs.csv: one row per run; numbers in points).", ""]

@@ -13,7 +13,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from ablate.report.markdown import _display_path, markdown_table
-from ablate.report.plots import NEUTRAL, _empty, save_png
+from ablate.report.plots import NEUTRAL, empty_figure, new_figure, save_png, set_title
 from ablate.report.table import DASH, runs_table
 from ablate.results import atomic_write_text, find_records
 from ablate.sweep.search import STUDY_FILE, require_optuna, storage_url
@@ -65,20 +65,24 @@ def importances(study) -> dict[str, float]:
         study, evaluator=optuna.importance.PedAnovaImportanceEvaluator())
 
 
-def plot_importance(values: dict[str, float], path: Path, title: str) -> Path:
-    fig = Figure(figsize=(7, 0.5 * max(len(values), 1) + 2))
-    ax = fig.add_subplot()
+def importance_figure(values: dict[str, float], title: str) -> Figure:
+    """Each searched parameter's importance, the most important on top."""
+    heading = f"{title}: parameter importance"
     if not values:
-        _empty(ax, "no importance: fewer than two complete trials")
-    else:
-        names = list(values)[::-1]  # the most important on top
-        ax.barh(range(len(names)), [values[n] for n in names], color=NEUTRAL, height=0.6, zorder=2)
-        ax.set_yticks(range(len(names)), names)
-        ax.set_xlabel("importance (share of the val mAP's variation, PED-ANOVA)")
-        ax.grid(axis="x", alpha=0.3, zorder=0)
-    ax.set_title(f"{title}: parameter importance")
-    fig.tight_layout()
-    return save_png(fig, path)
+        return empty_figure(new_figure(7, 2.5), "no importance: fewer than two complete trials", heading)
+    fig = new_figure(7, 0.5 * len(values) + 2)
+    ax = fig.add_subplot()
+    names = list(values)[::-1]
+    ax.barh(range(len(names)), [values[n] for n in names], color=NEUTRAL, height=0.6, zorder=2)
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("importance (share of the val mAP's variation, PED-ANOVA)")
+    ax.grid(axis="x", alpha=0.3, zorder=0)
+    set_title(fig, heading)
+    return fig
+
+
+def plot_importance(values: dict[str, float], path: Path, title: str) -> Path:
+    return save_png(importance_figure(values, title), path)
 
 
 def search_markdown(title: str, study, trials: pd.DataFrame, values: dict[str, float], runs_dir: Path) -> str:

@@ -323,6 +323,32 @@ def base_labels(configs: Mapping[str, dict[str, Any]]) -> dict[str, str]:
     return difference_labels(flat, lambda k: (not k.endswith(".name"), order.get(k.split(".")[0], 9), k))
 
 
+def sweep_base_names(groups: Mapping[GroupKey, Sequence[RunRecord]]) -> dict[str, str]:
+    """Per base_hash, the baseline's name in its sweep file, where the sweep had named baselines: such a
+    sweep names its variants ``<baseline>/<tricks>`` (ablate/sweep/design.py), so the part before the '/'
+    when every run of the base shares it; '' otherwise."""
+    prefixes: dict[str, set[str]] = {}
+    for (base, _, _), recs in groups.items():
+        for r in recs:
+            name = str(r.variant or "")
+            prefixes.setdefault(base, set()).add(name.split("/", 1)[0] if "/" in name else "")
+    return {base: next(iter(p)) if len(p) == 1 else "" for base, p in prefixes.items()}
+
+
+def base_names(named: Mapping[str, str], derived: Mapping[str, str]) -> dict[str, str]:
+    """Each base's name: the sweep file's (``named``) where there is one, with the override-derived label
+    (``derived``, base_labels) beside it where two bases share it (one sweep run twice with other
+    overrides); the derived label alone otherwise."""
+    counts: dict[str, int] = {}
+    for name in named.values():
+        counts[name] = counts.get(name, 0) + 1
+    names = {}
+    for base, label in derived.items():
+        name = named.get(base, "")
+        names[base] = (f"{name} ({label})" if counts[name] > 1 and label else name) if name else label
+    return names
+
+
 def trick_arguments(config: Any) -> dict[str, Any]:
     """The selected tricks' arguments of a run's config, flattened ("mixup.alpha": 1.5), builders' _target_
     left out."""
@@ -368,13 +394,14 @@ def records_table(records: list[RunRecord]) -> pd.DataFrame:
 
     Columns: variant (the runs' variant name, with the trick arguments that tell it apart where one base ran the
     same tricks with several: "mixup [mixup.alpha=1.5]"), tricks, tricks_hash ('' for a baseline), trick_args (the
-    tricks' arguments as JSON, {"mixup.alpha": 1.5, ...}; '' for a baseline), base, base_hash, baseline (bool),
+    tricks' arguments as JSON, {"mixup.alpha": 1.5, ...}; '' for a baseline), base (the base's name in its sweep
+    file, sweep_base_names, else the config keys in which the bases differ), base_hash, baseline (bool),
     status, health, health_runs, baseline_unhealthy (bool), runs, seeds (ok runs), seed_list,
     mAP, mAP_std, delta_mAP, delta_mAP_std, delta_paired, delta_seeds, delta_ci_low, delta_ci_high,
     delta_ci_half, delta_ci_method, delta_ci_df, delta_sign, AP50, AP50_std, ... ARl, ARl_std (the 12 COCO
     metrics, mean and std over ok runs), train_s, images_per_s, peak_memory_mb, inference_ms, params_M,
-    flops_G (means over ok runs), their changes against the baseline (train_s_change_pct, ...,
-    inference_ms_change in ms), kind, first_created_at.
+    flops_G (means over ok runs), inference_ms_std (its std over ok runs), their changes against the baseline
+    (train_s_change_pct, ..., inference_ms_change in ms), kind, first_created_at.
 
     ``delta_mAP`` is NaN for a baseline and for a variant whose baseline has no ok run. Its 95% CI is the
     t-interval of the per-seed differences when the variant ran its baseline's seeds (delta_ci_method
@@ -399,7 +426,8 @@ def records_table(records: list[RunRecord]) -> pd.DataFrame:
     seed_maps = {key: per_seed((r.seed, _metric_points(r, "mAP")) for r in recs if r.status == "ok")
                  for key, recs in groups.items()}
     bases, base_order = _base_blocks(groups)
-    labels = base_labels({b: _base_config(groups, b, bases[b]) for b in base_order})
+    derived = base_labels({b: _base_config(groups, b, bases[b]) for b in base_order})
+    labels = base_names(sweep_base_names(groups), derived)
     names = variant_names(groups)
 
     rows = []
@@ -481,6 +509,7 @@ def _variant_row(key: GroupKey, recs: Sequence[RunRecord], name: str, base_label
     row["images_per_s"] = _mean(_num((r.timings or {}).get("images_per_s")) for r in ok)
     row["peak_memory_mb"] = _mean(_num(r.peak_memory_mb) for r in ok)
     row["inference_ms"] = _mean(_num(r.inference_ms_per_image) for r in ok)
+    row["inference_ms_std"] = _std(_num(r.inference_ms_per_image) for r in ok)  # latency is noisy: its spread
     row["params_M"] = _mean(_num(r.params) / 1e6 for r in ok)
     row["flops_G"] = _mean(_num(r.flops) / 1e9 for r in ok)
     row["first_created_at"] = _first_created(recs).replace("\uffff", "")
@@ -552,7 +581,8 @@ def _table_columns() -> list[str]:
                "delta_ci_high", "delta_ci_half", "delta_ci_method", "delta_ci_df", "delta_sign", *VERDICT_COLUMNS]
     for name in COCO_METRICS[1:]:
         columns += [name, f"{name}_std"]
-    columns += [*TIMING_COLUMNS, *(c for c, _ in CHANGE_COLUMNS.values()), "kind", "first_created_at"]
+    columns += [*TIMING_COLUMNS, "inference_ms_std", *(c for c, _ in CHANGE_COLUMNS.values()), "kind",
+                "first_created_at"]
     return columns
 
 
@@ -565,10 +595,20 @@ def seed_values(runs: pd.DataFrame, variant: Mapping[str, Any], metric: str = "m
     return per_seed((int(s), float(v)) for s, v in zip(sel["seed"], sel[metric]))
 
 
+def short_name(row: Mapping[str, Any]) -> str:
+    """A variant's name within its base: the sweep's ``<baseline>/`` prefix left off (``fcos/mixup`` is
+    ``mixup`` under the base fcos)."""
+    variant, base = str(row["variant"]), str(row["base"])
+    return variant.removeprefix(f"{base}/") if base else variant
+
+
 def variant_label(row: Mapping[str, Any], several_bases: bool) -> str:
-    """A variant's name for plots: with the base's label when the table holds several bases."""
-    variant = str(row["variant"])
-    return f"{variant} ({row['base']})" if several_bases and row["base"] else variant
+    """A variant's name for plots and text: with the base's label when the table holds several bases and
+    the name does not start with it already (``fcos/mixup`` under the base fcos)."""
+    variant, base = str(row["variant"]), str(row["base"])
+    if not several_bases or not base or variant.startswith(f"{base}/"):
+        return variant
+    return f"{variant} ({base})"
 
 
 def per_class_deltas(records: Sequence[RunRecord], table: pd.DataFrame) -> pd.DataFrame:
@@ -602,52 +642,53 @@ def per_class_deltas(records: Sequence[RunRecord], table: pd.DataFrame) -> pd.Da
     return pd.DataFrame(rows, index=index, columns=classes, dtype=float)
 
 
-def epoch_curves(records: Sequence[RunRecord], table: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """Training curves per variant (plot label, table order), mean over its ok runs: a frame indexed by epoch
-    with columns loss (the epoch's mean training loss) and val_mAP (points, NaN where not evaluated).
-
-    The loss is the epoch entry's ``epoch_loss``; a run without epoch entries falls back to the mean of its
-    logged step losses per epoch.
+def epoch_curves(records: Sequence[RunRecord], table: pd.DataFrame) -> dict[str, dict[str, pd.DataFrame]]:
+    """Training curves per base (its name, table order) and per variant (its short name, table order), the mean
+    over its ok runs: a frame indexed by epoch with columns loss (the epoch's mean training loss) and val_mAP
+    (points, NaN where not evaluated: a run evaluates every train.eval_every epochs and after the last).
     """
     per_group: dict[GroupKey, list[pd.DataFrame]] = {}
     for r in records:
-        if r.status != "ok" or not isinstance(r.curve, list):
-            continue
-        loss: dict[int, float] = {}
-        val: dict[int, float] = {}
-        steps: dict[int, list[float]] = {}
-        for point in r.curve:
-            if not isinstance(point, dict):
-                continue
-            epoch = _num(point.get("epoch"))
-            if math.isnan(epoch):
-                continue
-            epoch = int(epoch)
-            if "epoch_loss" in point:
-                loss[epoch] = _num(point.get("epoch_loss"))
-                if "val_mAP" in point:
-                    v = _num(point.get("val_mAP"))
-                    val[epoch] = v * 100.0 if v >= 0 else math.nan
-            elif "loss" in point:
-                steps.setdefault(epoch, []).append(_num(point.get("loss")))
-        if not loss:
-            loss = {e: _mean(v) for e, v in steps.items()}
-        if not loss and not val:
-            continue
-        epochs = sorted(set(loss) | set(val))
-        frame = pd.DataFrame({"loss": [loss.get(e, math.nan) for e in epochs],
-                              "val_mAP": [val.get(e, math.nan) for e in epochs]}, index=epochs, dtype=float)
-        per_group.setdefault(group_key(r), []).append(frame)
-    several = table["base_hash"].nunique() > 1
-    curves = {}
+        frame = record_curve(r) if r.status == "ok" else None
+        if frame is not None:
+            per_group.setdefault(group_key(r), []).append(frame)
+    curves: dict[str, dict[str, pd.DataFrame]] = {}
     for rec in table.to_dict("records"):
         key = row_key(rec)
         if key in per_group:
-            frames = pd.concat(per_group[key])
-            mean = frames.groupby(level=0).mean()
+            mean = pd.concat(per_group[key]).groupby(level=0).mean()  # over the seeds that have the epoch
             mean.index.name = "epoch"
-            curves[variant_label(rec, several)] = mean
+            curves.setdefault(str(rec["base"]), {})[short_name(rec)] = mean
     return curves
+
+
+def record_curve(record: RunRecord) -> pd.DataFrame | None:
+    """One run's curve by epoch: loss (the epoch entry's ``epoch_loss``; for a run without epoch entries, the
+    mean of its logged step losses per epoch) and val_mAP in points; None when it has neither."""
+    if not isinstance(record.curve, list):
+        return None
+    loss: dict[int, float] = {}
+    val: dict[int, float] = {}
+    steps: dict[int, list[float]] = {}
+    for point in record.curve:
+        epoch = _num(point.get("epoch")) if isinstance(point, dict) else math.nan
+        if math.isnan(epoch):
+            continue
+        epoch = int(epoch)
+        if "epoch_loss" in point:
+            loss[epoch] = _num(point.get("epoch_loss"))
+            if "val_mAP" in point:
+                v = _num(point.get("val_mAP"))
+                val[epoch] = v * 100.0 if v >= 0 else math.nan
+        elif "loss" in point:
+            steps.setdefault(epoch, []).append(_num(point.get("loss")))
+    if not loss:
+        loss = {e: _mean(v) for e, v in steps.items()}
+    if not loss and not val:
+        return None
+    epochs = sorted(set(loss) | set(val))
+    return pd.DataFrame({"loss": [loss.get(e, math.nan) for e in epochs],
+                         "val_mAP": [val.get(e, math.nan) for e in epochs]}, index=epochs, dtype=float)
 
 
 def has_baseline(table: pd.DataFrame, base_hash: str) -> bool:
