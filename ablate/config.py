@@ -10,7 +10,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from .errors import DatasetError, UserInputError
+from .errors import DatasetError, UserInputError, yaml_problem
 # Where the configs live (ablate/paths.py), also by their names of before: config.conf_dir() and the rest.
 from .paths import REPO_ROOT, conf_dir, group_options, sweeps_dir  # noqa: F401
 
@@ -150,7 +150,7 @@ def check_trick_file(name: str, folder: Path | None = None) -> Path:
     try:
         node = OmegaConf.create(text)
     except Exception as e:  # omegaconf wraps yaml's errors in several types
-        raise TrickFileError(f"{path}: not valid YAML: {str(e).strip()}") from None
+        raise TrickFileError(f"{path}: not valid YAML at {yaml_problem(e)}") from None
     if not isinstance(node, DictConfig) or "_target_" not in node:
         raise TrickFileError(f"{path}: a trick file must set _target_ (the trick's class, e.g. "
                              "ablate.tricks.data.mixup.MixUp) and its arguments")

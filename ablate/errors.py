@@ -45,6 +45,16 @@ class WeightsError(UserInputError, RuntimeError):
     file to put where, or how to train from scratch instead."""
 
 
+def yaml_problem(error: Exception) -> str:
+    """A YAML parser's error in one clause, "line L, column C: <problem> (while <context>)", with the
+    1-based place PyYAML counts from 0 (its own message spans four lines and repeats the file)."""
+    mark, problem = getattr(error, "problem_mark", None), getattr(error, "problem", None)
+    if mark is None or not problem:
+        return _joined([str(error)])
+    context = getattr(error, "context", None)
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" + (f" ({context})" if context else "")
+
+
 def full_error() -> bool:
     """HYDRA_FULL_ERROR=1: show every error with its full traceback, as Hydra does."""
     return os.environ.get("HYDRA_FULL_ERROR") == "1"

@@ -177,3 +177,12 @@ def test_backbone_errors_are_input_errors():
 
     assert issubclass(MissingExtraError, ImportError) and issubclass(MissingExtraError, UserInputError)
     assert issubclass(WeightsError, RuntimeError) and issubclass(WeightsError, UserInputError)
+
+
+def test_a_sweep_file_that_is_not_yaml_is_named_with_its_line_and_column(dirs, tmp_path):
+    sweep = tmp_path / "broken.yaml"
+    sweep.write_text("tricks: [warmup\nseeds: 1\n")  # the list is never closed
+    line = run("sweep", str(sweep), "profile=smoke", dirs=dirs)
+    assert line == (f"ablate: error: {sweep}: not valid YAML at line 2, column 6: expected ',' or ']', "
+                    "but got ':' (while parsing a flow sequence)")
+    assert not dirs["runs"].exists()
