@@ -186,3 +186,24 @@ def test_a_sweep_file_that_is_not_yaml_is_named_with_its_line_and_column(dirs, t
     assert line == (f"ablate: error: {sweep}: not valid YAML at line 2, column 6: expected ',' or ']', "
                     "but got ':' (while parsing a flow sequence)")
     assert not dirs["runs"].exists()
+
+
+@pytest.mark.parametrize("args, meant", [
+    (("train", "train.epoch=3"), "train.epochs=3"),
+    (("train", "train.optimzer.lr=0.01"), "train.optimizer.lr=0.01"),
+    (("train", "epochs=3"), "train.epochs=3"),  # the leaf's name alone
+    (("train", "-m", "train.epoch=3,4"), "train.epochs=3"),  # composed by the multirun's sweeper
+    (("sweep", "quick", "train.epoch=3"), "train.epochs=3"),
+])
+def test_an_unknown_key_names_the_key_spelled_alike(dirs, args, meant):
+    line = run(*args, "profile=smoke", dirs=dirs)
+    typed = next(a for a in args if "=" in a).split(",")[0]
+    assert line.endswith(f"is not in struct; did you mean {meant}? (+{typed} would add a new key)"), line
+    assert not dirs["runs"].exists()
+
+
+def test_a_baselines_unknown_key_names_the_key_spelled_alike(dirs, tmp_path):
+    sweep = tmp_path / "typo.yaml"
+    sweep.write_text("tricks: [warmup]\nseeds: 1\nbaseline: [train.epoch=2]\n")
+    assert "did you mean train.epochs=2?" in run("sweep", str(sweep), "profile=smoke", dirs=dirs)
+    assert not dirs["runs"].exists()

@@ -350,7 +350,7 @@ def check_search(design, arguments: list[str], sweeper) -> None:
     """Before anything runs: every space key is a key of the composed config (a trick's argument
     needs the trick in `tricks`), a pruner has per-epoch val mAP to prune on (train.eval_every), and
     a trial at a point of the space composes and has good values."""
-    from ..config import check_values
+    from ..config import check_values, key_hints
     from omegaconf import OmegaConf
 
     spec = design.search
@@ -358,9 +358,10 @@ def check_search(design, arguments: list[str], sweeper) -> None:
         key = arg.split("=", 1)[0].lstrip("+~")
         if key in spec.space:
             raise UserInputError(f"override {arg!r}: the search's space decides {key} (space.{key} in {design.path})")
-    load = sweeper.hydra_context.config_loader.load_sweep_config
     (job,) = trial_jobs(design, 0, {}, "sqlite://")[:1]
-    cfg = load(sweeper.config, sweeper.batch([job], arguments)[0])
+    overrides = sweeper.batch([job], arguments)[0]
+    with key_hints(overrides, sweeper.job_config):  # a baseline's train.epoch=3: "did you mean train.epochs"
+        cfg = sweeper.job_config(overrides)
     for key in spec.space:
         if OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
             parent, _, leaf = key.rpartition(".")
@@ -373,4 +374,4 @@ def check_search(design, arguments: list[str], sweeper) -> None:
         raise SweepFileError(f"{design.path}: pruner: {spec.pruner['name']} prunes on the val mAP of every "
                              "train.eval_every epochs, which is 0: add train.eval_every=1 to baseline, or pruner: none")
     (job,) = trial_jobs(design, 0, example_params(spec), "sqlite://")[:1]
-    check_values(load(sweeper.config, sweeper.batch([job], arguments)[0]))
+    check_values(sweeper.job_config(sweeper.batch([job], arguments)[0]))
