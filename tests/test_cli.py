@@ -73,6 +73,17 @@ def test_smoke_sweep_writes_a_report_with_a_row_per_variant_and_a_second_launch_
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
 
 
+def test_a_smoke_sweep_leaves_the_real_runs_and_the_committed_reports_alone(tmp_path, shapes_cache):
+    """profile=smoke writes under smoke/ (git-ignored), not reports/<sweep>/ (committed, linked from
+    the README) nor runs/<sweep>/ (where its other config would move the real records aside)."""
+    res = ablate("sweep", "quick", "profile=smoke", env={"ABLATE_CACHE": str(shapes_cache)}, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (tmp_path / "smoke" / "reports" / "quick" / "report.md").is_file()
+    assert len(list((tmp_path / "smoke" / "runs" / "quick").glob("*/seed0/result.json"))) == 3
+    assert not (tmp_path / "reports").exists() and not (tmp_path / "runs").exists()
+    assert "/smoke/" in (REPO / ".gitignore").read_text().splitlines()
+
+
 def broken_sweep(tmp_path, tricks: str):
     """A copy of conf/ with a trick `broken` that fails when its run builds it (an argument its class
     does not take: the file itself passes the check before the sweep), and a sweep `mine` of `tricks`."""
