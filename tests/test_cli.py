@@ -64,6 +64,11 @@ def test_smoke_sweep_writes_a_report_with_a_row_per_variant_and_a_second_launch_
     assert "Average Precision" not in res.stdout + res.stderr and "COCO evaluation" not in res.stdout + res.stderr
     run_log = (dirs["runs"] / "quick" / "baseline" / "seed0" / "train.log").read_text()
     assert "COCO evaluation" in run_log and "Average Precision  (AP) @[ IoU=0.50:0.95" in run_log
+    # the data set's lines too (five a run); mAP in points on the console as in the report
+    assert "[ablate.data][INFO]" not in res.stdout + res.stderr and "[ablate.data][INFO]" in run_log
+    base = records["baseline"].metrics
+    assert f"[1/3] baseline seed 0: ok, mAP {base['mAP'] * 100:.1f}, " in res.stdout
+    assert f"val mAP {base['mAP'] * 100:.1f} (AP50 {base['AP50'] * 100:.1f}, " in res.stdout + res.stderr
 
     mtimes = {p: p.stat().st_mtime_ns for p in (dirs["runs"] / "quick").glob("*/seed0/result.json")}
     again = ablate("sweep", "quick", "profile=smoke", *paths(dirs), env=dirs["env"])

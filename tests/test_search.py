@@ -18,7 +18,7 @@ from ablate.results import RECORD_NAME, RunRecord, find_indexed, index_record, r
 from ablate.sweep import SweepFileError, load_sweep
 from ablate.errors import UserInputError
 from ablate.sweep.design import Job
-from ablate.sweep.search import (distributions, open_study, sampler_for, search_lock, trial_outcome,
+from ablate.sweep.search import (distributions, open_study, sampler_for, search_lock, trial_line, trial_outcome,
                                   with_all_params)
 from ablate.train import train_and_evaluate
 from conftest import REPO_ROOT, ablate, paths
@@ -298,3 +298,11 @@ def test_a_trial_killed_while_its_parameters_were_drawn_gets_the_rest_on_resume(
     assert set(params) == set(dists) and params[first] == frozen.params[first]
     assert study.trials[half.number].params == params  # stored in the study, as ask would have
     assert with_all_params(study, study.trials[half.number], dists) == params  # whole: unchanged
+
+
+def test_a_trials_console_line_gives_mAP_in_points_as_the_report_does():
+    study = optuna.create_study(direction="maximize")
+    study.add_trial(optuna.trial.create_trial(value=0.523, params={"a": 1.0},
+                                              distributions={"a": optuna.distributions.FloatDistribution(0, 2)}))
+    line = trial_line(study, 0, "ok", 0.523, {"a": 1.0}, 2, 60.0)
+    assert line == "[1/2] trial 0: ok, mAP 52.3 (a=1); best 52.3 (trial 0), about 1.0 min left"

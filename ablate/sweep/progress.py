@@ -17,6 +17,12 @@ from typing import Callable, TextIO
 from ..results import RECORD_NAME, RecordError, read_record
 
 
+def points(fraction: float, digits: int = 1) -> str:
+    """A COCO metric (a fraction in the record) as a person reads it everywhere, in the report as on
+    the console: in points, 0.523 -> "52.3"."""
+    return f"{fraction * 100:.{digits}f}"
+
+
 def _minutes(seconds: float) -> str:
     return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
 
@@ -61,7 +67,7 @@ class Progress:
             except (OSError, RecordError):
                 continue  # being written: the next poll reads it
             self.done.add(i)
-            how = f", mAP {record.metrics['mAP']:.3f}" if "mAP" in record.metrics else ""
+            how = f", mAP {points(record.metrics['mAP'])}" if "mAP" in record.metrics else ""
             if record.reused_from:
                 took = "reused"
             else:

@@ -44,6 +44,7 @@ from typing import Any, Callable, Iterator
 from ..errors import MissingExtraError, UserInputError
 from ..results import RECORD_NAME, RecordError, read_record
 from .design import Job, SweepFileError
+from .progress import points
 from .space import SearchSpec, parse_search  # noqa: F401 (read from here before the split)
 
 log = logging.getLogger("ablate.sweep")
@@ -219,7 +220,7 @@ def trial_line(study, number: int, status: str, value: float | None, params: dic
     finished = sum(t.state.is_finished() for t in study.trials)
     best = ""
     with contextlib.suppress(ValueError):  # no complete trial yet
-        best = f"; best {study.best_value:.3f} (trial {study.best_trial.number})"
+        best = f"; best {points(study.best_value)} (trial {study.best_trial.number})"
     remaining = n_trials - finished
     eta = f", about {_minutes(pace * remaining)} left" if remaining > 0 else ""
     shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
@@ -228,7 +229,7 @@ def trial_line(study, number: int, status: str, value: float | None, params: dic
         if stopped.value is not None:
             value = stopped.value
             status = f"pruned at step {stopped.last_step}"
-    return (f"[{finished}/{n_trials}] trial {number}: {status}" + (f", mAP {value:.3f}" if value is not None else "")
+    return (f"[{finished}/{n_trials}] trial {number}: {status}" + (f", mAP {points(value)}" if value is not None else "")
             + f" ({shown}){best}{eta}")
 
 
@@ -268,7 +269,7 @@ def run_search(sweeper, design, arguments: list[str], sweep_dir: Path, out) -> t
                 print(trial_line(study, number, status, value, params, spec.n_trials,
                                  (time.monotonic() - started) / trained), file=out, flush=True)
         with contextlib.suppress(ValueError):
-            print(f"best: trial {study.best_trial.number}, mAP {study.best_value:.3f}, "
+            print(f"best: trial {study.best_trial.number}, mAP {points(study.best_value)}, "
                   + ", ".join(f"{k}={v}" for k, v in study.best_params.items()), file=out, flush=True)
     return all_jobs, returns
 

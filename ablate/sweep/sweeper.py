@@ -159,7 +159,6 @@ class AblationSweeper(Sweeper):
 
             out = Path(str(self.config.paths.reports)) / design.name
             path = build_report([sweep_dir], out, title=design.name)
-            log.info("report: %s", path)
             print(f"report: {path}")
         if not_ok:
             stop(SweepFailed(f"{len(not_ok)} of {len(jobs)} runs did not finish: " + "; ".join(not_ok)))
