@@ -143,7 +143,7 @@ def reused_status(cfg: DictConfig, run_dir: Path, multirun: bool) -> str | None:
     chash, code, reuse = config_hash(config), code_fingerprint(config), str(cfg.runtime.reuse)
     done = existing_record(run_dir, chash, code, reuse)
     if done is not None:
-        log.info("%s: complete record found (%s), not training again", run_dir, done.status)
+        say_reused(cfg, f"{run_dir}: complete record found ({done.status}), not training again")
         return done.status
     runs_root = Path(cfg.paths.runs)
     if multirun:
@@ -154,9 +154,20 @@ def reused_status(cfg: DictConfig, run_dir: Path, multirun: bool) -> str | None:
             reused = dataclasses.replace(found[1], variant=str(cfg.variant), sweep=str(cfg.sweep_name),
                                          config=ablate_config.to_container(cfg), reused_from=str(found[0]))
             write_record(reused, run_dir)
-            log.info("%s: the same config ran in %s; its record is reused, not trained again", run_dir, found[0])
+            say_reused(cfg, f"{run_dir}: the same config ran in {found[0]}; its record is reused, not trained again")
             return reused.status
     return None
+
+
+def say_reused(cfg: DictConfig, message: str) -> None:
+    """Log that a run's record is reused: a warning when trackers are selected, which see only the
+    runs that train (logger=tensorboard after a sweep without it would otherwise write nothing, unsaid)."""
+    trackers = sorted(cfg.get("logger") or {})
+    if not trackers:
+        log.info("%s", message)
+        return
+    log.warning("%s, so nothing is logged to %s (trackers log the runs that train; --force trains it again)",
+                message, ", ".join(trackers))
 
 
 def run_and_record(cfg: DictConfig, run_dir: Path, runs_root: Path, multirun: bool) -> str:
