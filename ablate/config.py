@@ -145,13 +145,19 @@ def unknown_key_hint(error: Exception, overrides: list[str], load: Callable[[lis
             + (f" ({append} would add a new key)" if append else ""))
 
 
-def dotted_keys(node: Any, prefix: str = "") -> list[str]:
+def dotted_keys(node: Any) -> list[str]:
     """Every key of a nested mapping as a dotted path, parents before their children."""
-    keys = []
+    return list(dotted_items(node))
+
+
+def dotted_items(node: Any, prefix: str = "") -> dict[str, Any]:
+    """Every key of a nested mapping as a dotted path -> its value (a mapping's, then its children's)."""
+    items: dict[str, Any] = {}
     if isinstance(node, dict):
         for k, v in node.items():
-            keys += [f"{prefix}{k}", *dotted_keys(v, f"{prefix}{k}.")]
-    return keys
+            items[f"{prefix}{k}"] = v
+            items.update(dotted_items(v, f"{prefix}{k}."))
+    return items
 
 
 def _strings(value: Any) -> list[str]:
