@@ -39,7 +39,9 @@ def compose(overrides: list[str], multirun: bool = False, config_name: str = "co
 
 def coco_root(cfg_data: Any) -> Path:
     """data.root of a data=coco config: a folder that exists."""
-    if (isinstance(cfg_data, DictConfig) and OmegaConf.is_missing(cfg_data, "root")) or cfg_data["root"] is None:
+    # `data.root=` gives '': the current folder, whose missing annotation files would be named instead.
+    if ((isinstance(cfg_data, DictConfig) and OmegaConf.is_missing(cfg_data, "root")) or cfg_data["root"] is None
+            or not str(cfg_data["root"]).strip()):
         raise DatasetError("data=coco needs data.root: the folder of a COCO-format set (data.root=DIR)")
     root = Path(str(cfg_data["root"])).expanduser()
     if not root.is_dir():

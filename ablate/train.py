@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import shutil
 import time
 import traceback
 from pathlib import Path
@@ -129,11 +130,36 @@ def run_task(cfg: DictConfig, run_dir: Path, multirun: bool) -> str:
             and not distributed.active()):  # a process group has one GPU per process already
         # Parallel jobs (joblib, submitit_local) on a machine with several GPUs: one GPU each.
         gpu = claimed_gpu(runs_root / ".gpus", torch.cuda.device_count())
+    # A single run's new folder holds only what Hydra wrote (.hydra/, the log) until the run starts.
+    fresh = not multirun and distributed.is_primary() and holds_only_hydras(run_dir)
     with gpu as index:
         if index is not None:
             cfg.runtime.device = f"cuda:{index}"
             log.info("this job trains on GPU %d", index)
-        return run_and_record(cfg, run_dir, runs_root, multirun)
+        try:
+            return run_and_record(cfg, run_dir, runs_root, multirun)
+        except UserInputError:
+            if fresh:  # bad input ran nothing: no husk of a run left behind for `ablate report` to meet
+                remove_run_folder(run_dir, runs_root)
+            raise
+
+
+def remove_run_folder(run_dir: Path, runs_root: Path) -> None:
+    """Remove a run's folder, then the folders above it that it leaves empty, up to paths.runs."""
+    shutil.rmtree(run_dir, ignore_errors=True)
+    root, folder = runs_root.resolve(), run_dir.resolve().parent
+    while folder == root or root in folder.parents:
+        try:
+            folder.rmdir()  # only an empty one
+        except OSError:
+            return
+        folder = folder.parent
+
+
+def holds_only_hydras(run_dir: Path) -> bool:
+    """Whether a run folder holds nothing but what Hydra writes into it before the task (its
+    .hydra/ copy of the config and the job's log)."""
+    return all(p.name == ".hydra" or (p.is_file() and p.suffix == ".log") for p in Path(run_dir).iterdir())
 
 
 def reused_status(cfg: DictConfig, run_dir: Path, multirun: bool) -> str | None:
@@ -191,13 +217,14 @@ def run_and_record(cfg: DictConfig, run_dir: Path, runs_root: Path, multirun: bo
         log.warning("not applicable: %s", e)
         return record.status
     except Exception as e:
+        if not multirun and isinstance(e, UserInputError):
+            raise  # bad input, nothing trained: `main` says it in one line, `run_task` removes the folder
         tail = "".join(traceback.format_exception(e)).strip().splitlines()[-15:]
         record = new_record(cfg, "failed")
         record.error = "\n".join(tail)
         if distributed.is_primary():
             write_record(record, run_dir)
-        if multirun or not isinstance(e, UserInputError):  # bad input: `main` says it in one line
-            log.error("run failed: %s", e)
+        log.error("run failed: %s", e)
         if multirun:
             return "failed"
         raise

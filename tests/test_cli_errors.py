@@ -207,3 +207,25 @@ def test_a_baselines_unknown_key_names_the_key_spelled_alike(dirs, tmp_path):
     sweep.write_text("tricks: [warmup]\nseeds: 1\nbaseline: [train.epoch=2]\n")
     assert "did you mean train.epochs=2?" in run("sweep", str(sweep), "profile=smoke", dirs=dirs)
     assert not dirs["runs"].exists()
+
+
+@pytest.mark.parametrize("overrides, says", [
+    (("tricks=[mixup]", "tricks.mixup.alpha=-1"), "tricks.mixup.alpha=-1: must be a number > 0"),
+    (("tricks=[iou_balanced]",), "trick 'iou_balanced' does not fit model=fcos"),
+    (("data=coco", "data.root="), "data=coco needs data.root"),
+])
+def test_bad_input_a_run_meets_leaves_no_run_folder(dirs, shapes_cache, overrides, says):
+    """No husk (a failed record, or .hydra/ and an empty log) for `ablate report` to show as a failed
+    row, another variant or a phantom base."""
+    line = run("train", *overrides, "profile=smoke", dirs=dirs, env={"ABLATE_CACHE": str(shapes_cache)})
+    assert line.startswith(f"ablate: error: {says}")
+    assert not dirs["runs"].exists()
+
+
+def test_bad_input_in_a_run_folder_that_holds_more_leaves_it_as_it_was(dirs, shapes_cache, tmp_path):
+    run_dir = tmp_path / "mine"
+    (run_dir / "notes.txt").parent.mkdir()
+    (run_dir / "notes.txt").write_text("mine")
+    run("train", "tricks=[mixup]", "tricks.mixup.alpha=-1", "profile=smoke", f"hydra.run.dir={run_dir}", dirs=dirs,
+        env={"ABLATE_CACHE": str(shapes_cache)})
+    assert (run_dir / "notes.txt").read_text() == "mine" and not (run_dir / "result.json").exists()
