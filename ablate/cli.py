@@ -180,9 +180,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ablate: unknown command {argv[0]!r}; choose one of {', '.join(COMMANDS)} (ablate --help)",
               file=sys.stderr)
         return 2
-    from .errors import reported
+    from .errors import interrupted, reported
 
-    with reported():  # bad input: one line `ablate: error: ...`, exit status 2 (ablate/errors.py)
+    # Bad input: one line `ablate: error: ...`, exit status 2; Ctrl-C: one line saying how to resume,
+    # exit status 130 (ablate/errors.py).
+    with interrupted(), reported():
         return command(argv[1:])
 
 

@@ -23,7 +23,7 @@ from . import config as ablate_config
 from . import distributed
 from . import tracking
 from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint  # noqa: F401 (the names of before the split)
-from .errors import UserInputError, reported
+from .errors import RunInterrupted, UserInputError, reported
 from .finish import evaluate_model, evaluated, finish, peak_memory_mb  # noqa: F401
 from .fingerprint import code_changes, code_fingerprint, same_code, summarize
 from .gpus import claimed_gpu
@@ -114,7 +114,14 @@ def main(cfg: DictConfig) -> str:
     with contextlib.nullcontext() if multirun else reported():
         # Started by torchrun or as one of several submitit tasks: one process group, rank 0's folder.
         distributed.init_from_env(cfg)
-        return run_task(cfg, Path(distributed.from_primary(hc.runtime.output_dir)), multirun)
+        run_dir = Path(distributed.from_primary(hc.runtime.output_dir))
+        try:
+            return run_task(cfg, run_dir, multirun)
+        except KeyboardInterrupt:
+            if multirun:
+                raise  # the same command resumes a multirun: its folders are <variant>/seed<N>
+            # A single run's folder is named after its start time: the same command would begin anew.
+            raise RunInterrupted(f"relaunch the same command with hydra.run.dir={run_dir} to resume") from None
 
 
 def run_task(cfg: DictConfig, run_dir: Path, multirun: bool) -> str:

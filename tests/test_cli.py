@@ -178,14 +178,15 @@ def test_a_variant_that_already_ran_in_another_sweep_is_reused_not_retrained(dir
     assert not (runs / "other" / "baseline" / "seed0" / "last.pt").exists()  # nothing trained there
 
 
-def test_a_sweep_killed_mid_run_resumes_and_keeps_finished_records(dirs, tmp_path):
-    """SIGKILL the whole sweep while its second run trains; launch it again."""
-    import signal
+def stopped_in_its_second_run(dirs, sig) -> tuple[subprocess.CompletedProcess, Path]:
+    """`ablate sweep quick` (40 smoke epochs a run) sent `sig`, as a whole process group (a terminal's
+    Ctrl-C: SIGINT), while its second run trains; its output and the folder of the run it stopped."""
+    import signal  # noqa: F401 (the caller's signals)
     import time
 
     args = [sys.executable, "-m", "ablate.cli", "sweep", "quick", "profile=smoke", "train.epochs=40", *paths(dirs)]
-    proc = subprocess.Popen(args, cwd=REPO, env=dict(os.environ, **dirs["env"]), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(args, cwd=REPO, env=dict(os.environ, **dirs["env"], HYDRA_FULL_ERROR="0"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     quick = dirs["runs"] / "quick"
     deadline = time.time() + 300
     try:
@@ -198,10 +199,18 @@ def test_a_sweep_killed_mid_run_resumes_and_keeps_finished_records(dirs, tmp_pat
         else:
             pytest.fail("the sweep never reached its second run")
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        os.killpg(proc.pid, sig)
+        out, err = proc.communicate()
+    return subprocess.CompletedProcess(args, proc.returncode, out, err), training[0].parent
+
+
+def test_a_sweep_killed_mid_run_resumes_and_keeps_finished_records(dirs, tmp_path):
+    """SIGKILL the whole sweep while its second run trains; launch it again."""
+    import signal
+
+    _, killed = stopped_in_its_second_run(dirs, signal.SIGKILL)
+    quick = dirs["runs"] / "quick"
     finished = {p: p.read_bytes() for p in quick.glob("*/seed0/result.json")}
-    killed = training[0].parent
     assert killed / "result.json" not in finished
 
     res = ablate("sweep", "quick", "profile=smoke", "train.epochs=40", *paths(dirs), env=dirs["env"])
@@ -210,6 +219,22 @@ def test_a_sweep_killed_mid_run_resumes_and_keeps_finished_records(dirs, tmp_pat
     assert "resuming from" in (killed / "train.log").read_text()
     statuses = {p.parent.parent.name: read_record(p).status for p in quick.glob("*/seed0/result.json")}
     assert statuses == {"baseline": "ok", "warmup": "ok", "mixup": "ok"}
+
+
+def test_ctrl_c_ends_a_sweep_in_one_line_and_its_relaunch_counts_every_run(dirs):
+    import signal
+
+    res, stopped = stopped_in_its_second_run(dirs, signal.SIGINT)
+    assert res.returncode == 130
+    assert res.stderr.splitlines() == ["ablate: interrupted: relaunch the same command to resume"]
+    assert "kept their complete records" not in res.stdout  # the first run trained in this launch
+    assert not (stopped / "result.json").exists()  # no failed record for the run it stopped
+    again = ablate("sweep", "quick", "profile=smoke", "train.epochs=40", *paths(dirs), env=dirs["env"])
+    assert again.returncode == 0, again.stderr[-3000:]
+    counts = [line.split("]")[0] + "]" for line in again.stdout.splitlines()
+              if line.startswith("[") and " seed 0: " in line]
+    assert counts == ["[2/3]", "[3/3]"]
+    assert "1 of 3 runs kept their complete records (not trained again)" in again.stdout
 
 
 def test_a_failed_sweep_ends_in_one_line_without_a_traceback(dirs, tmp_path):

@@ -229,3 +229,20 @@ def test_bad_input_in_a_run_folder_that_holds_more_leaves_it_as_it_was(dirs, sha
     run("train", "tricks=[mixup]", "tricks.mixup.alpha=-1", "profile=smoke", f"hydra.run.dir={run_dir}", dirs=dirs,
         env={"ABLATE_CACHE": str(shapes_cache)})
     assert (run_dir / "notes.txt").read_text() == "mine" and not (run_dir / "result.json").exists()
+
+
+def test_ctrl_c_is_one_line_saying_how_to_resume_and_exit_status_130(monkeypatch, capsys):
+    from ablate.errors import RunInterrupted, interrupted
+
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    with pytest.raises(SystemExit) as info, interrupted():
+        raise KeyboardInterrupt
+    assert info.value.code == errors.EXIT_INTERRUPTED == 130
+    assert capsys.readouterr().err == "ablate: interrupted: relaunch the same command to resume\n"
+    with pytest.raises(SystemExit), interrupted():  # a single run: its folder is named after its start
+        raise RunInterrupted("relaunch the same command with hydra.run.dir=runs/train/x/1 to resume")
+    assert capsys.readouterr().err == ("ablate: interrupted: relaunch the same command with "
+                                       "hydra.run.dir=runs/train/x/1 to resume\n")
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    with pytest.raises(KeyboardInterrupt), interrupted():
+        raise KeyboardInterrupt

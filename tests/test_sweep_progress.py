@@ -46,3 +46,20 @@ def test_the_watcher_prints_as_runs_finish_and_sums_up_the_runs_left_alone(tmp_p
         write_record(record("baseline", mAP=0.6, wall_s=30.0), tmp_path / "baseline" / "seed0")
     assert out.getvalue().splitlines() == ["[1/2] baseline seed 0: ok, mAP 60.0, 30 s",
                                            "1 of 2 runs kept their complete records (not trained again)"]
+
+
+def test_a_relaunch_counts_the_kept_runs_and_an_interrupted_launch_claims_none_kept(tmp_path):
+    jobs = [job("baseline"), job("warmup"), job("mixup")]
+    out = io.StringIO()
+    # An interrupted launch: baseline finished, warmup stopped mid-training (no record), mixup never began.
+    with Progress(jobs, tmp_path, out, interval=60):
+        write_record(record("baseline", mAP=0.3, wall_s=30.0), tmp_path / "baseline" / "seed0")
+    assert [line.split(",")[0] for line in out.getvalue().splitlines()] == ["[1/3] baseline seed 0: ok"]
+    # Its relaunch: baseline's record kept, counted in the lines of the runs after it.
+    out = io.StringIO()
+    with Progress(jobs, tmp_path, out, interval=60):
+        write_record(record("warmup", mAP=0.4, wall_s=30.0), tmp_path / "warmup" / "seed0")
+        write_record(record("mixup", mAP=0.2, wall_s=30.0), tmp_path / "mixup" / "seed0")
+    lines = out.getvalue().splitlines()
+    assert [line.split(" seed")[0] for line in lines[:2]] == ["[2/3] warmup", "[3/3] mixup"]
+    assert lines[2:] == ["1 of 3 runs kept their complete records (not trained again)"]
