@@ -245,3 +245,12 @@ def test_a_failed_sweep_ends_in_one_line_without_a_traceback(dirs, tmp_path):
     assert res.returncode == 1
     assert res.stderr.strip().splitlines()[-1] == "ablate: error: 1 of 2 runs did not finish: broken seed 0: failed"
     assert "Traceback" not in res.stderr and "SweepFailed" not in res.stderr
+
+
+def test_a_report_goes_to_the_reports_folder_beside_its_runs_folder():
+    from ablate.cli import default_report_folder
+
+    assert default_report_folder(Path("runs/quick")) == Path("reports/quick")
+    assert default_report_folder(Path("smoke/runs/quick")) == Path("smoke/reports/quick")  # not the committed one
+    assert default_report_folder(Path("/tmp/x/runs/quick")) == Path("/tmp/x/reports/quick")
+    assert default_report_folder(Path("/tmp/elsewhere/quick")) == Path("reports/quick")
