@@ -131,7 +131,9 @@ def cmd_report(argv: list[str]) -> int:
                                                  "records under one or more runs folders (merged).")
     parser.add_argument("runs", nargs="+", type=Path, help="runs folder(s), e.g. runs/quick")
     parser.add_argument("--out", type=Path, default=None,
-                        help="output folder (default: reports/<name of the first runs folder>)")
+                        help="output folder (default: the reports folder beside the runs folder the first "
+                             "one is in, X/runs/NAME -> X/reports/NAME, as paths.runs and paths.reports "
+                             "are; else reports/NAME)")
     parser.add_argument("--title", default=None, help="report title (default: the runs folder's name)")
     args = parser.parse_args(argv)
     from .report import ReportError, build_report
@@ -139,9 +141,18 @@ def cmd_report(argv: list[str]) -> int:
     missing = [str(p) for p in args.runs if not p.is_dir()]
     if missing:
         raise ReportError(f"no such runs folder: {', '.join(missing)}")
-    out = args.out or Path("reports") / args.runs[0].resolve().name
+    out = args.out or default_report_folder(args.runs[0])
     print(f"report: {build_report(args.runs, out, title=args.title)}")
     return 0
+
+
+def default_report_folder(runs: Path) -> Path:
+    """X/reports/NAME for a runs folder X/runs/NAME (smoke/runs/quick: smoke/reports/quick, so a smoke
+    sweep's report rebuilt does not overwrite the committed reports/quick/); else reports/NAME."""
+    runs = runs if runs.name not in ("", ".", "..") else runs.resolve()
+    if runs.parent.name == "runs":
+        return runs.parent.parent / "reports" / runs.name
+    return Path("reports") / runs.name
 
 
 def cmd_show_batch(argv: list[str]) -> int:
@@ -180,9 +191,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ablate: unknown command {argv[0]!r}; choose one of {', '.join(COMMANDS)} (ablate --help)",
               file=sys.stderr)
         return 2
-    from .errors import reported
+    from .errors import interrupted, reported
 
-    with reported():  # bad input: one line `ablate: error: ...`, exit status 2 (ablate/errors.py)
+    # Bad input: one line `ablate: error: ...`, exit status 2; Ctrl-C: one line saying how to resume,
+    # exit status 130 (ablate/errors.py).
+    with interrupted(), reported():
         return command(argv[1:])
 
 

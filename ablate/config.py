@@ -5,12 +5,13 @@ No torch here: the CLI, the sweeper and the report import this.
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from .errors import DatasetError, UserInputError
+from .errors import DatasetError, UserInputError, yaml_problem
 # Where the configs live (ablate/paths.py), also by their names of before: config.conf_dir() and the rest.
 from .paths import REPO_ROOT, conf_dir, group_options, sweeps_dir  # noqa: F401
 
@@ -38,7 +39,9 @@ def compose(overrides: list[str], multirun: bool = False, config_name: str = "co
 
 def coco_root(cfg_data: Any) -> Path:
     """data.root of a data=coco config: a folder that exists."""
-    if (isinstance(cfg_data, DictConfig) and OmegaConf.is_missing(cfg_data, "root")) or cfg_data["root"] is None:
+    # `data.root=` gives '': the current folder, whose missing annotation files would be named instead.
+    if ((isinstance(cfg_data, DictConfig) and OmegaConf.is_missing(cfg_data, "root")) or cfg_data["root"] is None
+            or not str(cfg_data["root"]).strip()):
         raise DatasetError("data=coco needs data.root: the folder of a COCO-format set (data.root=DIR)")
     root = Path(str(cfg_data["root"])).expanduser()
     if not root.is_dir():
@@ -90,10 +93,73 @@ def compose_command_line(argv: list[str]) -> DictConfig | None:
             or args.config_path or args.config_dir):
         return None
     check_trick_files(selected_tricks(args.overrides))
-    cfg = compose(args.overrides, multirun=args.multirun, config_name=args.config_name or "config")
+    def load(overrides: list[str]) -> DictConfig:
+        return compose(overrides, multirun=args.multirun, config_name=args.config_name or "config")
+
+    with key_hints(args.overrides, load):
+        cfg = load(args.overrides)
     if not args.cfg:
         check_values(cfg)
     return cfg
+
+
+APPEND_ADVICE = "; to append to your config use "
+
+
+@contextlib.contextmanager
+def key_hints(overrides: list[str], load: Callable[[list[str]], DictConfig]) -> Iterator[None]:
+    """Runs a block that composes a config from these overrides; an override of a key the config
+    lacks becomes a UserInputError that names the keys spelled alike (`unknown_key_hint`; `load`
+    composes the config from other overrides)."""
+    try:
+        yield
+    except Exception as e:
+        hint = unknown_key_hint(e, list(overrides), load)
+        if hint is None:
+            raise
+        raise UserInputError(hint) from e
+
+
+def unknown_key_hint(error: Exception, overrides: list[str], load: Callable[[list[str]], DictConfig]) -> str | None:
+    """Hydra's one-line error for an override of a key the config lacks, with the key it has that
+    is spelled alike: "...; did you mean train.epochs=3? (+train.epoch=3 would add a new key)".
+    None for any other error, or when no key is close."""
+    from difflib import get_close_matches
+
+    from .errors import one_line
+
+    line = one_line(error) or ""
+    if not line.startswith("Could not override '"):
+        return None
+    key = line.split("'", 2)[1]
+    typed = [o for o in overrides if o.partition("=")[0].lstrip("+~") == key]
+    try:  # the config without that override: its keys are the ones the user could have meant
+        keys = dotted_keys(OmegaConf.to_container(load([o for o in overrides if o not in typed]), resolve=False))
+    except Exception:  # another override is bad too: Hydra's message alone
+        return None
+    close = get_close_matches(key, keys, n=1, cutoff=0.75) or [
+        k for k in keys if get_close_matches(key.rpartition(".")[2], [k.rpartition(".")[2]], cutoff=0.85)][:2]
+    if not close:
+        return None
+    value = typed[0].partition("=")[2] if typed else "..."
+    head, _, append = line.partition(APPEND_ADVICE)
+    return (f"{head}; did you mean {' or '.join(f'{k}={value}' for k in close)}?"
+            + (f" ({append} would add a new key)" if append else ""))
+
+
+def dotted_keys(node: Any) -> list[str]:
+    """Every key of a nested mapping as a dotted path, parents before their children."""
+    return list(dotted_items(node))
+
+
+def dotted_items(node: Any, prefix: str = "") -> dict[str, Any]:
+    """Every key of a nested mapping as a dotted path -> its value (a mapping's, then its children's)."""
+    items: dict[str, Any] = {}
+    if isinstance(node, dict):
+        for k, v in node.items():
+            items[f"{prefix}{k}"] = v
+            items.update(dotted_items(v, f"{prefix}{k}."))
+    return items
 
 
 def _strings(value: Any) -> list[str]:
@@ -150,7 +216,7 @@ def check_trick_file(name: str, folder: Path | None = None) -> Path:
     try:
         node = OmegaConf.create(text)
     except Exception as e:  # omegaconf wraps yaml's errors in several types
-        raise TrickFileError(f"{path}: not valid YAML: {str(e).strip()}") from None
+        raise TrickFileError(f"{path}: not valid YAML at {yaml_problem(e)}") from None
     if not isinstance(node, DictConfig) or "_target_" not in node:
         raise TrickFileError(f"{path}: a trick file must set _target_ (the trick's class, e.g. "
                              "ablate.tricks.data.mixup.MixUp) and its arguments")

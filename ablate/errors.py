@@ -20,6 +20,9 @@ from typing import Iterator, NoReturn
 from .paths import group_options
 
 EXIT_BAD_INPUT = 2
+# A command stopped by Ctrl-C: the shells' status for a process SIGINT ended (128 + 2).
+EXIT_INTERRUPTED = 130
+RESUME = "relaunch the same command to resume"
 
 
 class UserInputError(ValueError):
@@ -43,6 +46,35 @@ class MissingExtraError(UserInputError, ImportError):
 class WeightsError(UserInputError, RuntimeError):
     """Pretrained weights that cannot be loaded (offline, or a wrong file): the message names the
     file to put where, or how to train from scratch instead."""
+
+
+def yaml_problem(error: Exception) -> str:
+    """A YAML parser's error in one clause, "line L, column C: <problem> (while <context>)", with the
+    1-based place PyYAML counts from 0 (its own message spans four lines and repeats the file)."""
+    mark, problem = getattr(error, "problem_mark", None), getattr(error, "problem", None)
+    if mark is None or not problem:
+        return _joined([str(error)])
+    context = getattr(error, "context", None)
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" + (f" ({context})" if context else "")
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C in a run whose relaunch needs more than the same command (a single `ablate train`,
+    whose folder is named after the time it began): the message says how to resume it."""
+
+
+@contextlib.contextmanager
+def interrupted() -> Iterator[None]:
+    """Runs the block; Ctrl-C ends the process with one line, `ablate: interrupted: <how to resume>`,
+    and exit status 130, no traceback unless HYDRA_FULL_ERROR=1. A sweep's complete runs are kept and
+    its interrupted run resumes from its checkpoint, so the same command resumes it."""
+    try:
+        yield
+    except KeyboardInterrupt as e:
+        if full_error():
+            raise
+        print(f"ablate: interrupted: {str(e) or RESUME}", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_INTERRUPTED) from None
 
 
 def full_error() -> bool:

@@ -18,6 +18,7 @@ from .evaluate import coco_metrics, count_flops, measure_latency, predict
 from .health import assess
 from .models import count_parameters, label_offset
 from .results import RunRecord, write_record
+from .sweep.progress import points
 
 log = logging.getLogger("ablate.train")
 
@@ -46,8 +47,8 @@ def map_se(data, detections: list[dict], mAP: float, settings) -> float:
                                   int(settings.seed))
     if not math.isclose(full, mAP, rel_tol=1e-6, abs_tol=1e-9):
         # The bootstrap's own matching (ablate/bootstrap.py) should give COCOeval's mAP to rounding.
-        log.warning("the bootstrap's matching gives mAP %.6f where COCOeval gives %.6f: mAP_se (%.4f) is the "
-                    "standard error of another mAP", full, mAP, se)
+        log.warning("the bootstrap's matching gives mAP %s where COCOeval gives %s: mAP_se (%s) is the "
+                    "standard error of another mAP", points(full, 4), points(mAP, 4), points(se, 2))
     return se
 
 
@@ -76,8 +77,7 @@ def finish(run) -> RunRecord:
         sample = [run.data.val[i][0] for i in range(min(cfg.eval.latency_images, len(run.data.val)))]
         record.inference_ms_per_image = measure_latency(model, sample, run.device, run.autocast())
         record.flops = count_flops(model, sample[0], run.device)
-        log.info("val mAP %.4f (AP50 %.4f, AP75 %.4f)", record.metrics["mAP"], record.metrics["AP50"],
-                 record.metrics["AP75"])
+        log.info("val mAP %s (AP50 %s, AP75 %s)", *(points(record.metrics[k]) for k in ("mAP", "AP50", "AP75")))
     record.params = count_parameters(model)
     record.peak_memory_mb = peak_memory_mb(run.device)
     record.timings = timings(run.totals, time.perf_counter() - run.started, run.time_to_first_step)

@@ -17,6 +17,7 @@ from . import distributed
 from .checkpoint import save_checkpoint
 from .finish import evaluate_model, evaluated
 from .loop import Diverged, Hook, Step
+from .sweep.progress import points
 from .sweep.search import trial_reporter
 
 log = logging.getLogger("ablate.train")
@@ -130,7 +131,7 @@ class EpochLog(Hook):
         run.record.curve.append(point)
         run.tracker.log_epoch(point)
         log.info("epoch %d/%d: loss %.4f, lr %.2e%s", epoch + 1, run.cfg.train.epochs, point["epoch_loss"], run.lr,
-                 f", val mAP {point['val_mAP']:.4f}" if "val_mAP" in point else "")
+                 f", val mAP {points(point['val_mAP'])}" if "val_mAP" in point else "")
 
 
 class Checkpointer(Hook):
@@ -154,7 +155,7 @@ class SearchPruner(Hook):
     def after_epoch(self, run, epoch: int, point: dict[str, Any]) -> None:
         pruned = self.prune is not None and "val_mAP" in point and self.prune(epoch + 1, point["val_mAP"])
         if distributed.from_primary(pruned):
-            mAP = f" (val mAP {point['val_mAP']:.4f})" if "val_mAP" in point else ""  # rank 0 evaluated
+            mAP = f" (val mAP {points(point['val_mAP'])})" if "val_mAP" in point else ""  # rank 0 evaluated
             run.record.status, run.record.error = "pruned", f"pruned after epoch {epoch + 1}{mAP}"
             log.info("search trial %s", run.record.error)
             run.stop = True

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import shutil
 import time
 import traceback
 from pathlib import Path
@@ -22,7 +23,7 @@ from . import config as ablate_config
 from . import distributed
 from . import tracking
 from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint  # noqa: F401 (the names of before the split)
-from .errors import UserInputError, reported
+from .errors import RunInterrupted, UserInputError, reported
 from .finish import evaluate_model, evaluated, finish, peak_memory_mb  # noqa: F401
 from .fingerprint import code_changes, code_fingerprint, same_code, summarize
 from .gpus import claimed_gpu
@@ -113,7 +114,14 @@ def main(cfg: DictConfig) -> str:
     with contextlib.nullcontext() if multirun else reported():
         # Started by torchrun or as one of several submitit tasks: one process group, rank 0's folder.
         distributed.init_from_env(cfg)
-        return run_task(cfg, Path(distributed.from_primary(hc.runtime.output_dir)), multirun)
+        run_dir = Path(distributed.from_primary(hc.runtime.output_dir))
+        try:
+            return run_task(cfg, run_dir, multirun)
+        except KeyboardInterrupt:
+            if multirun:
+                raise  # the same command resumes a multirun: its folders are <variant>/seed<N>
+            # A single run's folder is named after its start time: the same command would begin anew.
+            raise RunInterrupted(f"relaunch the same command with hydra.run.dir={run_dir} to resume") from None
 
 
 def run_task(cfg: DictConfig, run_dir: Path, multirun: bool) -> str:
@@ -129,11 +137,36 @@ def run_task(cfg: DictConfig, run_dir: Path, multirun: bool) -> str:
             and not distributed.active()):  # a process group has one GPU per process already
         # Parallel jobs (joblib, submitit_local) on a machine with several GPUs: one GPU each.
         gpu = claimed_gpu(runs_root / ".gpus", torch.cuda.device_count())
+    # A single run's new folder holds only what Hydra wrote (.hydra/, the log) until the run starts.
+    fresh = not multirun and distributed.is_primary() and holds_only_hydras(run_dir)
     with gpu as index:
         if index is not None:
             cfg.runtime.device = f"cuda:{index}"
             log.info("this job trains on GPU %d", index)
-        return run_and_record(cfg, run_dir, runs_root, multirun)
+        try:
+            return run_and_record(cfg, run_dir, runs_root, multirun)
+        except UserInputError:
+            if fresh:  # bad input ran nothing: no husk of a run left behind for `ablate report` to meet
+                remove_run_folder(run_dir, runs_root)
+            raise
+
+
+def remove_run_folder(run_dir: Path, runs_root: Path) -> None:
+    """Remove a run's folder, then the folders above it that it leaves empty, up to paths.runs."""
+    shutil.rmtree(run_dir, ignore_errors=True)
+    root, folder = runs_root.resolve(), run_dir.resolve().parent
+    while folder == root or root in folder.parents:
+        try:
+            folder.rmdir()  # only an empty one
+        except OSError:
+            return
+        folder = folder.parent
+
+
+def holds_only_hydras(run_dir: Path) -> bool:
+    """Whether a run folder holds nothing but what Hydra writes into it before the task (its
+    .hydra/ copy of the config and the job's log)."""
+    return all(p.name == ".hydra" or (p.is_file() and p.suffix == ".log") for p in Path(run_dir).iterdir())
 
 
 def reused_status(cfg: DictConfig, run_dir: Path, multirun: bool) -> str | None:
@@ -143,7 +176,7 @@ def reused_status(cfg: DictConfig, run_dir: Path, multirun: bool) -> str | None:
     chash, code, reuse = config_hash(config), code_fingerprint(config), str(cfg.runtime.reuse)
     done = existing_record(run_dir, chash, code, reuse)
     if done is not None:
-        log.info("%s: complete record found (%s), not training again", run_dir, done.status)
+        say_reused(cfg, f"{run_dir}: complete record found ({done.status}), not training again")
         return done.status
     runs_root = Path(cfg.paths.runs)
     if multirun:
@@ -154,9 +187,20 @@ def reused_status(cfg: DictConfig, run_dir: Path, multirun: bool) -> str | None:
             reused = dataclasses.replace(found[1], variant=str(cfg.variant), sweep=str(cfg.sweep_name),
                                          config=ablate_config.to_container(cfg), reused_from=str(found[0]))
             write_record(reused, run_dir)
-            log.info("%s: the same config ran in %s; its record is reused, not trained again", run_dir, found[0])
+            say_reused(cfg, f"{run_dir}: the same config ran in {found[0]}; its record is reused, not trained again")
             return reused.status
     return None
+
+
+def say_reused(cfg: DictConfig, message: str) -> None:
+    """Log that a run's record is reused: a warning when trackers are selected, which see only the
+    runs that train (logger=tensorboard after a sweep without it would otherwise write nothing, unsaid)."""
+    trackers = sorted(cfg.get("logger") or {})
+    if not trackers:
+        log.info("%s", message)
+        return
+    log.warning("%s, so nothing is logged to %s (trackers log the runs that train; --force trains it again)",
+                message, ", ".join(trackers))
 
 
 def run_and_record(cfg: DictConfig, run_dir: Path, runs_root: Path, multirun: bool) -> str:
@@ -180,13 +224,14 @@ def run_and_record(cfg: DictConfig, run_dir: Path, runs_root: Path, multirun: bo
         log.warning("not applicable: %s", e)
         return record.status
     except Exception as e:
+        if not multirun and isinstance(e, UserInputError):
+            raise  # bad input, nothing trained: `main` says it in one line, `run_task` removes the folder
         tail = "".join(traceback.format_exception(e)).strip().splitlines()[-15:]
         record = new_record(cfg, "failed")
         record.error = "\n".join(tail)
         if distributed.is_primary():
             write_record(record, run_dir)
-        if multirun or not isinstance(e, UserInputError):  # bad input: `main` says it in one line
-            log.error("run failed: %s", e)
+        log.error("run failed: %s", e)
         if multirun:
             return "failed"
         raise

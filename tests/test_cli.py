@@ -64,6 +64,11 @@ def test_smoke_sweep_writes_a_report_with_a_row_per_variant_and_a_second_launch_
     assert "Average Precision" not in res.stdout + res.stderr and "COCO evaluation" not in res.stdout + res.stderr
     run_log = (dirs["runs"] / "quick" / "baseline" / "seed0" / "train.log").read_text()
     assert "COCO evaluation" in run_log and "Average Precision  (AP) @[ IoU=0.50:0.95" in run_log
+    # the data set's lines too (five a run); mAP in points on the console as in the report
+    assert "[ablate.data][INFO]" not in res.stdout + res.stderr and "[ablate.data][INFO]" in run_log
+    base = records["baseline"].metrics
+    assert f"[1/3] baseline seed 0: ok, mAP {base['mAP'] * 100:.1f}, " in res.stdout
+    assert f"val mAP {base['mAP'] * 100:.1f} (AP50 {base['AP50'] * 100:.1f}, " in res.stdout + res.stderr
 
     mtimes = {p: p.stat().st_mtime_ns for p in (dirs["runs"] / "quick").glob("*/seed0/result.json")}
     again = ablate("sweep", "quick", "profile=smoke", *paths(dirs), env=dirs["env"])
@@ -71,6 +76,17 @@ def test_smoke_sweep_writes_a_report_with_a_row_per_variant_and_a_second_launch_
     assert "not training again" in again.stdout + again.stderr
     assert "3 of 3 runs kept their complete records (not trained again)" in again.stdout
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
+
+
+def test_a_smoke_sweep_leaves_the_real_runs_and_the_committed_reports_alone(tmp_path, shapes_cache):
+    """profile=smoke writes under smoke/ (git-ignored), not reports/<sweep>/ (committed, linked from
+    the README) nor runs/<sweep>/ (where its other config would move the real records aside)."""
+    res = ablate("sweep", "quick", "profile=smoke", env={"ABLATE_CACHE": str(shapes_cache)}, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (tmp_path / "smoke" / "reports" / "quick" / "report.md").is_file()
+    assert len(list((tmp_path / "smoke" / "runs" / "quick").glob("*/seed0/result.json"))) == 3
+    assert not (tmp_path / "reports").exists() and not (tmp_path / "runs").exists()
+    assert "/smoke/" in (REPO / ".gitignore").read_text().splitlines()
 
 
 def broken_sweep(tmp_path, tricks: str):
@@ -162,14 +178,15 @@ def test_a_variant_that_already_ran_in_another_sweep_is_reused_not_retrained(dir
     assert not (runs / "other" / "baseline" / "seed0" / "last.pt").exists()  # nothing trained there
 
 
-def test_a_sweep_killed_mid_run_resumes_and_keeps_finished_records(dirs, tmp_path):
-    """SIGKILL the whole sweep while its second run trains; launch it again."""
-    import signal
+def stopped_in_its_second_run(dirs, sig) -> tuple[subprocess.CompletedProcess, Path]:
+    """`ablate sweep quick` (40 smoke epochs a run) sent `sig`, as a whole process group (a terminal's
+    Ctrl-C: SIGINT), while its second run trains; its output and the folder of the run it stopped."""
+    import signal  # noqa: F401 (the caller's signals)
     import time
 
     args = [sys.executable, "-m", "ablate.cli", "sweep", "quick", "profile=smoke", "train.epochs=40", *paths(dirs)]
-    proc = subprocess.Popen(args, cwd=REPO, env=dict(os.environ, **dirs["env"]), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(args, cwd=REPO, env=dict(os.environ, **dirs["env"], HYDRA_FULL_ERROR="0"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     quick = dirs["runs"] / "quick"
     deadline = time.time() + 300
     try:
@@ -182,10 +199,18 @@ def test_a_sweep_killed_mid_run_resumes_and_keeps_finished_records(dirs, tmp_pat
         else:
             pytest.fail("the sweep never reached its second run")
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        os.killpg(proc.pid, sig)
+        out, err = proc.communicate()
+    return subprocess.CompletedProcess(args, proc.returncode, out, err), training[0].parent
+
+
+def test_a_sweep_killed_mid_run_resumes_and_keeps_finished_records(dirs, tmp_path):
+    """SIGKILL the whole sweep while its second run trains; launch it again."""
+    import signal
+
+    _, killed = stopped_in_its_second_run(dirs, signal.SIGKILL)
+    quick = dirs["runs"] / "quick"
     finished = {p: p.read_bytes() for p in quick.glob("*/seed0/result.json")}
-    killed = training[0].parent
     assert killed / "result.json" not in finished
 
     res = ablate("sweep", "quick", "profile=smoke", "train.epochs=40", *paths(dirs), env=dirs["env"])
@@ -196,6 +221,22 @@ def test_a_sweep_killed_mid_run_resumes_and_keeps_finished_records(dirs, tmp_pat
     assert statuses == {"baseline": "ok", "warmup": "ok", "mixup": "ok"}
 
 
+def test_ctrl_c_ends_a_sweep_in_one_line_and_its_relaunch_counts_every_run(dirs):
+    import signal
+
+    res, stopped = stopped_in_its_second_run(dirs, signal.SIGINT)
+    assert res.returncode == 130
+    assert res.stderr.splitlines() == ["ablate: interrupted: relaunch the same command to resume"]
+    assert "kept their complete records" not in res.stdout  # the first run trained in this launch
+    assert not (stopped / "result.json").exists()  # no failed record for the run it stopped
+    again = ablate("sweep", "quick", "profile=smoke", "train.epochs=40", *paths(dirs), env=dirs["env"])
+    assert again.returncode == 0, again.stderr[-3000:]
+    counts = [line.split("]")[0] + "]" for line in again.stdout.splitlines()
+              if line.startswith("[") and " seed 0: " in line]
+    assert counts == ["[2/3]", "[3/3]"]
+    assert "1 of 3 runs kept their complete records (not trained again)" in again.stdout
+
+
 def test_a_failed_sweep_ends_in_one_line_without_a_traceback(dirs, tmp_path):
     # What went wrong is in the line and the records; the harness's traceback only with HYDRA_FULL_ERROR=1.
     conf, sweep = broken_sweep(tmp_path, "broken")
@@ -204,3 +245,12 @@ def test_a_failed_sweep_ends_in_one_line_without_a_traceback(dirs, tmp_path):
     assert res.returncode == 1
     assert res.stderr.strip().splitlines()[-1] == "ablate: error: 1 of 2 runs did not finish: broken seed 0: failed"
     assert "Traceback" not in res.stderr and "SweepFailed" not in res.stderr
+
+
+def test_a_report_goes_to_the_reports_folder_beside_its_runs_folder():
+    from ablate.cli import default_report_folder
+
+    assert default_report_folder(Path("runs/quick")) == Path("reports/quick")
+    assert default_report_folder(Path("smoke/runs/quick")) == Path("smoke/reports/quick")  # not the committed one
+    assert default_report_folder(Path("/tmp/x/runs/quick")) == Path("/tmp/x/reports/quick")
+    assert default_report_folder(Path("/tmp/elsewhere/quick")) == Path("reports/quick")

@@ -177,3 +177,72 @@ def test_backbone_errors_are_input_errors():
 
     assert issubclass(MissingExtraError, ImportError) and issubclass(MissingExtraError, UserInputError)
     assert issubclass(WeightsError, RuntimeError) and issubclass(WeightsError, UserInputError)
+
+
+def test_a_sweep_file_that_is_not_yaml_is_named_with_its_line_and_column(dirs, tmp_path):
+    sweep = tmp_path / "broken.yaml"
+    sweep.write_text("tricks: [warmup\nseeds: 1\n")  # the list is never closed
+    line = run("sweep", str(sweep), "profile=smoke", dirs=dirs)
+    assert line == (f"ablate: error: {sweep}: not valid YAML at line 2, column 6: expected ',' or ']', "
+                    "but got ':' (while parsing a flow sequence)")
+    assert not dirs["runs"].exists()
+
+
+@pytest.mark.parametrize("args, meant", [
+    (("train", "train.epoch=3"), "train.epochs=3"),
+    (("train", "train.optimzer.lr=0.01"), "train.optimizer.lr=0.01"),
+    (("train", "epochs=3"), "train.epochs=3"),  # the leaf's name alone
+    (("train", "-m", "train.epoch=3,4"), "train.epochs=3"),  # composed by the multirun's sweeper
+    (("sweep", "quick", "train.epoch=3"), "train.epochs=3"),
+])
+def test_an_unknown_key_names_the_key_spelled_alike(dirs, args, meant):
+    line = run(*args, "profile=smoke", dirs=dirs)
+    typed = next(a for a in args if "=" in a).split(",")[0]
+    assert line.endswith(f"is not in struct; did you mean {meant}? (+{typed} would add a new key)"), line
+    assert not dirs["runs"].exists()
+
+
+def test_a_baselines_unknown_key_names_the_key_spelled_alike(dirs, tmp_path):
+    sweep = tmp_path / "typo.yaml"
+    sweep.write_text("tricks: [warmup]\nseeds: 1\nbaseline: [train.epoch=2]\n")
+    assert "did you mean train.epochs=2?" in run("sweep", str(sweep), "profile=smoke", dirs=dirs)
+    assert not dirs["runs"].exists()
+
+
+@pytest.mark.parametrize("overrides, says", [
+    (("tricks=[mixup]", "tricks.mixup.alpha=-1"), "tricks.mixup.alpha=-1: must be a number > 0"),
+    (("tricks=[iou_balanced]",), "trick 'iou_balanced' does not fit model=fcos"),
+    (("data=coco", "data.root="), "data=coco needs data.root"),
+])
+def test_bad_input_a_run_meets_leaves_no_run_folder(dirs, shapes_cache, overrides, says):
+    """No husk (a failed record, or .hydra/ and an empty log) for `ablate report` to show as a failed
+    row, another variant or a phantom base."""
+    line = run("train", *overrides, "profile=smoke", dirs=dirs, env={"ABLATE_CACHE": str(shapes_cache)})
+    assert line.startswith(f"ablate: error: {says}")
+    assert not dirs["runs"].exists()
+
+
+def test_bad_input_in_a_run_folder_that_holds_more_leaves_it_as_it_was(dirs, shapes_cache, tmp_path):
+    run_dir = tmp_path / "mine"
+    (run_dir / "notes.txt").parent.mkdir()
+    (run_dir / "notes.txt").write_text("mine")
+    run("train", "tricks=[mixup]", "tricks.mixup.alpha=-1", "profile=smoke", f"hydra.run.dir={run_dir}", dirs=dirs,
+        env={"ABLATE_CACHE": str(shapes_cache)})
+    assert (run_dir / "notes.txt").read_text() == "mine" and not (run_dir / "result.json").exists()
+
+
+def test_ctrl_c_is_one_line_saying_how_to_resume_and_exit_status_130(monkeypatch, capsys):
+    from ablate.errors import RunInterrupted, interrupted
+
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    with pytest.raises(SystemExit) as info, interrupted():
+        raise KeyboardInterrupt
+    assert info.value.code == errors.EXIT_INTERRUPTED == 130
+    assert capsys.readouterr().err == "ablate: interrupted: relaunch the same command to resume\n"
+    with pytest.raises(SystemExit), interrupted():  # a single run: its folder is named after its start
+        raise RunInterrupted("relaunch the same command with hydra.run.dir=runs/train/x/1 to resume")
+    assert capsys.readouterr().err == ("ablate: interrupted: relaunch the same command with "
+                                       "hydra.run.dir=runs/train/x/1 to resume\n")
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    with pytest.raises(KeyboardInterrupt), interrupted():
+        raise KeyboardInterrupt

@@ -18,7 +18,7 @@ from ablate.results import RECORD_NAME, RunRecord, find_indexed, index_record, r
 from ablate.sweep import SweepFileError, load_sweep
 from ablate.errors import UserInputError
 from ablate.sweep.design import Job
-from ablate.sweep.search import (distributions, open_study, sampler_for, search_lock, trial_outcome,
+from ablate.sweep.search import (distributions, open_study, sampler_for, search_lock, trial_line, trial_outcome,
                                   with_all_params)
 from ablate.train import train_and_evaluate
 from conftest import REPO_ROOT, ablate, paths
@@ -298,3 +298,36 @@ def test_a_trial_killed_while_its_parameters_were_drawn_gets_the_rest_on_resume(
     assert set(params) == set(dists) and params[first] == frozen.params[first]
     assert study.trials[half.number].params == params  # stored in the study, as ask would have
     assert with_all_params(study, study.trials[half.number], dists) == params  # whole: unchanged
+
+
+def test_a_trials_console_line_gives_mAP_in_points_as_the_report_does():
+    study = optuna.create_study(direction="maximize")
+    study.add_trial(optuna.trial.create_trial(value=0.523, params={"a": 1.0},
+                                              distributions={"a": optuna.distributions.FloatDistribution(0, 2)}))
+    line = trial_line(study, 0, "ok", 0.523, {"a": 1.0}, 2, 60.0)
+    assert line == "[1/2] trial 0: ok, mAP 52.3 (a=1); best 52.3 (trial 0), about 1.0 min left"
+
+
+def test_a_search_relaunched_with_other_overrides_is_refused_not_shown_as_done(tmp_path, dirs, shapes_cache):
+    """A study holds one base config: `train.epochs=2` after a 1-epoch search would otherwise print
+    "1 of 1 trials done" and the old result."""
+    env = {"HYDRA_FULL_ERROR": "0", "ABLATE_CACHE": str(shapes_cache)}
+    sweep = search_file(tmp_path, 1)
+    first = ablate("sweep", str(sweep), "profile=smoke", *paths(dirs), env=env)
+    assert first.returncode == 0, first.stderr[-2000:]
+    sweep_dir = dirs["runs"] / "tune"
+    kept = (sweep_dir / "multirun.yaml").read_bytes()
+    res = ablate("sweep", str(sweep), "profile=smoke", "train.epochs=2", *paths(dirs), env=env)
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert res.stderr.splitlines() == [
+        f"ablate: error: {sweep_dir / 'optuna.db'}: its trials ran on another config (train.epochs: 1 -> 2): a "
+        f"search with these overrides needs a study of its own: give it another folder (paths.runs=DIR), or move "
+        f"{sweep_dir} away"]
+    assert len(study_of(sweep_dir).trials) == 1 and (sweep_dir / "multirun.yaml").read_bytes() == kept
+    # the same overrides again: the study, as it was, is done
+    again = ablate("sweep", str(sweep), "profile=smoke", *paths(dirs), env=env)
+    assert again.returncode == 0 and "1 of 1 trials done" in again.stdout
+    # in another folder the new search runs
+    other = {"runs": tmp_path / "epochs2", "reports": tmp_path / "reports2"}
+    assert ablate("sweep", str(sweep), "profile=smoke", "train.epochs=2", *paths(other), env=env).returncode == 0
+    assert study_of(other["runs"] / "tune").user_attrs["base"]["train"]["epochs"] == 2

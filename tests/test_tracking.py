@@ -205,3 +205,17 @@ def test_an_mlflow_run_ends_in_the_state_of_its_records_status(tmp_path, monkeyp
     tracker.end(status)
     run = MlflowClient(tracking_uri=tracker.uri).get_run(tracker.run_id)
     assert run.info.status == ended and run.data.tags["status"] == status
+
+
+def test_a_logger_that_meets_only_reused_runs_says_so(dirs):
+    """`ablate sweep quick logger=tensorboard` after `ablate sweep quick`: every record is reused, no
+    run trains, no event file is written, and each run says so in a warning with how to train again."""
+    first = ablate("sweep", "quick", "profile=smoke", *paths(dirs), env=dirs["env"])
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "nothing is logged" not in first.stdout + first.stderr
+    again = ablate("sweep", "quick", "profile=smoke", "logger=tensorboard", *paths(dirs), env=dirs["env"])
+    assert again.returncode == 0, again.stderr[-2000:]
+    warned = [line for line in (again.stdout + again.stderr).splitlines() if "[WARNING]" in line
+              and "not training again, so nothing is logged to tensorboard (trackers log the runs that train; "
+                  "--force trains it again)" in line]
+    assert len(warned) == 3 and not list(Path(dirs["runs"]).rglob("tensorboard"))

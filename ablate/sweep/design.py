@@ -31,11 +31,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ..config import sweeps_dir
-from ..errors import SweepFileError
+from ..errors import SweepFileError, yaml_problem
 from .adaptive import Plan, PlanError
 from .space import SearchSpec, parse_search
 
@@ -166,6 +167,8 @@ def _read_sweep_file(path: Path) -> dict:
     would otherwise be silently ignored."""
     try:
         raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    except yaml.YAMLError as e:
+        raise SweepFileError(f"{path}: not valid YAML at {yaml_problem(e)}") from None
     except (OSError, OmegaConfBaseException, ValueError) as e:
         raise SweepFileError(f"{path}: cannot read the sweep file ({e})") from None
     if not isinstance(raw, dict):

@@ -27,6 +27,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.plugins.sweeper import Sweeper
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from ..config import key_hints
 from ..errors import UserInputError, reported
 
 # What a name keeps of an override: a folder name on any system, a plain string to Hydra's grammar
@@ -132,9 +133,14 @@ class MultirunSweeper(BasicSweeper):
             return [jobs]
         return list(self.split_overrides_to_chunks(jobs, max_batch_size))
 
+    def job_config(self, overrides: Sequence[str]) -> DictConfig:
+        return self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+
     def with_own_folders(self, jobs: list[list[str]]) -> list[list[str]]:
-        loader = self.hydra_context.config_loader
-        configs = [loader.load_sweep_config(self.config, list(job)) for job in jobs]
+        configs = []
+        for job in jobs:
+            with key_hints(job, self.job_config):  # train.epoch=3,4: "did you mean train.epochs"
+                configs.append(self.job_config(job))
         names = own_variant_names(jobs, [str(cfg.variant) for cfg in configs], job_folders(configs))
         for index, name in names.items():
             configs[index].variant = name  # as the override below sets it, to check the folders again

@@ -3,7 +3,8 @@
 Whatever the launcher (in-process, joblib workers, SLURM jobs), a finished run leaves its record
 in <sweep dir>/<variant>/seed<N>/result.json, so the sweeper's process watches the records: a job
 is done in this launch when its record appears or is rewritten. A record a job left unchanged (a
-complete run reused in place) is counted at the end in one line. The time left is the launch's
+complete run reused in place) is counted at the end in one line, and in the count of finished runs
+of the lines after it, so a relaunch's last line reads [N/N]. The time left is the launch's
 elapsed time per run trained so far, times the runs still to train (those without a complete
 record at the start), which accounts for parallel launchers without knowing them.
 """
@@ -15,6 +16,12 @@ from pathlib import Path
 from typing import Callable, TextIO
 
 from ..results import RECORD_NAME, RecordError, read_record
+
+
+def points(fraction: float, digits: int = 1) -> str:
+    """A COCO metric (a fraction in the record) as a person reads it everywhere, in the report as on
+    the console: in points, 0.523 -> "52.3"."""
+    return f"{fraction * 100:.{digits}f}"
 
 
 def _minutes(seconds: float) -> str:
@@ -61,15 +68,26 @@ class Progress:
             except (OSError, RecordError):
                 continue  # being written: the next poll reads it
             self.done.add(i)
-            how = f", mAP {record.metrics['mAP']:.3f}" if "mAP" in record.metrics else ""
+            how = f", mAP {points(record.metrics['mAP'])}" if "mAP" in record.metrics else ""
             if record.reused_from:
                 took = "reused"
             else:
                 self.trained += 1
                 took = _minutes(record.timings.get("wall_s", 0.0))
-            lines.append(f"[{len(self.done)}/{len(self.paths)}] {self.labels[i]}: {record.status}{how}, {took}"
+            lines.append(f"[{self.finished_by(i)}/{len(self.paths)}] {self.labels[i]}: {record.status}{how}, {took}"
                          f"{self.time_left()}")
         return lines
+
+    def finished_by(self, index: int) -> int:
+        """How many runs are finished once run `index` is: those finished in this launch, and those
+        before it in launch order whose complete records were kept (a relaunch counts them too, so
+        its last line reads [N/N])."""
+        kept = sum(1 for j in range(index) if j in self.complete_at_start and j not in self.done)
+        return len(self.done) + kept
+
+    def kept(self) -> int:
+        """Runs whose complete record this launch left as it was (not those it never reached)."""
+        return sum(1 for i, p in enumerate(self.paths) if i not in self.done and self._complete(p))
 
     def time_left(self) -> str:
         to_train = [i for i in range(len(self.paths)) if i not in self.done and i not in self.complete_at_start]
@@ -98,6 +116,6 @@ class Progress:
         if self._thread is not None:
             self._thread.join()
         self._print(self.poll())
-        unchanged = len(self.paths) - len(self.done)
-        if unchanged:
-            self._print([f"{unchanged} of {len(self.paths)} runs kept their complete records (not trained again)"])
+        kept = self.kept()
+        if kept:
+            self._print([f"{kept} of {len(self.paths)} runs kept their complete records (not trained again)"])

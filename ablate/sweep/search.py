@@ -26,6 +26,8 @@ Hydra launcher one trial after the other (n_jobs trials at once: with hydra/laun
 SLURM they train in parallel, each reporting to the same SQLite file). Launching the same sweep again continues the same study:
 finished trials are kept, a trial that was running when the search was killed is run again in its
 own folder (resuming from its checkpoint), then new trials are asked until the study has n_trials.
+The study keeps its trials' base config (`trial_base`): a launch with other overrides (train.epochs=4)
+is refused before anything runs, as its trials would not be the study's.
 A trial's run reports each evaluation's val mAP (train.eval_every) to the study through
 runtime.search_trial, which is not part of the config hash, and stops with status `pruned` when
 the pruner says so.
@@ -44,6 +46,7 @@ from typing import Any, Callable, Iterator
 from ..errors import MissingExtraError, UserInputError
 from ..results import RECORD_NAME, RecordError, read_record
 from .design import Job, SweepFileError
+from .progress import points
 from .space import SearchSpec, parse_search  # noqa: F401 (read from here before the split)
 
 log = logging.getLogger("ablate.sweep")
@@ -128,9 +131,56 @@ def sampler_for(spec: dict[str, Any], finished: int):
     return {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}[spec["name"]](**args)
 
 
-def open_study(design, sweep_dir: Path):
+def trial_base(cfg: Any, spec: SearchSpec) -> dict[str, Any]:
+    """What every trial of a search shares, from a trial's composed config: the sections that decide
+    a run's numbers (results.HASHED_SECTIONS, its seed left out), resolved, without the space's keys."""
+    from omegaconf import OmegaConf
+
+    from ..results import HASHED_SECTIONS
+
+    base = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in HASHED_SECTIONS if k != "seed"}
+    for key in spec.space:
+        *parents, leaf = key.split(".")
+        node = base
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return base
+
+
+def check_base(study, base: dict[str, Any], sweep_dir: Path) -> None:
+    """A study holds the trials of one base config: a relaunch with other overrides (train.epochs=4)
+    or other defaults in conf/ is refused, naming what differs, instead of continuing (or showing as
+    done) a search it does not ask for. A study made before the base was kept takes any."""
+    from ..config import dotted_items
+    from ..results import config_hash
+
+    stored = study.user_attrs.get("base")
+    if stored is None or config_hash(stored) == config_hash(base):
+        return
+    old, new = dotted_items(stored), dotted_items(base)
+    changed = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+               if old.get(k) != new.get(k) and not isinstance(old.get(k, new.get(k)), dict)]
+    raise UserInputError(f"{sweep_dir / STUDY_FILE}: its trials ran on another config ({'; '.join(changed[:3])}"
+                         f"{'; ...' if len(changed) > 3 else ''}): a search with these overrides needs a study "
+                         f"of its own: give it another folder (paths.runs=DIR), or move {sweep_dir} away")
+
+
+def existing_study(design, sweep_dir: Path):
+    """The sweep's study if <sweep dir>/optuna.db holds it, opened to read; else None."""
+    if not (Path(sweep_dir) / STUDY_FILE).is_file():
+        return None
+    try:
+        return require_optuna().load_study(study_name=design.name, storage=storage_url(sweep_dir))
+    except KeyError:  # the file holds other studies only
+        return None
+
+
+def open_study(design, sweep_dir: Path, base: dict[str, Any] | None = None):
     """The sweep's study in <sweep dir>/optuna.db, created or loaded (a relaunch continues it). Its
-    space, direction and pruner are kept in the study; a sweep file whose space changed since is refused."""
+    space, direction, pruner and trials' base config (`trial_base`, when given) are kept in the
+    study; a sweep file whose space changed since, or another base config, is refused."""
     optuna = require_optuna()
     spec = design.search
     study = optuna.create_study(study_name=design.name, storage=storage_url(sweep_dir), load_if_exists=True,
@@ -143,6 +193,9 @@ def open_study(design, sweep_dir: Path):
         changed = sorted(k for k in set(stored) | set(spec.space) if stored.get(k) != spec.space.get(k))
         raise SweepFileError(f"{design.path}: space changed since the study in {sweep_dir / STUDY_FILE} began "
                              f"(space.{changed[0]}); name the sweep anew (name: ...) or move that folder away")
+    if base is not None:
+        check_base(study, base, sweep_dir)
+        study.set_user_attr("base", base)
     study.set_user_attr("space", spec.space)
     study.set_user_attr("pruner", spec.pruner)
     study.set_user_attr("tricks", list(design.tricks))
@@ -213,22 +266,27 @@ def trial_outcome(sweep_dir: Path, jobs: list[Job], statuses: list[str]) -> tupl
     return "ok", sum(values) / len(values)
 
 
+def shown_params(params: dict[str, Any]) -> str:
+    """A trial's parameters for the console: floats to 4 significant digits."""
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+
+
 def trial_line(study, number: int, status: str, value: float | None, params: dict[str, Any], n_trials: int,
                pace: float) -> str:
     """The console line of a finished trial: its status and value, parameters, the best so far, the time left."""
     finished = sum(t.state.is_finished() for t in study.trials)
     best = ""
     with contextlib.suppress(ValueError):  # no complete trial yet
-        best = f"; best {study.best_value:.3f} (trial {study.best_trial.number})"
+        best = f"; best {points(study.best_value)} (trial {study.best_trial.number})"
     remaining = n_trials - finished
     eta = f", about {_minutes(pace * remaining)} left" if remaining > 0 else ""
-    shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+    shown = shown_params(params)
     if status == "pruned":  # the val mAP it was stopped at (Optuna keeps the last report as its value)
         stopped = study.trials[number]
         if stopped.value is not None:
             value = stopped.value
             status = f"pruned at step {stopped.last_step}"
-    return (f"[{finished}/{n_trials}] trial {number}: {status}" + (f", mAP {value:.3f}" if value is not None else "")
+    return (f"[{finished}/{n_trials}] trial {number}: {status}" + (f", mAP {points(value)}" if value is not None else "")
             + f" ({shown}){best}{eta}")
 
 
@@ -253,8 +311,9 @@ def run_search(sweeper, design, arguments: list[str], sweep_dir: Path, out) -> t
     spec = design.search
     storage = storage_url(sweep_dir)
     all_jobs, returns = [], []
+    base = trial_base(trial_config(sweeper, design, arguments), spec)
     with search_lock(sweep_dir):
-        study = open_study(design, sweep_dir)
+        study = open_study(design, sweep_dir, base)
         states = optuna.trial.TrialState
         pending, done = _left_running(study, design, sweep_dir, out, states)
         started, trained, job_index = time.monotonic(), 0, done * len(design.seeds)
@@ -268,8 +327,8 @@ def run_search(sweeper, design, arguments: list[str], sweep_dir: Path, out) -> t
                 print(trial_line(study, number, status, value, params, spec.n_trials,
                                  (time.monotonic() - started) / trained), file=out, flush=True)
         with contextlib.suppress(ValueError):
-            print(f"best: trial {study.best_trial.number}, mAP {study.best_value:.3f}, "
-                  + ", ".join(f"{k}={v}" for k, v in study.best_params.items()), file=out, flush=True)
+            print(f"best: trial {study.best_trial.number}, mAP {points(study.best_value)}, "
+                  + shown_params(study.best_params), file=out, flush=True)
     return all_jobs, returns
 
 
@@ -350,7 +409,7 @@ def check_search(design, arguments: list[str], sweeper) -> None:
     """Before anything runs: every space key is a key of the composed config (a trick's argument
     needs the trick in `tricks`), a pruner has per-epoch val mAP to prune on (train.eval_every), and
     a trial at a point of the space composes and has good values."""
-    from ..config import check_values
+    from ..config import check_values, key_hints
     from omegaconf import OmegaConf
 
     spec = design.search
@@ -358,9 +417,10 @@ def check_search(design, arguments: list[str], sweeper) -> None:
         key = arg.split("=", 1)[0].lstrip("+~")
         if key in spec.space:
             raise UserInputError(f"override {arg!r}: the search's space decides {key} (space.{key} in {design.path})")
-    load = sweeper.hydra_context.config_loader.load_sweep_config
     (job,) = trial_jobs(design, 0, {}, "sqlite://")[:1]
-    cfg = load(sweeper.config, sweeper.batch([job], arguments)[0])
+    overrides = sweeper.batch([job], arguments)[0]
+    with key_hints(overrides, sweeper.job_config):  # a baseline's train.epoch=3: "did you mean train.epochs"
+        cfg = sweeper.job_config(overrides)
     for key in spec.space:
         if OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
             parent, _, leaf = key.rpartition(".")
@@ -372,5 +432,14 @@ def check_search(design, arguments: list[str], sweeper) -> None:
     if spec.pruner["name"] != "none" and not cfg.train.eval_every:
         raise SweepFileError(f"{design.path}: pruner: {spec.pruner['name']} prunes on the val mAP of every "
                              "train.eval_every epochs, which is 0: add train.eval_every=1 to baseline, or pruner: none")
-    (job,) = trial_jobs(design, 0, example_params(spec), "sqlite://")[:1]
-    check_values(load(sweeper.config, sweeper.batch([job], arguments)[0]))
+    cfg = trial_config(sweeper, design, arguments)
+    check_values(cfg)
+    study = existing_study(design, Path(str(sweeper.config.hydra.sweep.dir)))
+    if study is not None:  # before the sweep's folder is touched (its multirun.yaml rewritten)
+        check_base(study, trial_base(cfg, spec), Path(str(sweeper.config.hydra.sweep.dir)))
+
+
+def trial_config(sweeper, design, arguments: list[str]):
+    """The composed config of a trial at a point of the space (`example_params`)."""
+    (job,) = trial_jobs(design, 0, example_params(design.search), "sqlite://")[:1]
+    return sweeper.job_config(sweeper.batch([job], arguments)[0])

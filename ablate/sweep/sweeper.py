@@ -18,7 +18,7 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
-from ..config import check_values
+from ..config import check_values, key_hints
 from ..errors import UserInputError, reported, stop
 from ..results import atomic_write_text, find_records
 from .adaptive import ADAPTIVE_FILE, CORRECTION, OPEN, SCREEN_LEVEL, SPENDING, decisions_from_records
@@ -45,6 +45,10 @@ class AblationSweeper(Sweeper):
         self.hydra_context = hydra_context
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config)
+
+    def job_config(self, overrides: list[str]) -> DictConfig:
+        """A job's config, composed as the launcher will."""
+        return self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
 
     @staticmethod
     def batch(jobs: list, arguments: list[str]) -> list[list[str]]:
@@ -83,7 +87,8 @@ class AblationSweeper(Sweeper):
             check_search(design, arguments, self)
             return
         for overrides in self.batch(design.all_jobs(design.seeds[:1]), arguments):
-            check_values(self.hydra_context.config_loader.load_sweep_config(self.config, overrides))
+            with key_hints(overrides, self.job_config):  # a baseline's train.epoch=3: "did you mean train.epochs"
+                check_values(self.job_config(overrides))
 
     def sweep_adaptive(self, design, arguments: list[str], sweep_dir: Path) -> tuple[list, list]:
         """Round 1: every variant at seeds 0..min−1. Then, while some variant is open (not decided after
@@ -154,7 +159,6 @@ class AblationSweeper(Sweeper):
 
             out = Path(str(self.config.paths.reports)) / design.name
             path = build_report([sweep_dir], out, title=design.name)
-            log.info("report: %s", path)
             print(f"report: {path}")
         if not_ok:
             stop(SweepFailed(f"{len(not_ok)} of {len(jobs)} runs did not finish: " + "; ".join(not_ok)))
