@@ -213,7 +213,8 @@ def rank_loader(dataset, batch_size: int, num_workers: int, seed: int, rank_: in
     # sampler its permutation, exactly as the one-process loader does.
     return DataLoader(dataset, batch_sampler=RankShare(loader.batch_sampler, rank_, processes),
                       num_workers=loader.num_workers, collate_fn=loader.collate_fn, generator=loader.generator,
-                      pin_memory=loader.pin_memory, persistent_workers=loader.persistent_workers)
+                      pin_memory=loader.pin_memory, persistent_workers=loader.persistent_workers,
+                      worker_init_fn=loader.worker_init_fn)
 
 
 # ---------------------------------------------------------------- the model and the step

@@ -10,6 +10,7 @@ import contextlib
 import io
 import logging
 import time
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,9 +44,8 @@ def predict(model: nn.Module, loader, device: torch.device, class_to_cat_id: dic
     return detections
 
 
-def coco_metrics(coco_gt: dict, detections: list[dict], image_ids: list[int], backend: str,
-                 class_names: dict[int, str]) -> tuple[dict[str, float], dict[str, float]]:
-    """The 12 COCOeval stats under their COCO names, and AP@[.5:.95] per class name."""
+def _backend(backend: str):
+    """The (COCO, COCOeval) classes of eval.backend."""
     if backend == "pycocotools":
         from pycocotools.coco import COCO
         from pycocotools.cocoeval import COCOeval
@@ -53,15 +53,43 @@ def coco_metrics(coco_gt: dict, detections: list[dict], image_ids: list[int], ba
         from faster_coco_eval import COCO, COCOeval_faster as COCOeval
     else:
         raise ValueError(f"eval.backend={backend!r}: choose pycocotools or faster_coco_eval")
+    return COCO, COCOeval
+
+
+# Per backend, the ground truth indexed last: (the dict, its size then, the backend's COCO of it).
+_INDEXED: dict[str, tuple[dict, tuple[int, int], Any]] = {}
+
+
+def ground_truth(coco_gt: dict, backend: str):
+    """The backend's COCO object over ``coco_gt``, built once per process: a run evaluates the same
+    val set several times (train.eval_every), and indexing it is a good part of an evaluation at
+    COCO val size (benchmarks/coco_size.py). The object is reused while ``coco_gt`` is the same
+    dict holding as many images and annotations (a dict replaced or grown is indexed again);
+    COCOeval only adds its own 'ignore' flag to the annotations, the same at every evaluation."""
+    coco_cls, _ = _backend(backend)
+    size = (len(coco_gt["images"]), len(coco_gt["annotations"]))
+    held = _INDEXED.get(backend)
+    if held is not None and held[0] is coco_gt and held[1] == size:
+        return held[2]
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = coco_cls()
+        gt.dataset = coco_gt
+        gt.createIndex()
+    _INDEXED[backend] = (coco_gt, size, gt)
+    return gt
+
+
+def coco_metrics(coco_gt: dict, detections: list[dict], image_ids: list[int], backend: str,
+                 class_names: dict[int, str]) -> tuple[dict[str, float], dict[str, float]]:
+    """The 12 COCOeval stats under their COCO names, and AP@[.5:.95] per class name."""
+    _, coco_eval = _backend(backend)
     if not detections:
         log.warning("the model made no detection on the %d validation images: every metric is 0", len(image_ids))
         return {k: 0.0 for k in COCO_METRICS}, {name: 0.0 for name in class_names.values()}
+    gt = ground_truth(coco_gt, backend)
     with contextlib.redirect_stdout(io.StringIO()) as printed:
-        gt = COCO()
-        gt.dataset = coco_gt
-        gt.createIndex()
         dt = gt.loadRes(detections)
-        ev = COCOeval(gt, dt, "bbox")
+        ev = coco_eval(gt, dt, "bbox")
         ev.params.imgIds = list(image_ids)
         ev.evaluate()
         ev.accumulate()

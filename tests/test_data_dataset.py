@@ -89,7 +89,7 @@ def small_shapes(load_conf, tmp_path, **overrides):
 
 def flips_read(dataset, order) -> dict[int, bool]:
     """Which images of `order` come out flipped (their boxes differ from the unflipped ones)."""
-    return {i: not torch.equal(dataset[i][1]["boxes"], dataset._boxes[i]) for i in order}
+    return {i: not torch.equal(dataset[i][1]["boxes"], dataset.targets(i)[0]) for i in order}
 
 
 def test_flips_depend_on_the_epoch_seed_and_the_image_only(load_conf, tmp_path):

@@ -182,3 +182,32 @@ def test_flops_are_counted_without_building_a_graph():
 
     assert count_flops(Probe(), torch.zeros(3, 4, 4, dtype=torch.uint8), torch.device("cpu")) == 2 * 4 * 3 * 16
     assert seen == [False]
+
+
+@pytest.mark.parametrize("backend", ["pycocotools", "faster_coco_eval"])
+def test_the_ground_truth_is_indexed_once_per_process(backend, monkeypatch):
+    """A run evaluates its val set after several epochs (train.eval_every): the ground truth's index
+    is built at the first evaluation and reused, with the numbers of a fresh one."""
+    import copy
+
+    from ablate import evaluate
+
+    coco_cls, _ = evaluate._backend(backend)
+    indexed = []
+    create_index = coco_cls.createIndex
+    monkeypatch.setattr(coco_cls, "createIndex", lambda self, *a, **k: (indexed.append(self.dataset),
+                                                                        create_index(self, *a, **k))[1])
+    gt, dets = toy_set(seed=2, images=20, crowd=0.2)
+    ids = [im["id"] for im in gt["images"]]
+    fresh = [coco_metrics(copy.deepcopy(gt), copy.deepcopy(dets), subset, backend, NAMES)
+             for subset in (ids, ids[:7])]
+    indexed.clear()
+    for subset, expected in zip((ids, ids[:7], ids), fresh + fresh[:1]):
+        assert coco_metrics(gt, copy.deepcopy(dets), subset, backend, NAMES) == expected
+    assert sum(d is gt for d in indexed) == 1
+    # Another dict, or the same one grown, is indexed again.
+    other = copy.deepcopy(gt)
+    coco_metrics(other, copy.deepcopy(dets), ids, backend, NAMES)
+    gt["annotations"].append(dict(gt["annotations"][0], id=10**6))
+    coco_metrics(gt, copy.deepcopy(dets), ids, backend, NAMES)
+    assert sum(d is other for d in indexed) == 1 and sum(d is gt for d in indexed) == 2

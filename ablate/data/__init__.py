@@ -14,6 +14,9 @@ from .coco import CocoSplit, DatasetError, check_same_categories, read_coco
 from .dataset import DetectionDataset, collate, make_loader
 from .shapes import ensure_shapes, generator_hash
 
+# The folder under paths.cache that holds the parsed annotation files (coco.py: read_coco).
+INDEX_CACHE = "coco_index"
+
 __all__ = ["DataBundle", "DatasetError", "DetectionDataset", "build_data", "collate", "make_loader",
            "generator_hash"]
 
@@ -51,8 +54,12 @@ def build_data(cfg_data: Any, cache_dir: Path) -> DataBundle:
         raise DatasetError(f"unknown data set name {name!r}: expected shapes or coco")
 
     images_dir = _resolve(root, cfg_data["images"])
-    train_split = read_coco(_resolve(root, cfg_data["train_annotations"]), images_dir, cfg_data["max_train_images"])
-    val_split = read_coco(_resolve(root, cfg_data["val_annotations"]), images_dir, cfg_data["max_val_images"])
+    # The parsed annotation files are kept beside the generated data: a second run reads them back.
+    index_cache = Path(cache_dir) / INDEX_CACHE
+    train_split = read_coco(_resolve(root, cfg_data["train_annotations"]), images_dir, cfg_data["max_train_images"],
+                            index_cache, ground_truth=False)
+    val_split = read_coco(_resolve(root, cfg_data["val_annotations"]), images_dir, cfg_data["max_val_images"],
+                          index_cache, ground_truth=True)
     check_same_categories(train_split, val_split)
 
     def dataset(split: CocoSplit, train: bool, cache_ram_mb: float) -> DetectionDataset:

@@ -1,6 +1,7 @@
 """The torch Dataset over a read COCO split: decode, resize, optional in-memory cache, train flip."""
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import os
@@ -15,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
-from .coco import CocoSplit, DatasetError, ImageRecord
+from .coco import CocoSplit, DatasetError, ImageRecord, RecordTable
 
 log = logging.getLogger("ablate.data")
 # data.flip_rng: where a training image's flip is drawn from (conf/data/*.yaml says why).
@@ -81,49 +82,56 @@ class DetectionDataset(Dataset):
         if flip_rng not in FLIP_RNGS:
             raise DatasetError(f"flip_rng={flip_rng!r}: choose one of {', '.join(FLIP_RNGS)}")
         self.name = name or split.ann_file.name
-        self.records = split.records
+        # Flat arrays, no Python object per image (records.py says why): so are the targets below.
+        self.records: RecordTable = split.records
         self.image_size = image_size
         self.train = train
         self.hflip = float(hflip)
-        self.image_ids = [r.id for r in self.records]
         self.classes = list(split.category_names)
         self.flips = train and self.hflip > 0
         self.flip_rng = flip_rng
         # The seed of the current epoch (set_epoch), for flip_rng=sample.
         self.epoch_seed: int | None = None
-        # Targets in resized coordinates, computed once.
-        self._scales: list[float] = []
-        self._boxes: list[torch.Tensor] = []
-        self._labels: list[torch.Tensor] = []
-        self._sizes: list[tuple[int, int]] = []
-        for r in self.records:
-            new_w, new_h, scale = resized_size(r.width, r.height, image_size)
-            boxes = torch.from_numpy(r.boxes * scale).to(torch.float32).reshape(-1, 4)
-            boxes[:, 0::2] = boxes[:, 0::2].clamp(0, new_w)
-            boxes[:, 1::2] = boxes[:, 1::2].clamp(0, new_h)
-            self._boxes.append(boxes)
-            self._labels.append(torch.from_numpy(r.labels).to(torch.int64))
-            self._scales.append(scale)
-            self._sizes.append((new_h, new_w))
-        self._cache: list[torch.Tensor] | None = None
+        # Targets in resized coordinates, computed once: per image its scale and (h, w); per box
+        # (rows records.box_offsets[i]:[i + 1]) its float32 xyxy.
+        self._scales, self._sizes = _resized_sizes(self.records, image_size)
+        self._boxes = _resized_boxes(self.records, self._scales, self._sizes)
+        self._pixels: torch.Tensor | None = None
         # MiB the cache holds (0 when images are decoded on each access).
         self.cached_mb = 0.0
-        need_mb = sum(3 * h * w for h, w in self._sizes) / 2**20
+        need_mb = int((3 * self._sizes[:, 0] * self._sizes[:, 1]).sum()) / 2**20
         if need_mb <= cache_ram_mb:
             self.cached_mb = need_mb
             t0 = time.perf_counter()
-            # PIL decodes and resizes without the GIL: threads share the cores.
-            with ThreadPoolExecutor(max_workers=_cores()) as pool:
-                self._cache = list(pool.map(lambda r: decode_image(r, image_size), self.records))
+            self._pixels, self._pixel_offsets = self._decode_all()
             log.info("%s: %d images decoded and cached in memory (%.1f MiB of the %s MiB budget, %.1f s)",
-                     self.name, len(self.records), need_mb, cache_ram_mb, time.perf_counter() - t0)
+                     self.name, len(self), need_mb, cache_ram_mb, time.perf_counter() - t0)
         else:
             log.info("%s: %d images (%.1f MiB decoded) exceed the %s MiB cache budget: decoding on each access",
-                     self.name, len(self.records), need_mb, cache_ram_mb)
+                     self.name, len(self), need_mb, cache_ram_mb)
+
+    def _decode_all(self) -> tuple[torch.Tensor, np.ndarray]:
+        """Every image decoded and resized into one uint8 buffer (image i at offsets[i], [3, h, w])."""
+        offsets = np.zeros(len(self) + 1, dtype=np.int64)
+        np.cumsum(3 * self._sizes[:, 0] * self._sizes[:, 1], out=offsets[1:])
+        pixels = torch.empty(int(offsets[-1]), dtype=torch.uint8)
+
+        def decode_into(i: int) -> None:
+            h, w = self._sizes[i].tolist()
+            pixels[int(offsets[i]):int(offsets[i + 1])].view(3, h, w).copy_(decode_image(self.records[i], self.image_size))
+
+        # PIL decodes and resizes without the GIL: threads share the cores.
+        with ThreadPoolExecutor(max_workers=_cores()) as pool:
+            list(pool.map(decode_into, range(len(self))))
+        return pixels, offsets
+
+    @property
+    def image_ids(self) -> list[int]:
+        return self.records.ids.tolist()
 
     @property
     def cached(self) -> bool:
-        return self._cache is not None
+        return self._pixels is not None
 
     def __len__(self) -> int:
         return len(self.records)
@@ -147,24 +155,68 @@ class DetectionDataset(Dataset):
         seq = np.random.SeedSequence(self.epoch_seed, spawn_key=(int(i),))
         return bool(np.random.default_rng(seq).random() < self.hflip)
 
+    def targets(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image ``i``'s boxes (float32 [N, 4] xyxy, resized pixels, not flipped) and labels (int64
+        [N]), new tensors."""
+        lo, hi = self.records.box_range(i)
+        return torch.from_numpy(self._boxes[lo:hi].copy()), torch.from_numpy(self.records.labels[lo:hi].copy())
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, dict[str, Any]]:
-        rec = self.records[i]
-        # A copy of the cached image, so that nothing downstream can write into the cache.
-        image = self._cache[i].clone() if self._cache is not None else decode_image(rec, self.image_size)
-        boxes, labels = self._boxes[i].clone(), self._labels[i].clone()
+        i = self.records.index(i)
+        if self._pixels is not None:
+            h, w = self._sizes[i].tolist()
+            # A copy of the cached image, so that nothing downstream can write into the cache.
+            start = int(self._pixel_offsets[i])
+            image = self._pixels[start:start + 3 * h * w].view(3, h, w).clone()
+        else:
+            image = decode_image(self.records[i], self.image_size)
+        boxes, labels = self.targets(i)
         if self.flipped(i):
             image = TF.horizontal_flip(tv_tensors.Image(image)).as_subclass(torch.Tensor)
             boxes = TF.horizontal_flip(tv_tensors.BoundingBoxes(
                 boxes, format="XYXY", canvas_size=tuple(image.shape[-2:]))).as_subclass(torch.Tensor)
-        target = {"boxes": boxes, "labels": labels, "image_id": rec.id, "scale": self._scales[i],
-                  "orig_size": (rec.height, rec.width)}
+        target = {"boxes": boxes, "labels": labels, "image_id": int(self.records.ids[i]),
+                  "scale": float(self._scales[i]),
+                  "orig_size": (int(self.records.heights[i]), int(self.records.widths[i]))}
         return image, target
+
+
+def _resized_sizes(records: RecordTable, image_size: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Per image: the scale to ``image_size`` (float64) and the resized (h, w) (int64 [N, 2]), each
+    from :func:`resized_size`, called once per distinct original size."""
+    sizes = np.stack([records.widths, records.heights], axis=1).reshape(-1, 2)
+    distinct, which = np.unique(sizes, axis=0, return_inverse=True)
+    resized = [resized_size(int(w), int(h), image_size) for w, h in distinct]
+    scales = np.array([scale for _, _, scale in resized], dtype=np.float64).reshape(-1)
+    new_hw = np.array([(new_h, new_w) for new_w, new_h, _ in resized], dtype=np.int64).reshape(-1, 2)
+    which = which.reshape(-1)
+    return scales[which], new_hw[which]
+
+
+def _resized_boxes(records: RecordTable, scales: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """Every box in its resized image's pixels, float32 [M, 4], clamped to that image: the float64
+    product cast to float32, then clamped, as torch did it per image before."""
+    per_box = np.repeat(np.arange(len(records)), np.diff(records.box_offsets))
+    boxes = (records.boxes * scales[per_box, None]).astype(np.float32)
+    bounds = sizes[per_box, ::-1].astype(np.float32)  # (w, h) of each box's image
+    boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, bounds[:, :1])
+    boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, bounds[:, 1:])
+    return boxes
 
 
 def collate(batch):
     """A detection batch: (list of images, list of targets); images may differ in size."""
     images, targets = zip(*batch) if batch else ((), ())
     return list(images), list(targets)
+
+
+def freeze_inherited_objects(worker_id: int) -> None:
+    """A loader worker's first act: the objects it inherited from the main process (the
+    interpreter's, torch's, the dataset's few) are left out of its garbage collections. A full
+    collection writes into every object it walks, so each worker copied the main process's heap
+    page by page over an epoch: ~100 MB per worker at COCO size, the records being flat arrays
+    already (benchmarks/coco_size.py). What the worker makes itself is collected as usual."""
+    gc.freeze()
 
 
 def make_loader(dataset, batch_size: int, shuffle: bool, num_workers: int, seed: int | None = None,
@@ -177,4 +229,5 @@ def make_loader(dataset, batch_size: int, shuffle: bool, num_workers: int, seed:
         generator.manual_seed(int(seed))
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
                       collate_fn=collate, generator=generator, pin_memory=torch.cuda.is_available(),
-                      persistent_workers=num_workers > 0, drop_last=drop_last)
+                      persistent_workers=num_workers > 0, drop_last=drop_last,
+                      worker_init_fn=freeze_inherited_objects)
