@@ -164,7 +164,8 @@ def test_a_trick_that_does_not_fit_a_baseline_is_na_not_a_failure(dirs, tmp_path
 def test_a_variant_that_already_ran_in_another_sweep_is_reused_not_retrained(dirs, tmp_path):
     assert ablate("sweep", "quick", "profile=smoke", *paths(dirs), env=dirs["env"]).returncode == 0
     other = tmp_path / "other.yaml"
-    other.write_text("design: cumulative\ntricks: [warmup, mixup]\nseeds: 1\n")
+    # the same base as sweeps/quick.yaml's (its baseline overrides): only then is a run the same run
+    other.write_text("design: cumulative\ntricks: [warmup, mixup]\nseeds: 1\nbaseline: [train.eval_every=3]\n")
     res = ablate("sweep", str(other), "profile=smoke", *paths(dirs), env=dirs["env"])
     assert res.returncode == 0, res.stderr[-3000:]
     runs = dirs["runs"]
