@@ -182,12 +182,15 @@ def test_a_variant_that_already_ran_in_another_sweep_is_reused_not_retrained(dir
 def stopped_in_its_second_run(dirs, sig) -> tuple[subprocess.CompletedProcess, Path]:
     """`ablate sweep quick` (40 smoke epochs a run) sent `sig`, as a whole process group (a terminal's
     Ctrl-C: SIGINT), while its second run trains; its output and the folder of the run it stopped."""
-    import signal  # noqa: F401 (the caller's signals)
+    import signal
     import time
 
     args = [sys.executable, "-m", "ablate.cli", "sweep", "quick", "profile=smoke", "train.epochs=40", *paths(dirs)]
+    # A terminal's sweep gets Ctrl-C; a test run in the background (`cmd &` in a script) inherits SIGINT
+    # ignored, and Python then installs no KeyboardInterrupt handler: give the sweep the terminal's default.
     proc = subprocess.Popen(args, cwd=REPO, env=dict(os.environ, **dirs["env"], HYDRA_FULL_ERROR="0"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     quick = dirs["runs"] / "quick"
     deadline = time.time() + 300
     try:
@@ -201,7 +204,12 @@ def stopped_in_its_second_run(dirs, sig) -> tuple[subprocess.CompletedProcess, P
             pytest.fail("the sweep never reached its second run")
     finally:
         os.killpg(proc.pid, sig)
-        out, err = proc.communicate()
+        try:
+            out, err = proc.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate()
+            pytest.fail(f"the sweep went on after signal {sig}: {err[-2000:]}")
     return subprocess.CompletedProcess(args, proc.returncode, out, err), training[0].parent
 
 
