@@ -181,11 +181,13 @@ def test_a_variant_that_already_ran_in_another_sweep_is_reused_not_retrained(dir
 
 def stopped_in_its_second_run(dirs, sig) -> tuple[subprocess.CompletedProcess, Path]:
     """`ablate sweep quick` (40 smoke epochs a run) sent `sig`, as a whole process group (a terminal's
-    Ctrl-C: SIGINT), while its second run trains; its output and the folder of the run it stopped."""
+    Ctrl-C: SIGINT), while its second run trains; its output and the folder of the run it stopped. One
+    torch thread: two threads spinning on a loaded machine made a smoke epoch take 20 s instead of 0.5."""
     import signal
     import time
 
-    args = [sys.executable, "-m", "ablate.cli", "sweep", "quick", "profile=smoke", "train.epochs=40", *paths(dirs)]
+    args = [sys.executable, "-m", "ablate.cli", "sweep", "quick", "profile=smoke", "train.epochs=40",
+            "runtime.num_threads=1", *paths(dirs)]
     # A terminal's sweep gets Ctrl-C; a test run in the background (`cmd &` in a script) inherits SIGINT
     # ignored, and Python then installs no KeyboardInterrupt handler: give the sweep the terminal's default.
     proc = subprocess.Popen(args, cwd=REPO, env=dict(os.environ, **dirs["env"], HYDRA_FULL_ERROR="0"),
@@ -222,7 +224,8 @@ def test_a_sweep_killed_mid_run_resumes_and_keeps_finished_records(dirs, tmp_pat
     finished = {p: p.read_bytes() for p in quick.glob("*/seed0/result.json")}
     assert killed / "result.json" not in finished
 
-    res = ablate("sweep", "quick", "profile=smoke", "train.epochs=40", *paths(dirs), env=dirs["env"])
+    res = ablate("sweep", "quick", "profile=smoke", "train.epochs=40", "runtime.num_threads=1", *paths(dirs),
+                 env=dirs["env"])
     assert res.returncode == 0, res.stderr[-3000:]
     assert all(p.read_bytes() == data for p, data in finished.items())  # intact and untouched
     assert "resuming from" in (killed / "train.log").read_text()
@@ -238,7 +241,8 @@ def test_ctrl_c_ends_a_sweep_in_one_line_and_its_relaunch_counts_every_run(dirs)
     assert res.stderr.splitlines() == ["ablate: interrupted: relaunch the same command to resume"]
     assert "kept their complete records" not in res.stdout  # the first run trained in this launch
     assert not (stopped / "result.json").exists()  # no failed record for the run it stopped
-    again = ablate("sweep", "quick", "profile=smoke", "train.epochs=40", *paths(dirs), env=dirs["env"])
+    again = ablate("sweep", "quick", "profile=smoke", "train.epochs=40", "runtime.num_threads=1", *paths(dirs),
+                   env=dirs["env"])
     assert again.returncode == 0, again.stderr[-3000:]
     counts = [line.split("]")[0] + "]" for line in again.stdout.splitlines()
               if line.startswith("[") and " seed 0: " in line]
