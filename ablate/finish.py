@@ -17,8 +17,7 @@ from .data import make_loader
 from .evaluate import coco_metrics, count_flops, measure_latency, predict
 from .health import assess
 from .models import count_parameters, label_offset
-from .results import RunRecord, write_record
-from .sweep.progress import points
+from .results import RunRecord, points, write_record
 
 log = logging.getLogger("ablate.train")
 

@@ -17,7 +17,7 @@ from . import distributed
 from .checkpoint import save_checkpoint
 from .finish import evaluate_model, evaluated
 from .loop import Diverged, Hook, Step
-from .sweep.progress import points
+from .results import points
 from .sweep.search import trial_reporter
 
 log = logging.getLogger("ablate.train")

@@ -41,6 +41,12 @@ UNHASHED_KEYS = (("eval", "health"),)
 _TRICK_KIND = re.compile(r"^ablate\.tricks\.(?:data|loss|network|schedule)\.")
 
 
+def points(fraction: float, digits: int = 1) -> str:
+    """A COCO metric (a fraction in the record) as a person reads it everywhere, in the report as on
+    the console: in points, 0.523 -> "52.3"."""
+    return f"{fraction * 100:.{digits}f}"
+
+
 class RecordError(UserInputError):
     """A result.json that is missing, truncated, corrupt or of another schema."""
 

@@ -15,16 +15,11 @@ import time
 from pathlib import Path
 from typing import Callable, TextIO
 
-from ..results import RECORD_NAME, RecordError, read_record
+from ..results import RECORD_NAME, RecordError, points, read_record
 
 
-def points(fraction: float, digits: int = 1) -> str:
-    """A COCO metric (a fraction in the record) as a person reads it everywhere, in the report as on
-    the console: in points, 0.523 -> "52.3"."""
-    return f"{fraction * 100:.{digits}f}"
-
-
-def _minutes(seconds: float) -> str:
+def minutes(seconds: float) -> str:
+    """A duration as the progress lines give it: seconds under a minute, else minutes."""
     return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
 
 
@@ -73,7 +68,7 @@ class Progress:
                 took = "reused"
             else:
                 self.trained += 1
-                took = _minutes(record.timings.get("wall_s", 0.0))
+                took = minutes(record.timings.get("wall_s", 0.0))
             lines.append(f"[{self.finished_by(i)}/{len(self.paths)}] {self.labels[i]}: {record.status}{how}, {took}"
                          f"{self.time_left()}")
         return lines
@@ -96,7 +91,7 @@ class Progress:
         if not self.trained:
             return f"; {len(to_train)} to train"
         per_run = (self.clock() - self.started) / self.trained
-        return f"; about {_minutes(per_run * len(to_train))} left ({len(to_train)} to train)"
+        return f"; about {minutes(per_run * len(to_train))} left ({len(to_train)} to train)"
 
     def _print(self, lines: list[str]) -> None:
         for line in lines:

@@ -44,9 +44,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from ..errors import MissingExtraError, UserInputError
-from ..results import RECORD_NAME, RecordError, read_record
+from ..results import RECORD_NAME, RecordError, points, read_record
 from .design import Job, SweepFileError
-from .progress import points
+from .progress import minutes
 from .space import SearchSpec, parse_search  # noqa: F401 (read from here before the split)
 
 log = logging.getLogger("ablate.sweep")
@@ -248,10 +248,6 @@ def trial_reporter(search_trial: Any, epochs: int) -> Callable[[int, float], boo
 # ---------------------------------------------------------------- the search (in the sweeper's process)
 
 
-def _minutes(seconds: float) -> str:
-    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
-
-
 def trial_outcome(sweep_dir: Path, jobs: list[Job], statuses: list[str]) -> tuple[str, float | None]:
     """A trial's status (ok only if every seed is ok; else the first other status) and its value, the
     mean val mAP over its seeds' records."""
@@ -279,7 +275,7 @@ def trial_line(study, number: int, status: str, value: float | None, params: dic
     with contextlib.suppress(ValueError):  # no complete trial yet
         best = f"; best {points(study.best_value)} (trial {study.best_trial.number})"
     remaining = n_trials - finished
-    eta = f", about {_minutes(pace * remaining)} left" if remaining > 0 else ""
+    eta = f", about {minutes(pace * remaining)} left" if remaining > 0 else ""
     shown = shown_params(params)
     if status == "pruned":  # the val mAP it was stopped at (Optuna keeps the last report as its value)
         stopped = study.trials[number]
