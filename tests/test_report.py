@@ -602,3 +602,27 @@ def test_an_adaptive_sweeps_own_decisions_fill_the_tables_verdicts(tmp_path: Pat
     assert "4 runs against 8 with 4 seeds everywhere (50% of the runs saved)" in section_text
     assert "against 10 in the fixed design that detects a 0.5-point change" in section_text
     assert "seeds per variant: 5 for baseline; 60% saved" in section_text
+
+
+def test_the_best_variant_is_ranked_within_each_base_not_across_detectors(tmp_path: Path):
+    # Faster R-CNN's baseline (60 mAP) outscores every FCOS variant: ranked across bases it would be "the
+    # best variant", which says nothing of a trick. Each base gets its own best and runner-up.
+    root = tmp_path / "runs"
+    records = []
+    for seed, (fb, fm, tb, ti) in enumerate([(40.0, 42.0, 60.0, 60.5), (41.0, 43.0, 61.0, 61.0)]):
+        records += [named("fcos", None, "fcos", seed=seed, mAP=fb / 100),
+                    named("fcos", "mish", "fcos", seed=seed, mAP=fm / 100),
+                    named("two_stage", None, "faster_rcnn", seed=seed, mAP=tb / 100),
+                    named("two_stage", "iou_balanced", "faster_rcnn", seed=seed, mAP=ti / 100)]
+    for r in records:
+        r.config_hash += f"-{r.seed}"
+    write_all(root, records)
+    decisions = section(build_report([root], tmp_path / "out").read_text(), "Decisions")
+    best = decisions[decisions.index("- **Best variant**"):].splitlines()
+    assert best[0] == ("- **Best variant** of each base (variants of different detectors are not ranked "
+                       "together):")
+    # fcos: mish 42.5 over the baseline 40.5, paired differences 2, 2 (no spread): beyond noise.
+    assert best[1].startswith("  - `fcos/mish`, 42.5 mAP; its margin over the runner-up `fcos/baseline` (40.5)")
+    # two_stage: iou_balanced 60.75 over the baseline 60.5 (differences 0.5, 0).
+    assert best[2].startswith("  - `two_stage/iou_balanced`, 60.8 mAP; its margin over the runner-up "
+                              "`two_stage/baseline` (60.5)")

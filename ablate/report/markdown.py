@@ -238,13 +238,25 @@ def equivalence_line(table: pd.DataFrame) -> list[str]:
 
 def _best_variant_line(table: pd.DataFrame, runs: pd.DataFrame, several: bool) -> str:
     """The best healthy variant by mAP and whether its margin over the runner-up is beyond seed noise;
-    '' when no variant has an ok run without a run-health warning."""
+    with several bases, the best of each base (a two-stage baseline outscoring every one-stage variant says
+    nothing of a trick); '' when no variant has an ok run without a run-health warning."""
+    if not several:
+        return _best_of(table, runs, several, "- **Best variant**")
+    lines = [_best_of(table[table["base_hash"] == base], runs, several, "  - ")
+             for base in table["base_hash"].drop_duplicates()]
+    lines = [line for line in lines if line]
+    return "\n".join(["- **Best variant** of each base (variants of different detectors are not ranked together):",
+                       *lines]) if lines else ""
+
+
+def _best_of(table: pd.DataFrame, runs: pd.DataFrame, several: bool, lead: str) -> str:
+    """The best healthy variant of `table` and its margin over the runner-up, after `lead`."""
     healthy = table[table["mAP"].notna() & (table["health"] == "")]
     ranked = healthy.sort_values("mAP", ascending=False, kind="stable").to_dict("records")
     if not ranked:
         return ""
     best = ranked[0]
-    text = f"- **Best variant**: {_name(best, several)}, {fmt_points(best['mAP'])} mAP"
+    text = f"{lead}{': ' if lead.endswith('**') else ''}{_name(best, several)}, {fmt_points(best['mAP'])} mAP"
     if len(ranked) == 1:
         return text + (" (the only variant with an ok run)." if len(table[table["mAP"].notna()]) == 1 else
                        " (the only variant with an ok run and no run-health warning).")
