@@ -191,7 +191,6 @@ class KeypointHead(LossSlots, nn.Module):
         self.focal_alpha, self.focal_beta = float(cfg.focal_alpha), float(cfg.focal_beta)
         self.heatmap_weight = float(cfg.heatmap_weight)
         self.nms_kernel, self.detections_per_img = int(cfg.nms_kernel), int(cfg.detections_per_img)
-        self.box_loss: nn.Module | None = None
 
 
 class CenterNetHead(KeypointHead):

@@ -168,8 +168,6 @@ class RepPointsHead(LossSlots, nn.Module):
         self.score_thresh, self.nms_thresh = float(cfg.score_thresh), float(cfg.nms_thresh)
         self.topk_candidates, self.detections_per_img = int(cfg.topk_candidates), int(cfg.detections_per_img)
         self.min_bbox_size = float(cfg.min_bbox_size)
-        self.cls_loss: nn.Module | None = None
-        self.box_loss: nn.Module | None = None
 
     def default_loss(self, slot: str) -> nn.Module:
         if slot == "cls_loss":

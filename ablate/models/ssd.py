@@ -95,8 +95,6 @@ class SSDLossHead(LossSlots, SSDHead):
                          for _ in range(head_convs - 1)]
                 _xavier_init(nn.ModuleList(convs))
                 branch.module_list[i] = nn.Sequential(*convs, predictor)
-        self.cls_loss: nn.Module | None = None
-        self.box_loss: nn.Module | None = None
 
     def default_loss(self, slot: str) -> nn.Module:
         return {"cls_loss": SoftmaxCrossEntropyLoss, "box_loss": SmoothL1DeltaLoss}[slot]()

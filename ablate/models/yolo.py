@@ -97,8 +97,6 @@ class YOLOv3Head(LossSlots, nn.Module):
         self.ignore_thresh = ignore_thresh
         self.blocks = nn.ModuleList(detection_block(channels, convs) for _ in strides)
         self.outputs = nn.ModuleList(nn.Conv2d(channels, self.per_level * (5 + num_classes), 1) for _ in strides)
-        self.cls_loss: nn.Module | None = None
-        self.box_loss: nn.Module | None = None
 
     def default_loss(self, slot: str) -> nn.Module:
         return {"cls_loss": SigmoidBCELoss, "box_loss": YOLOv3BoxLoss}[slot]()

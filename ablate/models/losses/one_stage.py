@@ -48,11 +48,6 @@ class FCOSLossHead(LossSlots, _LevelSizes, FCOSHead):
     detector = "fcos"
     loss_per_level = False  # mmdetection FCOSHead.loss_by_feat: the levels flattened and concatenated, one call
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.cls_loss: nn.Module | None = None
-        self.box_loss: nn.Module | None = None
-
     def default_loss(self, slot: str) -> nn.Module:
         return {"cls_loss": FocalLoss, "box_loss": GIoUBoxLoss}[slot]()
 
@@ -103,12 +98,6 @@ class RetinaNetLossHead(LossSlots, _LevelSizes, RetinaNetHead):
     slot_attrs = {"cls_loss": "cls_loss", "box_loss": "box_loss", "sample_weighting": "sample_weighting"}
     detector = "retinanet"
     loss_per_level = True  # mmdetection AnchorHead.loss_by_feat: multi_apply(loss_by_feat_single) per level
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.cls_loss: nn.Module | None = None
-        self.box_loss: nn.Module | None = None
-        self.sample_weighting = None
 
     def default_loss(self, slot: str) -> nn.Module | None:
         if slot == "sample_weighting":

@@ -90,6 +90,15 @@ class LossSlots:
     # histograms) follows this; the others do not care.
     loss_per_level = False
 
+    def __init__(self, *args, **kwargs):
+        # Cooperative: the module's own __init__ (torchvision's head, nn.Module) runs first, then every
+        # slot starts empty (None: the baseline's default_loss) unless that __init__ set its attribute
+        # already (RoIHeads' fg_bg_sampler is the roi_sampler slot's baseline).
+        super().__init__(*args, **kwargs)
+        for attr in self.slot_attrs.values():
+            if not hasattr(self, attr):
+                setattr(self, attr, None)
+
     def __setattr__(self, name, value):
         if ((name.endswith("_loss") or name.endswith("_sampler")) and name not in self.slot_attrs.values()
                 and not hasattr(self, name)):

@@ -77,12 +77,6 @@ class LossRoIHeads(LossSlots, RoIHeads):
         new.box_coder = old.box_coder
         return new
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.cls_loss: nn.Module | None = None
-        self.box_loss: nn.Module | None = None
-        self.sample_weighting = None
-
     def default_loss(self, slot: str) -> nn.Module | None:
         if slot == "roi_sampler":
             return self.fg_bg_sampler
