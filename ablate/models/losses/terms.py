@@ -43,20 +43,32 @@ def soft_focal_loss(logits: Tensor, hard: Tensor, soft: Tensor, alpha: float = 0
     return loss
 
 
-class FocalLoss(nn.Module):
-    """The one-stage baseline's loss: torchvision's sigmoid_focal_loss with its defaults (alpha
-    0.25, gamma 2, as FCOS and RetinaNet call it); with label smoothing, on the smoothed targets in
-    the soft-target form whose minimum is the smoothed target (see soft_focal_loss)."""
+class _SigmoidClassLoss(nn.Module):
+    """The one-stage form of a classification loss: an element-wise loss over the K sigmoid targets of
+    each valid sample (smoothed by smooth_binary_targets when label smoothing is on), summed over the
+    classes, weighted by the sample's box and divided by the normalizer (the foreground count)."""
 
     def __init__(self, label_smoothing: float = 0.0):
         super().__init__()
         self.label_smoothing = label_smoothing
 
+    def elementwise(self, logits: Tensor, hard: Tensor, soft: Tensor) -> Tensor:
+        raise NotImplementedError
+
     def forward(self, logits: Tensor, targets: Tensor, box_weights: Tensor, normalizer: Tensor,
                 levels: Tensor | None = None) -> Tensor:
         soft = smooth_binary_targets(targets, self.label_smoothing)
-        per_sample = soft_focal_loss(logits, targets, soft).sum(dim=1)
+        per_sample = self.elementwise(logits, targets, soft).sum(dim=1)
         return (per_sample * box_weights / normalizer).sum()
+
+
+class FocalLoss(_SigmoidClassLoss):
+    """The one-stage baseline's loss: torchvision's sigmoid_focal_loss with its defaults (alpha
+    0.25, gamma 2, as FCOS and RetinaNet call it); with label smoothing, on the smoothed targets in
+    the soft-target form whose minimum is the smoothed target (see soft_focal_loss)."""
+
+    def elementwise(self, logits: Tensor, hard: Tensor, soft: Tensor) -> Tensor:
+        return soft_focal_loss(logits, hard, soft)
 
 
 class CrossEntropyLoss(nn.Module):
@@ -73,7 +85,7 @@ class CrossEntropyLoss(nn.Module):
         return (ce * box_weights).mean()
 
 
-class SigmoidBCELoss(nn.Module):
+class SigmoidBCELoss(_SigmoidClassLoss):
     """A one-stage classification loss without the focal term: sigmoid binary cross-entropy summed
     over the K classes of each valid sample, weighted by its box, divided by the foreground count
     (the normalizer the focal loss gets, as mmdetection v3 normalises a sigmoid CrossEntropyLoss in
@@ -81,15 +93,8 @@ class SigmoidBCELoss(nn.Module):
     by the number of images; with label smoothing, on the smoothed targets (smooth_binary_targets:
     GluonCV's label_smooth of YOLOV3TargetMerger)."""
 
-    def __init__(self, label_smoothing: float = 0.0):
-        super().__init__()
-        self.label_smoothing = label_smoothing
-
-    def forward(self, logits: Tensor, targets: Tensor, box_weights: Tensor, normalizer: Tensor,
-                levels: Tensor | None = None) -> Tensor:
-        soft = smooth_binary_targets(targets, self.label_smoothing)
-        per_sample = F.binary_cross_entropy_with_logits(logits, soft, reduction="none").sum(dim=1)
-        return (per_sample * box_weights / normalizer).sum()
+    def elementwise(self, logits: Tensor, hard: Tensor, soft: Tensor) -> Tensor:
+        return F.binary_cross_entropy_with_logits(logits, soft, reduction="none")
 
 
 class SoftmaxFocalLoss(nn.Module):
