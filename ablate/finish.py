@@ -7,6 +7,7 @@ import logging
 import math
 import resource
 import time
+from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
@@ -51,11 +52,36 @@ def map_se(data, detections: list[dict], mAP: float, settings) -> float:
     return se
 
 
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+_STATUS = Path("/proc/self/status")
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start this run's peak memory at what is in use now. On the CPU the peak is the process's resident
+    peak (VmHWM), which would otherwise keep an earlier run's: the basic launcher trains every run of a
+    sweep in one process, joblib's workers several each. Linux resets it by writing 5 to clear_refs; where
+    that cannot be done, peak_memory_mb reads the process's lifetime peak."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        _CLEAR_REFS.write_text("5")
+    except OSError:
+        pass
+
+
 def peak_memory_mb(device: torch.device) -> float:
-    """CUDA: peak memory allocated by this run. CPU: peak resident memory of the process."""
+    """CUDA: peak memory allocated by this run. CPU: peak resident memory of the process since
+    reset_peak_memory (VmHWM on Linux; elsewhere the process's lifetime peak, ru_maxrss)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    try:
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except (OSError, ValueError, IndexError):
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
 
 
 def finish(run) -> RunRecord:

@@ -29,6 +29,7 @@ from . import distributed
 from . import tracking
 from .checkpoint import CHECKPOINT, load_checkpoint
 from .data import DataBundle, build_data
+from .finish import reset_peak_memory
 from .fingerprint import code_fingerprint
 from .models import build_model, label_offset
 from .models.losses import LossSlotError
@@ -202,8 +203,7 @@ class Run:
         # The module the loop calls: DDP over `model` on several processes (ablate/distributed.py).
         train_model = distributed.wrap(model, device, cfg.runtime.distributed)
         record.distributed = distributed.describe()
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
+        reset_peak_memory(device)
 
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = instantiate(cfg.train.optimizer)(params)

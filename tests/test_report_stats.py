@@ -321,6 +321,37 @@ def test_cost_columns_are_changes_against_the_baseline(tmp_path: Path):
     assert math.isnan(table.loc["baseline", "train_s_change_pct"])
 
 
+def test_train_time_is_cpu_seconds_for_a_base_whose_runs_shared_the_cpu(tmp_path: Path):
+    # Alone, a CPU run trains at a steady CPU share: baseline 120 s wall, 118 s CPU (0.983); warmup 125 s wall,
+    # 120 s CPU (0.96): within x1.25, so wall time is shown: +4.2%.
+    def timed(variant, wall, cpu, created):
+        r = rec(variant, 0, 40.0, created_at=f"2025-03-01T{created}:00:00")
+        r.timings = {"train_s": wall, "train_cpu_s": cpu, "images_per_s": 2000 / wall}
+        return r
+    alone = report_of(tmp_path, [timed("baseline", 120.0, 118.0, "10"), timed("warmup", 125.0, 120.0, "11")], "alone")
+    by = {r["Variant"]: r for r in md_table(alone)}
+    assert (by["baseline"]["Train time"], by["warmup"]["Train time"]) == ("120 s", "+4.2%")
+    assert "CPU seconds of training" not in alone
+    # Beside another job, warmup took 250 s of wall time for 120 s of CPU (0.48 against the baseline's 0.983,
+    # x2.05 apart): its +108% would measure the other job. From CPU seconds: 120/118 = +1.7%, and images per
+    # CPU second 2000/120 = 16.67 against 2000/118 = 16.95: −1.7%.
+    shared = report_of(tmp_path, [timed("baseline", 120.0, 118.0, "10"), timed("warmup", 250.0, 120.0, "11")],
+                       "shared")
+    by = {r["Variant"]: r for r in md_table(shared)}
+    assert (by["baseline"]["Train time"], by["baseline"]["Images/s"]) == ("118 s (CPU)", "16.9 (CPU)")
+    assert (by["warmup"]["Train time"], by["warmup"]["Images/s"]) == ("+1.7%", f"{MINUS}1.7%")
+    assert "are CPU seconds of training, marked (CPU), not wall time" in shared and "0.48–0.98" in shared
+    table = pd.read_csv(tmp_path / "out" / "shared" / "table.csv").set_index("variant")
+    assert list(table["timing_basis"]) == ["cpu", "cpu"]
+    assert table.loc["warmup", "train_s_change_pct"] == pytest.approx(100 * (120 / 118 - 1))
+    # An accelerator's runs have no CPU share (the CPU waits on the device): wall time, whatever the spread.
+    gpu = [timed("baseline", 120.0, 118.0, "10"), timed("warmup", 250.0, 120.0, "11")]
+    for r in gpu:
+        r.device = "cuda:0"
+    by = {r["Variant"]: r for r in md_table(report_of(tmp_path, gpu, "gpu"))}
+    assert (by["baseline"]["Train time"], by["warmup"]["Train time"]) == ("120 s", "+108%")
+
+
 def test_table_csv_has_all_coco_metrics_and_ci_columns(three_seeds, tmp_path: Path):
     for r in three_seeds:
         r.metrics["AR100"] = r.metrics["mAP"] + 0.1

@@ -189,3 +189,16 @@ def test_bccd_trains_a_few_steps_and_evaluates(tmp_path):
     assert set(rec.per_class_ap) == {"RBC", "WBC", "Platelets"}
     assert all(0.0 <= rec.metrics[k] <= 1.0 for k in ("mAP", "AP50", "AP75"))
     assert not math.isnan(rec.inference_ms_per_image)
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="the resident peak is reset on Linux only")
+def test_a_runs_cpu_peak_memory_is_its_own_not_an_earlier_runs_of_the_same_process():
+    # The basic launcher trains a sweep's runs in one process: the process's resident peak would carry a
+    # bigger earlier run's into every later record. 300 MB touched and freed, then a run's peak starts.
+    from ablate.finish import peak_memory_mb, reset_peak_memory
+    cpu = torch.device("cpu")
+    big = torch.ones(300 * 2**20 // 4)
+    before = peak_memory_mb(cpu)
+    del big
+    reset_peak_memory(cpu)
+    assert peak_memory_mb(cpu) < before - 250

@@ -19,7 +19,7 @@ import pandas as pd
 
 from ablate.report.stats import (ALPHA, CUMULATIVE, POWER, TARGET_DELTA, compare, cumulative_steps, detect_design,
                                  detectable_change, factorial_effects, seeds_needed, seeds_needed_z)
-from ablate.report.table import (mixed_code, COST_HEADERS, DASH, DELTA_HEADER, HEALTH_HEADER, NA, P_HEADER,
+from ablate.report.table import (SHARED_CPU_RATIO, mixed_code, COST_HEADERS, DASH, DELTA_HEADER, HEALTH_HEADER, NA, P_HEADER,
                                  TABLE_METRICS, WARN, display_table, fmt_bounds, fmt_ci, fmt_delta, fmt_interval,
                                  fmt_points, fmt_verdict, metrics_table, seed_values, variant_label)
 from ablate.sweep.adaptive import CORRECTION, OPEN, SCREEN_LEVEL, pooled_sigma
@@ -222,6 +222,20 @@ def _verdict_lines(rows: Sequence[Mapping], several: bool) -> list[str]:
             "- **Undecided**: " + (", ".join(_with_ci(r, several) + (" (open: the sweep stopped before deciding)"
                                                                      if r["verdict"] == OPEN else "")
                                              for r in undecided) or "none") + "."]
+
+
+def shared_cpu_lines(table: pd.DataFrame) -> list[str]:
+    """The bases whose Train time and Images/s are CPU seconds, because their runs shared the CPU."""
+    cpu = table[table["timing_basis"] == "cpu"].drop_duplicates("base_hash")
+    if not len(cpu):
+        return []
+    several = table["base_hash"].nunique() > 1
+    spans = "; ".join((f"{r['base']} " if several else "") + f"{r['cpu_share_min']:.2f}–{r['cpu_share_max']:.2f}"
+                      for r in cpu.to_dict("records"))
+    return [f"- Train time and Images/s{' of ' + ', '.join(cpu['base']) if several else ''} are CPU seconds of "
+            f"training, marked (CPU), not wall time: the runs shared the CPU with other work (CPU seconds per "
+            f"wall second: {spans}; a machine to itself gives a steady share, and these vary by more than "
+            f"×{SHARED_CPU_RATIO:g}), so their wall times would measure that work as much as the tricks."]
 
 
 def equivalence_line(table: pd.DataFrame) -> list[str]:
@@ -477,11 +491,13 @@ def notes(table: pd.DataFrame) -> list[str]:
         f"its baseline), never a zero change.",
         "- Costs: the baseline row gives them absolute, the other rows as changes against their baseline. Train time "
         "is the training wall time of one run (without evaluation), Images/s the training throughput, Peak mem the "
-        "peak accelerator memory of training; ms/img the batch-1 inference latency per image, Params and FLOPs "
+        "run's peak memory (an accelerator's allocated memory; on the CPU the process's resident peak since the run "
+        "began); ms/img the batch-1 inference latency per image, Params and FLOPs "
         "those of the model as built (M = 10⁶, G = 10⁹).",
         "- Kind, as in YOLOv4: a “freebie” costs nothing at inference (params and FLOPs those of its baseline "
         "within 0.5%), a “special” does (bag of specials); latency is measured, not used, as it is noisy.",
     ]
+    lines += shared_cpu_lines(table)
     no_ci = table[~table["baseline"] & table["delta_mAP"].notna() & table["delta_ci_half"].isna()]
     if len(no_ci):
         names = ", ".join(f"`{v}`" for v in no_ci["variant"])
