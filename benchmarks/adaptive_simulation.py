@@ -2,6 +2,7 @@
 and fixed seeds: error rates, power, seeds and runs, by Monte Carlo.
 
     python benchmarks/adaptive_simulation.py [--min 2] [--max 8] [--margin 1.25] [--sims 4000] [--tricks 8]
+                                             [--replay-only] [--records RUNS_DIR]
 
 Part 1, a grid: sweeps of --tricks tricks on one baseline, every trick's per-seed difference
 Normal(Δ, σ_d), Δ ∈ {0, 0.5, 1, 2}, σ_d ∈ {0.3, 0.5, 1.0}. Per rule: the share of tricks called
@@ -17,11 +18,14 @@ difference Normal(its mean, its own std over the 3 committed seeds), FCOS's 7 tr
 iou_balanced on Faster R-CNN's; runs in all (variants and baselines), tricks decided and correct verdicts
 (helped/hurt of the true sign, or no effect with |true Δ| under the margin stated), for the old rule, the
 new one, and fixed 3 seeds (decided as the report now does, and with per-trick t-tests and Holm);
-then the new rule at other margins.
+then the new rule at other margins. With --records, the replay is at the effects of a sweep's records
+instead (each trick's mean paired difference, its base's pooled σ_d): what the rest of a sweep under way
+can be expected to decide, and in how many runs.
 """
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -29,10 +33,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # paired_noise, beside it
 
 from ablate.report.stats import TARGET_DELTA  # noqa: E402
 from ablate.sweep.adaptive import (HELPED, HURT, NO_EFFECT, OPEN, UNDECIDED, Plan, holm_rows, look,  # noqa: E402
-                                   run_plan)
+                                   pooled_sigma, run_plan)
 
 # The committed table (reports/bag_of_tricks/runs, 3 seeds): mean and std of each trick's paired
 # differences, points of mAP, and its base (0 FCOS, 1 Faster R-CNN).
@@ -133,15 +138,39 @@ def grid(plan: Plan, sims: int, tricks: int, rng: np.random.Generator) -> None:
                   f"{seeds.mean():.2f} | {runs_of(seeds, bases).mean():.1f} |")
 
 
-def replay(plan: Plan, sims: int, rng: np.random.Generator) -> None:
-    names = list(COMMITTED)
-    effect = np.array([COMMITTED[t][0] for t in names])
-    sigma = np.array([COMMITTED[t][1] for t in names])
-    bases = np.array([COMMITTED[t][2] for t in names])
+def from_records(root: Path) -> dict[str, tuple[float, float, int]]:
+    """trick -> (mean paired difference, σ, base index) from a sweep's records (variants <base>/<tricks>,
+    partner <base>/baseline at the same seed): σ is the base's pooled σ_d (ablate.sweep.adaptive, robust
+    to an outlying trick), or the trick's own std where the pool left it out."""
+    from paired_noise import by_variant
+
+    runs = by_variant(root)
+    out: dict[str, tuple[float, float, int]] = {}
+    for index, base in enumerate(sorted({v.split("/", 1)[0] for v in runs if "/" in v})):
+        baseline = runs.get(f"{base}/baseline", {})
+        tricks = sorted(v for v in runs if v.startswith(f"{base}/") and v != f"{base}/baseline")
+        diffs = [[runs[t][s][0] - baseline[s][0] for s in sorted(set(runs[t]) & set(baseline))] for t in tricks]
+        sigma, _, kept, _ = pooled_sigma(diffs)
+        for t, d, k in zip(tricks, diffs, kept):
+            if d:
+                own = float(np.std(d, ddof=1)) if len(d) > 1 else math.nan
+                out[t] = (float(np.mean(d)), sigma if k or math.isnan(own) else own, index)
+    return out
+
+
+def replay(plan: Plan, sims: int, rng: np.random.Generator, table: dict[str, tuple[float, float, int]] = COMMITTED,
+           source: str = "the committed table's effects and per-trick noise") -> None:
+    names = list(table)
+    effect = np.array([table[t][0] for t in names])
+    sigma = np.array([table[t][1] for t in names])
+    bases = np.array([table[t][2] for t in names])
+    k = len(names)
     d = effect[None, :, None] + sigma[None, :, None] * rng.standard_normal((sims, len(names), plan.max_seeds))
-    print(f"\nPart 2: replay at the committed table's effects and per-trick noise, {sims} simulated sweeps; plan "
+    print(f"\nPart 2: replay at {source}, {sims} simulated sweeps; plan "
           f"min {plan.min_seeds}, max {plan.max_seeds}, margin ±{plan.margin:g}\n")
-    print("| rule | runs | tricks decided (of 8) | correct verdicts (of 8) | "
+    print("| " + " | ".join(f"{t}: Δ {e:+.2f}, σ {s_:.2f}" for t, e, s_ in zip(names, effect, sigma)) + " |")
+    print("|" + "---|" * k + "\n")
+    print(f"| rule | runs | tricks decided (of {k}) | correct verdicts (of {k}) | "
           + " | ".join(names) + " |")
     print("|---|---:|---:|---:|" + "---:|" * len(names))
     old_v, old_seeds = old_rule(d, plan)
@@ -160,7 +189,8 @@ def replay(plan: Plan, sims: int, rng: np.random.Generator) -> None:
               f"{good.sum(1).mean():.2f} | {per} |")
     print("\n(per trick: the share of correct verdicts, and its mean seeds)")
     print(f"\nThe new rule at other margins (the same {sims} sweeps):\n")
-    print("| margin | runs | tricks decided (of 8) | correct verdicts (of 8) | mean X stated, FCOS / Faster R-CNN |")
+    print(f"| margin | runs | tricks decided (of {k}) | correct verdicts (of {k}) | mean X stated, base "
+          + " / ".join(str(b) for b in np.unique(bases)) + " |")
     print("|---:|---:|---:|---:|---:|")
     for margin in MARGINS:
         other = Plan(plan.min_seeds, plan.max_seeds, margin, plan.alpha)
@@ -168,7 +198,7 @@ def replay(plan: Plan, sims: int, rng: np.random.Generator) -> None:
         decided = (o.verdict == HELPED) | (o.verdict == HURT) | (o.verdict == NO_EFFECT)
         print(f"| {margin:g} | {runs_of(o.seeds, bases).mean():.1f} | {decided.sum(1).mean():.2f} | "
               f"{correct(o.verdict, effect[None, :], o.margin).sum(1).mean():.2f} | "
-              f"{np.nanmean(o.margin[:, bases == 0]):.2f} / {np.nanmean(o.margin[:, bases == 1]):.2f} |")
+              + " / ".join(f"{np.nanmean(o.margin[:, bases == b]):.2f}" for b in np.unique(bases)) + " |")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -180,13 +210,26 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sims", type=int, default=4000)
     ap.add_argument("--tricks", type=int, default=8)
     ap.add_argument("--replay-only", action="store_true")
+    ap.add_argument("--records", type=Path, default=None,
+                    help="replay at the effects and pooled noise of these records (a sweep's runs folder) instead "
+                         "of the committed 3-seed table's")
     args = ap.parse_args(argv)
     plan = Plan(args.min, args.max, args.margin, args.alpha)
     rng = np.random.default_rng(25)
     start = time.perf_counter()
     if not args.replay_only:
         grid(plan, args.sims, args.tricks, rng)
-    replay(plan, args.sims, rng)
+    if args.records is None:
+        replay(plan, args.sims, rng)
+    else:
+        table = from_records(args.records)
+        unknown = [t for t, (_, sigma, _) in table.items() if math.isnan(sigma)]
+        if unknown:
+            print(f"Left out (no σ: a single paired seed and no pool in their base): {', '.join(unknown)}")
+        table = {t: v for t, v in table.items() if t not in unknown}
+        bases = sorted({b for *_, b in table.values()})
+        replay(plan, args.sims, rng, table, f"the effects of {args.records} (their mean paired differences) and "
+               f"their bases' pooled σ_d (bases {', '.join(map(str, bases))}: in the order of their names)")
     print(f"\n({time.perf_counter() - start:.0f} s)")
 
 

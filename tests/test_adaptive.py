@@ -211,3 +211,33 @@ def test_a_failed_run_ends_its_variants_series_instead_of_asking_for_more_seeds(
     got = {d.variant: d.verdict for d in decisions_from_records(records, {"a": "baseline", "b": "baseline"},
                                                                  Plan(2, 4, 0.3))}
     assert got == {"a": FAILED, "b": OPEN}
+
+
+def test_the_simulations_replay_reads_effects_and_pooled_noise_from_records(tmp_path):
+    # benchmarks/adaptive_simulation.py --records: each trick's mean paired difference, and its base's pooled
+    # σ_d. fcos: a, b against the baseline 40, 41: a +1, +2 (mean 1.5), b −1, 0 (mean −0.5); residuals ±0.5 each,
+    # pooled variance (0.5 + 0.5) / 2 = 0.5. frcnn: c +0.5 at one seed: no σ of its own, its base has no pool.
+    import importlib
+    import sys as _sys
+    from pathlib import Path as _Path
+
+    from test_report import make_record, write_all
+
+    _sys.path.insert(0, str(_Path(__file__).resolve().parents[1] / "benchmarks"))
+    simulation = importlib.import_module("adaptive_simulation")
+    records = []
+    for seed, (base, a, b) in enumerate([(40.0, 41.0, 39.0), (41.0, 43.0, 41.0)]):
+        records += [make_record("fcos/baseline", tricks=[], seed=seed, mAP=base / 100, base="f"),
+                    make_record("fcos/a", tricks=["a"], seed=seed, mAP=a / 100, base="f"),
+                    make_record("fcos/b", tricks=["b"], seed=seed, mAP=b / 100, base="f")]
+    records += [make_record("frcnn/baseline", tricks=[], seed=0, mAP=0.7, base="r"),
+                make_record("frcnn/c", tricks=["c"], seed=0, mAP=0.705, base="r")]
+    for r in records:
+        r.config_hash += f"-{r.variant}"
+    write_all(tmp_path, records)
+    table = simulation.from_records(tmp_path)
+    assert set(table) == {"fcos/a", "fcos/b", "frcnn/c"}
+    assert table["fcos/a"][0] == pytest.approx(1.5) and table["fcos/b"][0] == pytest.approx(-0.5)
+    assert table["fcos/a"][1] == pytest.approx(math.sqrt(0.5)) and table["fcos/b"][1] == pytest.approx(math.sqrt(0.5))
+    assert table["frcnn/c"][0] == pytest.approx(0.5) and math.isnan(table["frcnn/c"][1])
+    assert (table["fcos/a"][2], table["frcnn/c"][2]) == (0, 1)
