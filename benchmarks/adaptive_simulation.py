@@ -227,6 +227,9 @@ def main(argv: list[str] | None = None) -> None:
         if unknown:
             print(f"Left out (no σ: a single paired seed and no pool in their base): {', '.join(unknown)}")
         table = {t: v for t, v in table.items() if t not in unknown}
+        if not table:
+            print("Nothing to replay: no trick has two seeds paired with its baseline's yet.")
+            return
         bases = sorted({b for *_, b in table.values()})
         replay(plan, args.sims, rng, table, f"the effects of {args.records} (their mean paired differences) and "
                f"their bases' pooled σ_d (bases {', '.join(map(str, bases))}: in the order of their names)")
