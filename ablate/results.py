@@ -161,13 +161,30 @@ def tricks_hash(config: dict[str, Any]) -> str:
     return config_hash(config, ("tricks",))
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (os.umask can only be read by
+    setting it, which another thread's file creation could meet)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: Path, write: Callable[[IO], Any], binary: bool = False) -> Path:
     """Write a file so that readers see the old content or the new, never half of it: `write`
-    fills a temporary file in the same folder, which is synced to disk and renamed over `path`."""
+    fills a temporary file in the same folder, which is synced to disk and renamed over `path`. The
+    file gets the mode any new file gets (0666 less the umask): mkstemp's 0600 would hide a sweep's
+    records and checkpoints from the rest of a team sharing its folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb" if binary else "w") as f:
             write(f)
             f.flush()

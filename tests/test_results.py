@@ -65,6 +65,19 @@ def test_atomic_write_leaves_old_content_when_writing_fails(tmp_path, monkeypatc
     assert [p.name for p in tmp_path.iterdir()] == ["f.json"]  # no temporary file left behind
 
 
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_atomic_write_gives_the_mode_a_new_file_gets_under_the_umask(tmp_path, umask, mode):
+    # mkstemp makes 0600 files: a team sharing a sweep's folder could not read its records or checkpoints.
+    old = os.umask(umask)
+    try:
+        atomic_write_text(tmp_path / "result.json", "{}")
+        plain = tmp_path / "plain.txt"
+        plain.write_text("x")  # what open() gives under this umask
+    finally:
+        os.umask(old)
+    assert (tmp_path / "result.json").stat().st_mode & 0o777 == mode == plain.stat().st_mode & 0o777
+
+
 def test_hashes_ignore_runtime_and_paths_and_base_hash_ignores_tricks_and_seed():
     a = {"seed": 0, "data": {"x": 1}, "model": {}, "tricks": {}, "train": {}, "eval": {}, "runtime": {"device": "cpu"}}
     b = dict(a, runtime={"device": "cuda"}, paths={"runs": "elsewhere"})
