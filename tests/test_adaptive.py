@@ -213,6 +213,34 @@ def test_a_failed_run_ends_its_variants_series_instead_of_asking_for_more_seeds(
     assert got == {"a": FAILED, "b": OPEN}
 
 
+def test_a_collapsed_variant_gets_no_more_seeds_and_no_share_of_the_correction():
+    # The report decides nothing from a variant with a run-health warning (its own or its baseline's); the
+    # sweep must not spend seeds on it nor count it in Holm's m, or it would stop later than the report decides.
+    from ablate.results import RunRecord
+    from ablate.sweep.adaptive import COLLAPSED, decide
+
+    def rec(variant, seed, mAP, health=()):
+        return RunRecord(status="ok", variant=variant, sweep="s", tricks=[], seed=seed, config={}, config_hash="h",
+                         base_hash="b", metrics={"mAP": mAP}, health=list(health))
+
+    single = [{"code": "single_class", "message": "all detections of one class"}]
+    records = [rec("baseline", 0, 0.50), rec("baseline", 1, 0.51), rec("a", 0, 0.01, single), rec("a", 1, 0.40),
+               rec("b", 0, 0.52), rec("b", 1, 0.525), rec("c", 0, 0.49), rec("c", 1, 0.505)]
+    plan = Plan(2, 8, 0.3)
+    got = {d.variant: d for d in decisions_from_records(records, {"a": "baseline", "b": "baseline", "c": "baseline"},
+                                                        plan)}
+    assert got["a"].verdict == COLLAPSED and got["a"].seeds == 2 and got["a"].mean == pytest.approx(-30.0)
+    alone = {d.variant: d for d in decide({"b": ("baseline", [2.0, 1.5]), "c": ("baseline", [-1.0, -0.5])}, plan)}
+    for v in ("b", "c"):  # pooled and corrected over b and c only: a took no share
+        assert got[v].verdict == alone[v].verdict
+        assert got[v].p_difference_adjusted == pytest.approx(alone[v].p_difference_adjusted)
+        assert got[v].std == pytest.approx(alone[v].std)
+    # A collapsed baseline takes its variants out with it.
+    records[0].health = single
+    got = {d.variant: d.verdict for d in decisions_from_records(records, {"a": "baseline", "b": "baseline"}, plan)}
+    assert got == {"a": COLLAPSED, "b": COLLAPSED}
+
+
 def test_the_simulations_replay_reads_effects_and_pooled_noise_from_records(tmp_path):
     # benchmarks/adaptive_simulation.py --records: each trick's mean paired difference, and its base's pooled
     # σ_d. fcos: a, b against the baseline 40, 41: a +1, +2 (mean 1.5), b −1, 0 (mean −0.5); residuals ±0.5 each,

@@ -604,6 +604,29 @@ def test_an_adaptive_sweeps_own_decisions_fill_the_tables_verdicts(tmp_path: Pat
     assert "seeds per variant: 5 for baseline; 60% saved" in section_text
 
 
+def test_an_adaptive_sweeps_collapsed_variant_is_outside_its_correction(tmp_path: Path):
+    # ghm collapsed at seed 0 (a run-health warning): the adaptive section says so, with no p-values, and the
+    # correction runs over the one other trick (Holm over 1), as the table's decisions do.
+    adaptive = tmp_path / "runs" / "adapt"
+    ghm = [make_record("ghm", seed=s, mAP=m) for s, m in ((0, 0.01), (1, 0.30))]
+    ghm[0].health = [{"code": "single_class", "message": "all 900 detections are of category 1"}]
+    write_all(adaptive, [make_record("baseline", seed=0, mAP=0.400), make_record("baseline", seed=1, mAP=0.410),
+                         make_record("mixup", seed=0, mAP=0.410), make_record("mixup", seed=1, mAP=0.424), *ghm])
+    (adaptive / "adaptive.json").write_text(json.dumps({
+        "min": 2, "max": 4, "margin": 0.3, "alpha": 0.05, "spending": "Pocock-type",
+        "variants": {"mixup": "baseline", "ghm": "baseline"},
+        "rounds": [{"round": 1, "seeds": 2, "variants": ["baseline", "ghm", "mixup"]}]}))
+    report = build_report([adaptive], tmp_path / "out").read_text()
+    text = section(report, "Adaptive seeds")
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")]
+            for line in text.splitlines() if line.startswith("| ghm ") or line.startswith("| mixup ")}
+    assert "Verdict (Holm over 1)" in text and "step-down over 1 trick," in text
+    assert rows["ghm"][1] == "undecided (a run collapsed)" and rows["ghm"][5:] == ["n/a", "n/a"]
+    assert rows["mixup"][1] == "open (run stopped)"
+    table = pd.read_csv(tmp_path / "out" / "table.csv").set_index("variant")
+    assert table.loc["ghm", "verdict"] == "undecided (a run collapsed)" and table.loc["mixup", "verdict"] == "open"
+
+
 def test_the_best_variant_is_ranked_within_each_base_not_across_detectors(tmp_path: Path):
     # Faster R-CNN's baseline (60 mAP) outscores every FCOS variant: ranked across bases it would be "the
     # best variant", which says nothing of a trick. Each base gets its own best and runner-up.

@@ -21,8 +21,8 @@ from ablate.report.stats import (ALPHA, CUMULATIVE, POWER, TARGET_DELTA, compare
                                  detectable_change, factorial_effects, seeds_needed, seeds_needed_z)
 from ablate.report.table import (SHARED_CPU_RATIO, mixed_code, COST_HEADERS, DASH, DELTA_HEADER, HEALTH_HEADER, NA, P_HEADER,
                                  TABLE_METRICS, WARN, display_table, fmt_bounds, fmt_ci, fmt_delta, fmt_interval,
-                                 fmt_points, fmt_verdict, metrics_table, seed_values, variant_label)
-from ablate.sweep.adaptive import CORRECTION, OPEN, SCREEN_LEVEL, pooled_sigma
+                                 fmt_p, fmt_points, fmt_verdict, metrics_table, seed_values, variant_label)
+from ablate.sweep.adaptive import COLLAPSED, CORRECTION, OPEN, SCREEN_LEVEL, pooled_sigma
 from ablate.results import STATUSES
 
 RIGHT_ALIGNED = {"Seeds", "mAP", DELTA_HEADER, P_HEADER, "AP50", "AP75", "APs", "APm", "APl", "APs/APm/APl", *COST_HEADERS,
@@ -601,7 +601,7 @@ def adaptive_section(info: Mapping, decisions: Sequence) -> list[str]:
     correction (on which it stopped), the seeds it took, its noise, margin and p-values raw and adjusted,
     the rounds, and the runs against max seeds everywhere and against the fixed design the power statement
     names."""
-    m = len(decisions)
+    m = _tested(decisions)
     runs, round_lines = _adaptive_rounds(info)
     return ["## Adaptive seeds", "",
             _adaptive_method(info, m), "",
@@ -612,9 +612,14 @@ def adaptive_section(info: Mapping, decisions: Sequence) -> list[str]:
             _adaptive_savings(info, decisions, runs) + ".", ""]
 
 
+def _tested(decisions: Sequence) -> int:
+    """The tricks the adaptive sweep's correction ran over: all but those a collapsed run took out."""
+    return sum(d.verdict != COLLAPSED for d in decisions)
+
+
 def _adaptive_rows(decisions: Sequence) -> list[dict[str, str]]:
     """The adaptive table's rows, one per trick: what it stopped on, with how many seeds, and why."""
-    m = len(decisions)
+    m = _tested(decisions)
     rows = []
     for d in decisions:
         change = fmt_ci(d.mean, d.half, mark=False) if not math.isnan(d.mean) else DASH
@@ -623,8 +628,8 @@ def _adaptive_rows(decisions: Sequence) -> list[dict[str, str]]:
                      f"Verdict ({CORRECTION} over {m})": "open (run stopped)" if d.verdict == OPEN else
                      fmt_verdict(d.verdict, d.margin),
                      "Seeds": str(d.seeds), "ΔmAP ± t-interval at the stop": change, "σ_d": noise,
-                     "p difference (Holm)": f"{d.p_difference:.2g} ({d.p_difference_adjusted:.2g})",
-                     "p equivalence (Holm)": f"{d.p_equivalence:.2g} ({d.p_equivalence_adjusted:.2g})"})
+                     "p difference (Holm)": fmt_p(d.p_difference, d.p_difference_adjusted),
+                     "p equivalence (Holm)": fmt_p(d.p_equivalence, d.p_equivalence_adjusted)})
     return rows
 
 
@@ -645,7 +650,7 @@ def _adaptive_savings(info: Mapping, decisions: Sequence, runs: int) -> str:
     """The runs made against max seeds everywhere and against the fixed design the power statement
     names (per base, the seeds to detect TARGET_DELTA after the correction): what adapting saved.
     The fixed design is left out when a base has no pooled σ_d to size it with."""
-    m = len(decisions)
+    m = _tested(decisions)
     bases = {b: [d for d in decisions if d.baseline == b] for b in dict.fromkeys(info["variants"].values())}
     full = (len(info["variants"]) + len(bases)) * info["max"]
     fixed, fixed_seeds = 0, []
@@ -675,7 +680,7 @@ def _adaptive_method(info: Mapping, m: int) -> str:
     return (f"Each trick ran {info['min']} seeds with its baseline, then one more seed at a time while open, "
             f"up to {info['max']}. After each round every trick's sequential p-values (each test spends "
             f"α = {info['alpha']:g} over the planned looks: {info['spending']} spending, a union bound over the "
-            f"looks) are adjusted by {info.get('correction', CORRECTION)}'s step-down over the {m} tricks, and a "
+            f"looks) are adjusted by {info.get('correction', CORRECTION)}'s step-down over {_plural(m, 'trick')}, and a "
             f"trick stops only on the adjusted p-value: helped or hurt (the paired test of no change rejects), or "
             f"no effect (equivalence within ±X, two one-sided tests). A trick decided raw but not after the "
             f"correction gets another seed. The tests use each base's pooled σ_d (the tricks' differences each "

@@ -74,6 +74,9 @@ RESOLUTION_POWER = 0.8
 
 HELPED, HURT, NO_EFFECT, UNDECIDED, OPEN = "helped", "hurt", "no_effect", "undecided", "open"
 FAILED = "incomplete (a run failed)"
+# A variant with a run-health warning (ablate/health.py: the detector collapsed) on its side or its
+# baseline's: the report decides nothing from it, so it gets no more seeds and no share of the correction.
+COLLAPSED = "undecided (a run collapsed)"
 
 
 class PlanError(UserInputError):
@@ -454,21 +457,29 @@ def differences(values: Mapping[tuple[str, int], float], variant: str, baseline:
 
 def decisions_from_records(records: Sequence, variants: Mapping[str, str], plan: Plan) -> list[TrickDecision]:
     """The plan's decision for each variant (name -> its baseline's name), from the records'
-    val mAP in points (ok records only; a variant recorded not_applicable is left out)."""
-    values, not_applicable, failed = {}, set(), set()
+    val mAP in points (ok records only; a variant recorded not_applicable is left out). A variant
+    with a run-health warning on either side is COLLAPSED, outside the pool and the correction, as the
+    report's decisions leave it (ablate/report/table.py)."""
+    values, not_applicable, failed, unhealthy = {}, set(), set(), set()
     for r in records:
         if r.status == "ok" and "mAP" in r.metrics:
             values[(r.variant, int(r.seed))] = 100 * float(r.metrics["mAP"])
+            if getattr(r, "health", None):
+                unhealthy.add(r.variant)
         elif r.status == "not_applicable":
             not_applicable.add(r.variant)
         elif r.status in ("failed", "diverged"):
             failed.add((r.variant, int(r.seed)))
-    pairs, broken = {}, []
+    pairs, broken, collapsed = {}, [], []
     for v, b in variants.items():
         if v in not_applicable:
             continue
         diffs, cut = differences(values, v, b, plan.max_seeds, failed)
+        if v in unhealthy or b in unhealthy:
+            mean = float(np.mean(diffs)) if diffs else math.nan
+            collapsed.append(TrickDecision(v, b, COLLAPSED, len(diffs), mean, math.nan, math.nan, math.nan))
+            continue
         pairs[v] = (b, diffs)
         if cut:
             broken.append(v)
-    return decide(pairs, plan, broken)
+    return decide(pairs, plan, broken) + collapsed
