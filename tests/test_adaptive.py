@@ -171,6 +171,7 @@ def test_a_smoke_adaptive_sweep_adds_seeds_only_to_undecided_variants_and_resume
     assert res.returncode == 0, res.stderr[-3000:]
     runs = d["runs"] / "adapt"
     info = json.loads((runs / "adaptive.json").read_text())
+    assert info["complete"] is True
     records = [read_record(p) for p in runs.glob("*/seed*/result.json")]
     seeds = {}
     for r in records:
@@ -196,6 +197,39 @@ def test_a_smoke_adaptive_sweep_adds_seeds_only_to_undecided_variants_and_resume
     again = ablate("sweep", str(sweep), "profile=smoke", *paths(d), env=env)
     assert again.returncode == 0 and not re.search(r"training \S+ \(seed \d\)", again.stdout + again.stderr)
     assert (runs / "adaptive.json").read_text() == first
+
+
+def test_a_sweep_stopped_between_rounds_leaves_its_plan_and_rounds_so_far(tmp_path, monkeypatch):
+    # adaptive.json is written before each round, so `ablate report` on an interrupted sweep (Ctrl-C, a dead
+    # job, the end of a session) shows its rounds and open tricks; "complete" only once it has ended.
+    from ablate.results import RunRecord, write_record
+    from ablate.sweep.sweeper import AblationSweeper
+
+    path = tmp_path / "adapt.yaml"
+    path.write_text("tricks: [warmup]\nseeds: {min: 2, max: 4, margin: 0.3}\n")
+    design = load_sweep(path)
+    sweep_dir = tmp_path / "runs"
+    launched = []
+
+    def launch(jobs, arguments, first_index):
+        if launched:  # round 2 is interrupted
+            raise KeyboardInterrupt
+        for job in jobs:  # round 1: warmup +1.0 and +1.4 over the baseline, open after 2 seeds
+            mAP = 0.40 + 0.01 * job.seed + (0.010 + 0.004 * job.seed if job.tricks else 0.0)
+            write_record(RunRecord(status="ok", variant=job.variant, sweep="adapt", tricks=list(job.tricks),
+                                   seed=job.seed, config={}, config_hash=f"{job.variant}{job.seed}", base_hash="b",
+                                   metrics={"mAP": mAP}), sweep_dir / job.variant / f"seed{job.seed}")
+        launched.append(jobs)
+        return []
+
+    sweeper = AblationSweeper()
+    monkeypatch.setattr(sweeper, "launch", launch)
+    with pytest.raises(KeyboardInterrupt):
+        sweeper.sweep_adaptive(design, [], sweep_dir)
+    info = json.loads((sweep_dir / "adaptive.json").read_text())
+    assert info["complete"] is False and info["variants"] == {"warmup": "baseline"}
+    assert [(r["round"], r["seeds"], r["variants"]) for r in info["rounds"]] == [
+        (1, 2, ["baseline", "warmup"]), (2, 3, ["baseline", "warmup"])]
 
 
 def test_a_failed_run_ends_its_variants_series_instead_of_asking_for_more_seeds():

@@ -596,6 +596,7 @@ def test_an_adaptive_sweeps_own_decisions_fill_the_tables_verdicts(tmp_path: Pat
     assert table.loc["mixup", "p_difference"] == pytest.approx(0.1051 / math.log(1 + (math.e - 1) / 2), abs=1e-3)
     section_text = section(report, "Adaptive seeds")
     assert "stops only on the adjusted p-value" in section_text and "not a confidence interval" in section_text
+    assert "has not ended" not in section_text  # a plan without "complete" (made before it) ended
     # 4 runs against 2 variants x 4 seeds = 8 (50% saved); the fixed design for 0.5 points at 80% power,
     # σ_d 0.283 (0.32 = (σ_d/δ)²) on n − 1 df: n = 4 needs (3.182 + 0.978)² · 0.32 = 5.5 > 4, n = 5 needs
     # (2.776 + 0.941)² · 0.32 = 4.4 <= 5: 2 x 5 = 10 runs (60% saved).
@@ -614,13 +615,15 @@ def test_an_adaptive_sweeps_collapsed_variant_is_outside_its_correction(tmp_path
                          make_record("mixup", seed=0, mAP=0.410), make_record("mixup", seed=1, mAP=0.424), *ghm])
     (adaptive / "adaptive.json").write_text(json.dumps({
         "min": 2, "max": 4, "margin": 0.3, "alpha": 0.05, "spending": "Pocock-type",
-        "variants": {"mixup": "baseline", "ghm": "baseline"},
+        "variants": {"mixup": "baseline", "ghm": "baseline"}, "complete": False,
         "rounds": [{"round": 1, "seeds": 2, "variants": ["baseline", "ghm", "mixup"]}]}))
     report = build_report([adaptive], tmp_path / "out").read_text()
     text = section(report, "Adaptive seeds")
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")]
             for line in text.splitlines() if line.startswith("| ghm ") or line.startswith("| mixup ")}
     assert "Verdict (Holm over 1)" in text and "step-down over 1 trick," in text
+    # stopped before it ended (adaptive.json's "complete": false): said first
+    assert text.lstrip().startswith("**The sweep has not ended**: it stopped in or after round 1")
     assert rows["ghm"][1] == "undecided (a run collapsed)" and rows["ghm"][5:] == ["n/a", "n/a"]
     assert rows["mixup"][1] == "open (run stopped)"
     table = pd.read_csv(tmp_path / "out" / "table.csv").set_index("variant")

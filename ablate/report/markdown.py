@@ -603,7 +603,10 @@ def adaptive_section(info: Mapping, decisions: Sequence) -> list[str]:
     names."""
     m = _tested(decisions)
     runs, round_lines = _adaptive_rounds(info)
-    return ["## Adaptive seeds", "",
+    unfinished = ([f"**The sweep has not ended**: it stopped in or after round {len(info['rounds'])} (the runs "
+                   f"below count that round whole). Its open tricks are said open; the same command goes on from "
+                   f"the records on disk.", ""] if info.get("complete") is False else [])
+    return ["## Adaptive seeds", "", *unfinished,
             _adaptive_method(info, m), "",
             markdown_table(pd.DataFrame(_adaptive_rows(decisions)),
                            right=("Seeds", "ΔmAP ± t-interval at the stop", "σ_d",

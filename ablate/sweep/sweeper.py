@@ -102,8 +102,20 @@ class AblationSweeper(Sweeper):
         jobs = design.all_jobs(tuple(range(plan.min_seeds)))
         log.info("sweep %s (%s design, adaptive seeds %d..%d, margin %g): round 1, %d runs in %s", design.name,
                  design.design, plan.min_seeds, plan.max_seeds, plan.margin, len(jobs), sweep_dir)
+        plan_info = {"min": plan.min_seeds, "max": plan.max_seeds, "margin": plan.margin, "alpha": plan.alpha,
+                     "spending": SPENDING, "correction": CORRECTION, "screen_level": SCREEN_LEVEL,
+                     "variants": variants, "rounds": [], "complete": False}
+        rounds = plan_info["rounds"]
+
+        def save(complete: bool = False) -> None:
+            # after each round, so a sweep stopped between rounds (Ctrl-C, a dead job, the end of a
+            # session) is reported with its rounds so far and its open tricks said open
+            plan_info["complete"] = complete
+            atomic_write_text(sweep_dir / ADAPTIVE_FILE, json.dumps(plan_info, indent=2) + "\n")
+
+        rounds.append({"round": 1, "seeds": plan.min_seeds, "variants": sorted({j.variant for j in jobs})})
+        save()
         returns = self.launch(jobs, arguments, 0)
-        rounds = [{"round": 1, "seeds": plan.min_seeds, "variants": sorted({j.variant for j in jobs})}]
         for seed in range(plan.min_seeds, plan.max_seeds):
             found, _ = find_records(sweep_dir)
             # only the seeds this round has: a relaunch finds later seeds on disk already
@@ -116,12 +128,10 @@ class AblationSweeper(Sweeper):
             log.info("adaptive round %d: seed %d for %d open variant(s): %s", len(rounds) + 1, seed,
                      len(still_open), ", ".join(sorted(still_open)))
             rounds.append({"round": len(rounds) + 1, "seeds": seed + 1, "variants": sorted(wanted)})
+            save()
             returns += self.launch(more, arguments, len(jobs))
             jobs += more
-        plan_info = {"min": plan.min_seeds, "max": plan.max_seeds, "margin": plan.margin, "alpha": plan.alpha,
-                     "spending": SPENDING, "correction": CORRECTION, "screen_level": SCREEN_LEVEL,
-                     "variants": variants, "rounds": rounds}
-        atomic_write_text(sweep_dir / ADAPTIVE_FILE, json.dumps(plan_info, indent=2) + "\n")
+        save(complete=True)
         return jobs, returns
 
     def sweep(self, arguments: list[str]) -> Any:
