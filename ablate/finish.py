@@ -54,6 +54,7 @@ def map_se(data, detections: list[dict], mAP: float, settings) -> float:
 
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 _STATUS = Path("/proc/self/status")
+_peak_is_the_runs = False  # whether reset_peak_memory could start the peak at this run
 
 
 def reset_peak_memory(device: torch.device) -> None:
@@ -61,13 +62,22 @@ def reset_peak_memory(device: torch.device) -> None:
     peak (VmHWM), which would otherwise keep an earlier run's: the basic launcher trains every run of a
     sweep in one process, joblib's workers several each. Linux resets it by writing 5 to clear_refs; where
     that cannot be done, peak_memory_mb reads the process's lifetime peak."""
+    global _peak_is_the_runs
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+        _peak_is_the_runs = True
         return
     try:
         _CLEAR_REFS.write_text("5")
+        _peak_is_the_runs = _STATUS.is_file()
     except OSError:
-        pass
+        _peak_is_the_runs = False
+
+
+def peak_memory_scope() -> str:
+    """What peak_memory_mb measured, for record.peak_memory_scope: "run" (since reset_peak_memory) or
+    "process" (the process's lifetime peak: on the CPU where the peak cannot be reset)."""
+    return "run" if _peak_is_the_runs else "process"
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -105,6 +115,7 @@ def finish(run) -> RunRecord:
         log.info("val mAP %s (AP50 %s, AP75 %s)", *(points(record.metrics[k]) for k in ("mAP", "AP50", "AP75")))
     record.params = count_parameters(model)
     record.peak_memory_mb = peak_memory_mb(run.device)
+    record.peak_memory_scope = peak_memory_scope()
     record.timings = timings(run.totals, time.perf_counter() - run.started, run.time_to_first_step)
     run.tracker.log_final(record)
     if distributed.is_primary():

@@ -79,6 +79,10 @@ class RunRecord:
     params: int | None = None
     flops: int | None = None
     peak_memory_mb: float | None = None
+    # What peak_memory_mb covers (ablate/finish.py): "run" (this run's peak), "process" (on the CPU, the
+    # peak of every run its process trained so far: a sweep's runs share one); "" in records made before
+    # it, whose CPU peaks are the process's.
+    peak_memory_scope: str = ""
     device: str = ""
     error: str | None = None
     versions: dict[str, str] = field(default_factory=dict)

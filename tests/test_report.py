@@ -42,7 +42,7 @@ def make_record(variant: str = "baseline", tricks: list[str] | None = None, seed
         timings={"train_s": 120.0, "images_per_s": 50.0} if ok else {"train_s": 3.0},
         inference_ms_per_image=8.0 if ok else None,
         params=3_000_000, flops=2_500_000_000 if ok else None,
-        device="cpu", error=error, created_at=created_at,
+        device="cpu", peak_memory_scope="run", error=error, created_at=created_at,
     )
 
 

@@ -352,6 +352,22 @@ def test_train_time_is_cpu_seconds_for_a_base_whose_runs_shared_the_cpu(tmp_path
     assert (by["baseline"]["Train time"], by["warmup"]["Train time"]) == ("120 s", "+108%")
 
 
+def test_a_cpu_peak_that_may_be_an_earlier_runs_is_not_shown(tmp_path: Path):
+    # Records made before peak_memory_scope kept the process's peak: in a sweep (one process) the runs after the
+    # biggest one all show its peak. Shown as n/a, never as a change; a GPU run's peak was always its own.
+    base, ema = rec("baseline", 0, 40.0), rec("ema", 0, 41.0, created_at="2025-03-01T11:00:00")
+    base.peak_memory_mb, ema.peak_memory_mb = 1000.0, 1130.0
+    ema.peak_memory_scope = ""
+    report = report_of(tmp_path, [base, ema], "old")
+    by = {r["Variant"]: r for r in md_table(report)}
+    assert by["baseline"]["Peak mem"] == "1,000 MB" and by["ema"]["Peak mem"] == "n/a"
+    assert "Peak mem is n/a for the CPU runs recorded before each run's peak was its own" in report
+    for r in (base, ema):
+        r.device = "cuda:0"
+    by = {r["Variant"]: r for r in md_table(report_of(tmp_path, [base, ema], "gpu"))}
+    assert by["ema"]["Peak mem"] == "+13%"
+
+
 def test_table_csv_has_all_coco_metrics_and_ci_columns(three_seeds, tmp_path: Path):
     for r in three_seeds:
         r.metrics["AR100"] = r.metrics["mAP"] + 0.1

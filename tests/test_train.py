@@ -195,10 +195,11 @@ def test_bccd_trains_a_few_steps_and_evaluates(tmp_path):
 def test_a_runs_cpu_peak_memory_is_its_own_not_an_earlier_runs_of_the_same_process():
     # The basic launcher trains a sweep's runs in one process: the process's resident peak would carry a
     # bigger earlier run's into every later record. 300 MB touched and freed, then a run's peak starts.
-    from ablate.finish import peak_memory_mb, reset_peak_memory
+    from ablate.finish import peak_memory_mb, peak_memory_scope, reset_peak_memory
     cpu = torch.device("cpu")
     big = torch.ones(300 * 2**20 // 4)
     before = peak_memory_mb(cpu)
     del big
     reset_peak_memory(cpu)
     assert peak_memory_mb(cpu) < before - 250
+    assert peak_memory_scope() == "run"  # the record says its peak is its own (the report shows it)

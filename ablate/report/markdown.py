@@ -498,6 +498,10 @@ def notes(table: pd.DataFrame) -> list[str]:
         "within 0.5%), a “special” does (bag of specials); latency is measured, not used, as it is noisy.",
     ]
     lines += shared_cpu_lines(table)
+    if table["peak_memory_unscoped"].sum():
+        lines.append("- Peak mem is n/a for the CPU runs recorded before each run's peak was its own "
+                     "(record.peak_memory_scope): theirs is the process's peak over every run it trained, and a "
+                     "sweep's runs share a process.")
     no_ci = table[~table["baseline"] & table["delta_mAP"].notna() & table["delta_ci_half"].isna()]
     if len(no_ci):
         names = ", ".join(f"`{v}`" for v in no_ci["variant"])

@@ -520,7 +520,10 @@ def _variant_row(key: GroupKey, recs: Sequence[RunRecord], name: str, base_label
     shares = [_cpu_share(r) for r in ok]
     row["cpu_shares"] = [v for v in shares if not math.isnan(v)]
     row["images_per_cpu_s"] = _mean(_num((r.timings or {}).get("images_per_s")) / v for r, v in zip(ok, shares))
-    row["peak_memory_mb"] = _mean(_num(r.peak_memory_mb) for r in ok)
+    # A CPU peak that may be an earlier run's (peak_memory_scope not "run") says nothing of this variant.
+    unscoped = [r for r in ok if str(r.device or "").startswith("cpu") and r.peak_memory_scope != "run"]
+    row["peak_memory_mb"] = math.nan if unscoped else _mean(_num(r.peak_memory_mb) for r in ok)
+    row["peak_memory_unscoped"] = len(unscoped)
     row["inference_ms"] = _mean(_num(r.inference_ms_per_image) for r in ok)
     row["inference_ms_std"] = _std(_num(r.inference_ms_per_image) for r in ok)  # latency is noisy: its spread
     row["params_M"] = _mean(_num(r.params) / 1e6 for r in ok)
@@ -620,7 +623,7 @@ def _table_columns() -> list[str]:
     for name in COCO_METRICS[1:]:
         columns += [name, f"{name}_std"]
     columns += [*TIMING_COLUMNS, "inference_ms_std", *(c for c, _ in CHANGE_COLUMNS.values()), "timing_basis",
-                "train_cpu_s", "images_per_cpu_s", "cpu_share_min", "cpu_share_max", "kind", "first_created_at"]
+                "train_cpu_s", "peak_memory_unscoped", "images_per_cpu_s", "cpu_share_min", "cpu_share_max", "kind", "first_created_at"]
     return columns
 
 
