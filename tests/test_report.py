@@ -625,6 +625,7 @@ def test_an_adaptive_sweeps_collapsed_variant_is_outside_its_correction(tmp_path
     # stopped before it ended (adaptive.json's "complete": false): said first
     assert text.lstrip().startswith("**The sweep has not ended**: it stopped in or after round 1")
     assert rows["ghm"][1] == "undecided (a run collapsed)" and rows["ghm"][5:] == ["n/a", "n/a"]
+    assert rows["ghm"][2:4] == ["2", "−25.0 (not tested)"]  # (1 − 40) and (30 − 41) over its 2 seeds
     assert rows["mixup"][1] == "open (run stopped)"
     table = pd.read_csv(tmp_path / "out" / "table.csv").set_index("variant")
     assert table.loc["ghm", "verdict"] == "undecided (a run collapsed)" and table.loc["mixup", "verdict"] == "open"

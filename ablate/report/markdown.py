@@ -630,6 +630,8 @@ def _adaptive_rows(decisions: Sequence) -> list[dict[str, str]]:
     rows = []
     for d in decisions:
         change = fmt_ci(d.mean, d.half, mark=False) if not math.isnan(d.mean) else DASH
+        if d.verdict == COLLAPSED and not math.isnan(d.mean):
+            change = f"{fmt_delta(d.mean)} (not tested)"
         noise = DASH if math.isnan(d.std) else f"{d.std:.2f} ({d.df:.0f} df{'' if d.pooled else ', own'})"
         rows.append({"Variant": d.variant,
                      f"Verdict ({CORRECTION} over {m})": "open (run stopped)" if d.verdict == OPEN else
