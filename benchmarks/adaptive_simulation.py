@@ -142,14 +142,12 @@ def from_records(root: Path) -> dict[str, tuple[float, float, int]]:
     """trick -> (mean paired difference, σ, base index) from a sweep's records (variants <base>/<tricks>,
     partner <base>/baseline at the same seed): σ is the base's pooled σ_d (ablate.sweep.adaptive, robust
     to an outlying trick), or the trick's own std where the pool left it out."""
-    from paired_noise import by_variant
+    from paired_noise import by_base, by_variant
 
     runs = by_variant(root)
     out: dict[str, tuple[float, float, int]] = {}
-    for index, base in enumerate(sorted({v.split("/", 1)[0] for v in runs if "/" in v})):
-        baseline = runs.get(f"{base}/baseline", {})
-        tricks = sorted(v for v in runs if v.startswith(f"{base}/") and v != f"{base}/baseline")
-        diffs = [[runs[t][s][0] - baseline[s][0] for s in sorted(set(runs[t]) & set(baseline))] for t in tricks]
+    for index, (_, baseline, tricks, seed_lists) in enumerate(by_base(runs)):
+        diffs = [[runs[t][s][0] - baseline[s][0] for s in seeds] for t, seeds in zip(tricks, seed_lists)]
         sigma, _, kept, _ = pooled_sigma(diffs)
         for t, d, k in zip(tricks, diffs, kept):
             if d:

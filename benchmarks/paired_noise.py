@@ -53,14 +53,23 @@ def rms(values: list[float]) -> float:
     return float(np.sqrt(np.mean(np.square(values)))) if values else math.nan
 
 
-def base_rows(runs: dict[str, dict[int, tuple[float, float]]]) -> list[dict]:
-    rows = []
+def by_base(runs: dict[str, dict[int, tuple[float, float]]]
+            ) -> list[tuple[str, dict[int, tuple[float, float]], list[str], list[list[int]]]]:
+    """Per base, in the order of their names: its baseline's runs, its tricks, and the seeds each trick
+    shares with the baseline (those its paired differences are taken at)."""
+    out = []
     for base in sorted({v.split("/", 1)[0] for v in runs if "/" in v}):
         baseline = runs.get(f"{base}/baseline", {})
         tricks = sorted(v for v in runs if v.startswith(f"{base}/") and v != f"{base}/baseline")
+        out.append((base, baseline, tricks, [sorted(set(runs[t]) & set(baseline)) for t in tricks]))
+    return out
+
+
+def base_rows(runs: dict[str, dict[int, tuple[float, float]]]) -> list[dict]:
+    rows = []
+    for base, baseline, tricks, seed_lists in by_base(runs):
         diffs, pairs, se = [], [], []
-        for t in tricks:
-            seeds = sorted(set(runs[t]) & set(baseline))
+        for t, seeds in zip(tricks, seed_lists):
             diffs.append([runs[t][s][0] - baseline[s][0] for s in seeds])
             pairs.append(([runs[t][s][0] for s in seeds], [baseline[s][0] for s in seeds]))
             se += [math.hypot(runs[t][s][1], baseline[s][1]) for s in seeds]
