@@ -18,7 +18,7 @@ from .data import make_loader
 from .evaluate import coco_metrics, count_flops, measure_latency, predict
 from .health import assess
 from .models import count_parameters, label_offset
-from .results import RunRecord, points, write_record
+from .results import RunRecord, points, proc_status, write_record
 
 log = logging.getLogger("ablate.train")
 
@@ -53,7 +53,6 @@ def map_se(data, detections: list[dict], mAP: float, settings) -> float:
 
 
 _CLEAR_REFS = Path("/proc/self/clear_refs")
-_STATUS = Path("/proc/self/status")
 _peak_is_the_runs = False  # whether reset_peak_memory could start the peak at this run
 
 
@@ -69,7 +68,7 @@ def reset_peak_memory(device: torch.device) -> None:
         return
     try:
         _CLEAR_REFS.write_text("5")
-        _peak_is_the_runs = _STATUS.is_file()
+        _peak_is_the_runs = proc_status("VmHWM") is not None
     except OSError:
         _peak_is_the_runs = False
 
@@ -85,12 +84,9 @@ def peak_memory_mb(device: torch.device) -> float:
     reset_peak_memory (VmHWM on Linux; elsewhere the process's lifetime peak, ru_maxrss)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    try:
-        for line in _STATUS.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024  # kB
-    except (OSError, ValueError, IndexError):
-        pass
+    peak = proc_status("VmHWM")  # kB
+    if peak is not None:
+        return int(peak) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
 
 

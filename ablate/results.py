@@ -165,15 +165,27 @@ def tricks_hash(config: dict[str, Any]) -> str:
     return config_hash(config, ("tricks",))
 
 
+PROC_STATUS = Path("/proc/self/status")
+
+
+def proc_status(key: str) -> str | None:
+    """The first word of a line of Linux's /proc/self/status ("Umask", "VmHWM"); None where there is none."""
+    try:
+        for line in PROC_STATUS.read_text().splitlines():
+            name, _, value = line.partition(":")
+            if name == key and value.split():
+                return value.split()[0]
+    except OSError:
+        pass
+    return None
+
+
 def _umask() -> int:
     """The process's umask, read without changing it where Linux shows it (os.umask can only be read by
     setting it, which another thread's file creation could meet)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
+    shown = proc_status("Umask")
+    if shown is not None:
+        return int(shown, 8)
     mask = os.umask(0o022)
     os.umask(mask)
     return mask

@@ -521,7 +521,7 @@ def _variant_row(key: GroupKey, recs: Sequence[RunRecord], name: str, base_label
     row["cpu_shares"] = [v for v in shares if not math.isnan(v)]
     row["images_per_cpu_s"] = _mean(_num((r.timings or {}).get("images_per_s")) / v for r, v in zip(ok, shares))
     # A CPU peak that may be an earlier run's (peak_memory_scope not "run") says nothing of this variant.
-    unscoped = [r for r in ok if str(r.device or "").startswith("cpu") and r.peak_memory_scope != "run"]
+    unscoped = [r for r in ok if _on_cpu(r) and r.peak_memory_scope != "run"]
     row["peak_memory_mb"] = math.nan if unscoped else _mean(_num(r.peak_memory_mb) for r in ok)
     row["peak_memory_unscoped"] = len(unscoped)
     row["inference_ms"] = _mean(_num(r.inference_ms_per_image) for r in ok)
@@ -554,12 +554,16 @@ def _add_delta_columns(row: dict[str, Any], seeds: Mapping[int, float],
     return delta
 
 
+def _on_cpu(record: RunRecord) -> bool:
+    return str(record.device or "").startswith("cpu")
+
+
 def _cpu_share(record: RunRecord) -> float:
     """CPU seconds of a CPU run's training per wall second (NaN for an accelerator's run, where the CPU
     waits on the device, and for records without train_cpu_s)."""
     timings = record.timings if isinstance(record.timings, dict) else {}
     wall, cpu = _num(timings.get("train_s")), _num(timings.get("train_cpu_s"))
-    if not str(record.device or "").startswith("cpu") or not wall > 0 or not cpu > 0:
+    if not _on_cpu(record) or not wall > 0 or not cpu > 0:
         return math.nan
     return cpu / wall
 
@@ -623,7 +627,8 @@ def _table_columns() -> list[str]:
     for name in COCO_METRICS[1:]:
         columns += [name, f"{name}_std"]
     columns += [*TIMING_COLUMNS, "inference_ms_std", *(c for c, _ in CHANGE_COLUMNS.values()), "timing_basis",
-                "train_cpu_s", "peak_memory_unscoped", "images_per_cpu_s", "cpu_share_min", "cpu_share_max", "kind", "first_created_at"]
+                "train_cpu_s", "peak_memory_unscoped", "images_per_cpu_s", "cpu_share_min", "cpu_share_max", "kind",
+                "first_created_at"]
     return columns
 
 

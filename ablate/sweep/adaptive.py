@@ -464,7 +464,7 @@ def decisions_from_records(records: Sequence, variants: Mapping[str, str], plan:
     for r in records:
         if r.status == "ok" and "mAP" in r.metrics:
             values[(r.variant, int(r.seed))] = 100 * float(r.metrics["mAP"])
-            if getattr(r, "health", None):
+            if r.health:
                 unhealthy.add(r.variant)
         elif r.status == "not_applicable":
             not_applicable.add(r.variant)
