@@ -75,14 +75,15 @@ def section(report: str, name: str) -> str:
 
 @pytest.fixture
 def paired_sweep(tmp_path: Path) -> Path:
-    """Baseline and one trick over seeds 0 and 1 (hand-computable), plus a trick with a single seed."""
+    """Baseline and one trick over seeds 0 and 1 (hand-computable), plus a trick with a single seed the
+    baseline did not run (seed 2: nothing to pair with)."""
     root = tmp_path / "runs" / "sw"
     write_all(root, [
         make_record("baseline", seed=0, mAP=0.400, created_at="2025-03-01T10:00:00"),
         make_record("baseline", seed=1, mAP=0.420, created_at="2025-03-01T10:05:00"),
         make_record("mixup", seed=0, mAP=0.415, created_at="2025-03-01T11:00:00"),
         make_record("mixup", seed=1, mAP=0.445, created_at="2025-03-01T11:05:00"),
-        make_record("ls", seed=0, mAP=0.396, created_at="2025-03-01T12:00:00"),
+        make_record("ls", seed=2, mAP=0.396, created_at="2025-03-01T12:00:00"),
     ])
     return root
 
@@ -377,7 +378,11 @@ def test_bases_fall_back_to_their_differing_overrides(tmp_path: Path):
 def test_paired_differences_helper():
     diffs = paired_differences({0: 41.5, 1: 44.5}, {1: 42.0, 0: 40.0})
     assert list(diffs) == pytest.approx([1.5, 2.5])
-    assert paired_differences({0: 41.0}, {0: 40.0, 1: 42.0}) is None
+    # A variant an adaptive sweep stopped at fewer seeds than its baseline pairs on the seeds it ran, and the
+    # other way round (a baseline run failed); seed sets that merely overlap do not pair.
+    assert list(paired_differences({0: 41.0}, {0: 40.0, 1: 42.0})) == pytest.approx([1.0])
+    assert list(paired_differences({0: 41.0, 1: 45.0, 2: 50.0}, {0: 40.0, 1: 42.0})) == pytest.approx([1.0, 3.0])
+    assert paired_differences({0: 41.0, 2: 43.0}, {0: 40.0, 1: 42.0}) is None
     assert paired_differences({}, {}) is None
     delta = delta_against({0: 41.5, 1: 44.5}, {0: 40.0, 1: 42.0})
     assert delta.paired and delta.n == 2
@@ -453,7 +458,7 @@ def test_one_trick_with_two_sets_of_arguments_is_two_variants(tmp_path: Path):
     root = tmp_path / "runs"
     records = [make_record("baseline", seed=0, mAP=0.400), make_record("baseline", seed=1, mAP=0.420),
                mixup(0.2, 0, 0.410), mixup(0.2, 1, 0.434), mixup(1.5, 0, 0.431), mixup(1.5, 1, 0.449),
-               make_record("ls", seed=0, mAP=0.396, created_at="2025-03-01T12:00:00")]
+               make_record("ls", seed=2, mAP=0.396, created_at="2025-03-01T12:00:00")]
     for r in records:
         alpha = r.config["tricks"].get("mixup", {}).get("alpha", "")
         write_record(r, root / r.variant / f"alpha{alpha}-seed{r.seed}")

@@ -67,8 +67,11 @@ def test_one_seed_gives_no_interval():
     assert one.mean == pytest.approx(2.6) and not one.has_ci and math.isnan(one.half)
     assert one.method == "paired" and one.n == 1 and one.sign == 0
     # Unpaired with one seed on a side: a difference of means (39.6 − 41.0), no interval.
-    lone = compare({0: 39.6}, {0: 40.0, 1: 42.0})
+    lone = compare({2: 39.6}, {0: 40.0, 1: 42.0})
     assert lone.method == "unpaired" and lone.mean == pytest.approx(-1.4) and not lone.has_ci
+    # One seed the baseline also ran: paired on it (39.6 − 40.0), still no interval.
+    one_of_two = compare({0: 39.6}, {0: 40.0, 1: 42.0})
+    assert one_of_two.method == "paired" and one_of_two.mean == pytest.approx(-0.4) and not one_of_two.has_ci
     assert math.isnan(compare({}, {0: 40.0}).mean)
 
 
@@ -80,8 +83,11 @@ def test_welch_interval_by_hand():
     assert ci.method == "welch" and ci.mean == pytest.approx(3.0)
     assert ci.df == pytest.approx(49 / 17)
     assert ci.half == pytest.approx(3.257208 * math.sqrt(7 / 3), abs=1e-4) == pytest.approx(4.9755, abs=1e-4)
-    # compare() falls back to Welch when the seed sets differ.
-    assert compare({0: 42.0, 1: 44.0, 2: 46.0}, {0: 40.0, 1: 42.0}).method == "welch"
+    # compare() falls back to Welch when neither seed set contains the other...
+    assert compare({1: 42.0, 2: 44.0, 3: 46.0}, {0: 40.0, 1: 42.0}).method == "welch"
+    # ...and pairs on the seeds both ran when one does: 42 − 40, 44 − 42.
+    nested = compare({0: 42.0, 1: 44.0, 2: 46.0}, {0: 40.0, 1: 42.0})
+    assert nested.method == "paired" and nested.n == 2 and nested.mean == pytest.approx(2.0) and nested.half == 0.0
 
 
 def test_ci_cell_formatting():
@@ -104,12 +110,12 @@ def test_ci_cell_formatting():
 def three_seeds() -> list:
     """Baseline 40, 41, 42 and tricks whose paired differences are set by hand:
     wide +1, +2, +3 (CI spans zero), tight +2, +2.5, +3 (above zero), worse −3, −2.5, −2 (below zero),
-    and lone at seed 0 only (42, one seed: 42 − mean 41 = +1.0, unpaired)."""
+    and lone at seed 5 only, which the baseline did not run (42, one seed: 42 − mean 41 = +1.0, unpaired)."""
     return (series("baseline", [40.0, 41.0, 42.0], created="09")
             + series("wide", [41.0, 43.0, 45.0], created="10")
             + series("tight", [42.0, 43.5, 45.0], created="11")
             + series("worse", [37.0, 38.5, 40.0], created="12")
-            + series("lone", [42.0], created="13"))
+            + [rec("lone", 5, 42.0, None, created_at="2025-03-01T13:00:05")])
 
 
 def test_ci_mark_where_the_corrected_verdict_is_helped_or_hurt(three_seeds, tmp_path: Path):
@@ -223,8 +229,10 @@ def test_single_seed_sweep_says_no_interval_can_be_given(tmp_path: Path):
 
 
 def test_welch_interval_in_the_table_when_seeds_differ(tmp_path: Path):
-    # Variant at seeds 0, 1, 2 = 42, 44, 46; baseline at seeds 0, 1 = 40, 42 (see test_welch_interval_by_hand).
-    records = series("baseline", [40.0, 42.0]) + series("mosaic", [42.0, 44.0, 46.0], created="11")
+    # Variant at seeds 1, 2, 3 = 42, 44, 46; baseline at seeds 0, 1 = 40, 42 (see test_welch_interval_by_hand):
+    # neither seed set contains the other, so the two groups are compared as independent.
+    records = series("baseline", [40.0, 42.0]) + [rec("mosaic", s, p, None, created_at=f"2025-03-01T11:00:0{s}")
+                                                  for s, p in ((1, 42.0), (2, 44.0), (3, 46.0))]
     report = report_of(tmp_path, records)
     assert {r["Variant"]: r for r in md_table(report)}["mosaic"][DELTA_HEADER] == "+3.0 ± 5.0 (Welch)"
     assert "Unpaired ΔmAP" in section(report, "Notes") and "Welch" in section(report, "Notes")
@@ -232,6 +240,23 @@ def test_welch_interval_in_the_table_when_seeds_differ(tmp_path: Path):
     noise = section(report, "Seed noise and power")
     assert "σ = 1.41 points" in noise and "σ_d ≈ √2·σ = 2.00 points" in noise
     assert "**128 seeds**" in noise and "gives 126" in noise and "too few" in noise
+
+
+def test_a_trick_stopped_before_its_baseline_is_paired_on_the_seeds_it_ran(tmp_path: Path):
+    """An adaptive sweep stops a trick at 2 seeds while its baseline runs on for the other tricks: the
+    trick's ΔmAP and interval are the paired ones on seeds 0-1, not Welch's over unequal groups."""
+    # Baseline 40, 42, 47 (a noisy third seed); mixup 37, 39.5 at seeds 0-1: differences −3.0, −2.5, mean −2.75,
+    # s = 0.3536, half t_{0.975,1} · 0.3536/√2 = 12.706 · 0.25 = 3.18. Welch would say 38.25 − 43.0 = −4.75.
+    records = series("baseline", [40.0, 42.0, 47.0]) + series("mixup", [37.0, 39.5], created="11")
+    report = report_of(tmp_path, records)
+    row = {r["Variant"]: r for r in md_table(report)}["mixup"]
+    assert row[DELTA_HEADER] == f"{MINUS}2.8 ± 3.2"
+    table = pd.read_csv(tmp_path / "out" / "sw" / "table.csv").set_index("variant")
+    assert table.loc["mixup", "delta_ci_method"] == "paired" and table.loc["mixup", "delta_seeds"] == 2
+    assert table.loc["mixup", "delta_mAP"] == pytest.approx(-2.75)
+    assert table.loc["mixup", "delta_ci_half"] == pytest.approx(12.7062 * 0.25, abs=1e-3)
+    notes = section(report, "Notes")
+    assert "`mixup` (2 of 3)" in notes and "Unpaired" not in notes
 
 
 # ----------------------------------------------------------------------------------------------

@@ -21,7 +21,8 @@ from ablate.report.stats import (ALPHA, CUMULATIVE, POWER, TARGET_DELTA, compare
                                  detectable_change, factorial_effects, seeds_needed, seeds_needed_z)
 from ablate.report.table import (mixed_code, COST_HEADERS, DASH, DELTA_HEADER, HEALTH_HEADER, NA, P_HEADER,
                                  SHARED_CPU_RATIO, TABLE_METRICS, WARN, display_table, fmt_bounds, fmt_ci, fmt_delta, fmt_interval,
-                                 fmt_p, fmt_points, fmt_verdict, metrics_table, seed_values, variant_label)
+                                 fmt_p, fmt_points, fmt_verdict, metrics_table, paired_differences, seed_values,
+                                 variant_label)
 from ablate.sweep.adaptive import COLLAPSED, CORRECTION, OPEN, SCREEN_LEVEL, pooled_sigma
 from ablate.results import STATUSES
 
@@ -344,6 +345,22 @@ def _spread_text(sigma: float, n_b: int) -> str:
     return "The baseline has no ok run, so its seed-to-seed spread is unknown"
 
 
+def _partly_paired_lines(table: pd.DataFrame) -> list[str]:
+    """A note naming the variants paired on fewer seeds than one side ran (an adaptive sweep's trick that
+    stopped before its baseline), whose ΔmAP is therefore not the difference of the two mAP columns."""
+    baseline_seeds = dict(zip(table.loc[table["baseline"], "base_hash"], table.loc[table["baseline"], "seeds"]))
+    bits = []
+    for rec in table[~table["baseline"] & table["delta_paired"]].to_dict("records"):
+        ran = max(rec["seeds"], baseline_seeds.get(rec["base_hash"], 0))
+        if rec["delta_seeds"] < ran:
+            bits.append(f"`{rec['variant']}` ({rec['delta_seeds']} of {ran})")
+    if not bits:
+        return []
+    return [f"- ΔmAP paired on the seeds both sides ran, fewer than one side ran (a trick an adaptive sweep "
+            f"stopped while its baseline went on, or a failed run): {', '.join(bits)}. Its mAP column and its "
+            f"baseline's average each side's own seeds, so their difference need not equal ΔmAP."]
+
+
 def _sigma_d(block: pd.DataFrame, runs: pd.DataFrame, baseline: Mapping[int, float], sigma: float,
              several: bool) -> tuple[float, str, float]:
     """σ_d, the std of a paired difference, the text saying where it comes from, and the pool's df per
@@ -353,7 +370,7 @@ def _sigma_d(block: pd.DataFrame, runs: pd.DataFrame, baseline: Mapping[int, flo
     for rec in block[~block["baseline"] & block["delta_paired"] & (block["delta_seeds"] >= 2)].to_dict("records"):
         variant = seed_values(runs, rec)
         names.append(_name(rec, several))
-        groups.append([variant[s] - baseline[s] for s in sorted(variant)])
+        groups.append(paired_differences(variant, baseline).tolist())
     sigma_d, dof, pooled, rho = pooled_sigma(groups)
     raw_df = sum(len(g) - 1 for g, kept in zip(groups, pooled) if kept)
     if dof:
@@ -482,9 +499,10 @@ def notes(table: pd.DataFrame) -> list[str]:
         "over seeds, shown from two seeds on (the other metrics' are under “Metrics over seeds” and in table.csv). "
         "Seeds counts the ok runs; failed and diverged runs add no number.",
         f"- {DELTA_HEADER}: the variant's mAP minus its baseline's (same model, data and schedule, no tricks). "
-        f"When both ran the same n seeds it is the mean of the per-seed differences d_i and the ± is the half-width "
-        f"of their 95% t-interval, t₀.₉₇₅,ₙ₋₁·s_d/√n (the lines of the forest plot); when the seed sets differ it "
-        f"is the difference of the means with Welch's 95% interval, marked (Welch). **Bold**: the verdict after "
+        f"On the n seeds both ran (when one side's seeds contain the other's) it is the mean of the per-seed "
+        f"differences d_i and the ± is the half-width of their 95% t-interval, t₀.₉₇₅,ₙ₋₁·s_d/√n (the lines of "
+        f"the forest plot); when neither seed set contains the other it is the difference of the means with "
+        f"Welch's 95% interval, marked (Welch). **Bold**: the verdict after "
         f"{CORRECTION}'s correction is helped or hurt (an interval may exclude zero and the corrected test not, "
         f"or the reverse: the test uses the base's pooled σ_d). With a single seed no interval can be given (1 seed, no CI). "
         f"{DASH} marks the baseline itself; n/a a ΔmAP that cannot be computed (no ok run of the variant or of "
@@ -510,8 +528,10 @@ def notes(table: pd.DataFrame) -> list[str]:
     unpaired = table[~table["baseline"] & table["delta_mAP"].notna() & ~table["delta_paired"]]
     if len(unpaired):
         names = ", ".join(f"`{v}`" for v in unpaired["variant"])
-        lines.append(f"- Unpaired ΔmAP (the variant's ok seeds differ from its baseline's, so ΔmAP is a difference "
-                     f"of means, with Welch's interval where both sides have two seeds or more): {names}.")
+        lines.append(f"- Unpaired ΔmAP (neither the variant's ok seeds nor its baseline's contain the other's, so "
+                     f"ΔmAP is a difference of means, with Welch's interval where both sides have two seeds or "
+                     f"more): {names}.")
+    lines += _partly_paired_lines(table)
     missing = table[~table["baseline"] & table["delta_mAP"].isna()]
     if len(missing):
         bits = []

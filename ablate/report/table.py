@@ -23,7 +23,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from ablate.report.stats import ALPHA, POWER, TARGET_DELTA, Interval, compare, relative_change, trick_kind
+from ablate.report.stats import (ALPHA, POWER, TARGET_DELTA, Interval, compare, paired_seeds, relative_change,
+                                 trick_kind)
 from ablate.results import COCO_METRICS, STATUSES, RunRecord, tricks_hash
 from ablate.sweep.adaptive import UNDECIDED, fixed_decisions
 
@@ -166,15 +167,16 @@ def per_seed(values: Iterable[tuple[int, float]]) -> dict[int, float]:
 
 
 def paired_differences(variant: Mapping[int, float], baseline: Mapping[int, float]) -> np.ndarray | None:
-    """Per-seed differences variant − baseline, in seed order, when both ran the same seeds; else None.
+    """Per-seed differences variant − baseline on the seeds both ran, in seed order, when one side's seeds
+    contain the other's (stats.paired_seeds: an adaptive sweep stops a trick before its baseline); else None.
 
     Pairing by seed removes the part of the seed noise the two runs share (same data order, same
     initialisation of the shared layers), so the spread of these differences, not the spread of
     either mAP, is what says whether a trick helps.
     """
-    if not variant or set(variant) != set(baseline):
+    seeds = paired_seeds(variant, baseline)
+    if seeds is None:
         return None
-    seeds = sorted(variant)
     return np.asarray([variant[s] - baseline[s] for s in seeds], dtype=float)
 
 
@@ -411,8 +413,9 @@ def records_table(records: list[RunRecord]) -> pd.DataFrame:
     (train_s_change_pct, ..., inference_ms_change in ms), kind, first_created_at.
 
     ``delta_mAP`` is NaN for a baseline and for a variant whose baseline has no ok run. Its 95% CI is the
-    t-interval of the per-seed differences when the variant ran its baseline's seeds (delta_ci_method
-    "paired"), Welch's interval of the two groups when the seeds differ ("welch"); NaN under two seeds
+    t-interval of the per-seed differences on the seeds both ran when one side's seeds contain the other's
+    (delta_ci_method "paired", on delta_seeds seeds), Welch's interval of the two groups when neither does
+    ("welch"); NaN under two seeds
     (method "paired" with one seed, "unpaired" with one seed on a side). delta_sign is +1 / −1 when the
     CI lies above / below zero, 0 otherwise. ``kind`` is "freebie" (params and FLOPs those of the baseline
     within 0.5%), "special", or "" (baseline, or nothing to compare).
