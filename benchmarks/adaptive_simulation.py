@@ -19,8 +19,10 @@ iou_balanced on Faster R-CNN's; runs in all (variants and baselines), tricks dec
 (helped/hurt of the true sign, or no effect with |true Δ| under the margin stated), for the old rule, the
 new one, and fixed 3 seeds (decided as the report now does, and with per-trick t-tests and Holm);
 then the new rule at other margins. With --records, the replay is at the effects of a sweep's records
-instead (each trick's mean paired difference, its base's pooled σ_d): what the rest of a sweep under way
-can be expected to decide, and in how many runs.
+instead (each trick's mean paired difference, its base's pooled σ_d; variants with a collapsed run left
+out, as the sweep leaves them): what the rest of a sweep under way can be expected to decide, and in how
+many runs; drawn once with the tricks independent and once with each base's ρ̂ shared through its
+baseline.
 """
 from __future__ import annotations
 
@@ -138,34 +140,53 @@ def grid(plan: Plan, sims: int, tricks: int, rng: np.random.Generator) -> None:
                   f"{seeds.mean():.2f} | {runs_of(seeds, bases).mean():.1f} |")
 
 
-def from_records(root: Path) -> dict[str, tuple[float, float, int]]:
+def from_records(root: Path) -> tuple[dict[str, tuple[float, float, int]], dict[int, float], list[str]]:
     """trick -> (mean paired difference, σ, base index) from a sweep's records (variants <base>/<tricks>,
     partner <base>/baseline at the same seed): σ is the base's pooled σ_d (ablate.sweep.adaptive, robust
-    to an outlying trick), or the trick's own std where the pool left it out."""
+    to an outlying trick), or the trick's own std where the pool left it out; each base's ρ̂, the
+    correlation its tricks' differences share through its baseline; and the variants left out because
+    a run of theirs or of their baseline has a run-health warning (the sweep gives them no more seeds)."""
     from paired_noise import by_base, by_variant
 
+    from ablate.results import find_records
+
+    unhealthy = {r.variant for _, r in find_records(root)[0] if r.status == "ok" and r.health}
     runs = by_variant(root)
     out: dict[str, tuple[float, float, int]] = {}
-    for index, (_, baseline, tricks, seed_lists) in enumerate(by_base(runs)):
+    rho: dict[int, float] = {}
+    collapsed = []
+    for index, (base, baseline, tricks, seed_lists) in enumerate(by_base(runs)):
+        keep = [i for i, t in enumerate(tricks) if t not in unhealthy and f"{base}/baseline" not in unhealthy]
+        collapsed += [t for i, t in enumerate(tricks) if i not in keep]
+        tricks, seed_lists = [tricks[i] for i in keep], [seed_lists[i] for i in keep]
         diffs = [[runs[t][s][0] - baseline[s][0] for s in seeds] for t, seeds in zip(tricks, seed_lists)]
-        sigma, _, kept, _ = pooled_sigma(diffs)
+        sigma, _, kept, rho[index] = pooled_sigma(diffs)
         for t, d, k in zip(tricks, diffs, kept):
             if d:
                 own = float(np.std(d, ddof=1)) if len(d) > 1 else math.nan
                 out[t] = (float(np.mean(d)), sigma if k or math.isnan(own) else own, index)
-    return out
+    return out, rho, collapsed
 
 
 def replay(plan: Plan, sims: int, rng: np.random.Generator, table: dict[str, tuple[float, float, int]] = COMMITTED,
-           source: str = "the committed table's effects and per-trick noise") -> None:
+           source: str = "the committed table's effects and per-trick noise", rho: dict[int, float] | None = None
+           ) -> None:
+    """The rules on sweeps drawn at ``table``'s effects and noise; with ``rho`` (base index -> ρ), a share
+    ρ of each difference's variance is its base's, common to the base's tricks at one seed (their shared
+    baseline run), as in a real sweep."""
     names = list(table)
     effect = np.array([table[t][0] for t in names])
     sigma = np.array([table[t][1] for t in names])
     bases = np.array([table[t][2] for t in names])
     k = len(names)
-    d = effect[None, :, None] + sigma[None, :, None] * rng.standard_normal((sims, len(names), plan.max_seeds))
+    shared = np.array([(rho or {}).get(b, 0.0) for b in bases])[None, :, None]
+    own = rng.standard_normal((sims, len(names), plan.max_seeds))
+    common = rng.standard_normal((sims, int(bases.max()) + 1, plan.max_seeds))[:, bases]
+    d = effect[None, :, None] + sigma[None, :, None] * (np.sqrt(1 - shared) * own + np.sqrt(shared) * common)
     print(f"\nPart 2: replay at {source}, {sims} simulated sweeps; plan "
-          f"min {plan.min_seeds}, max {plan.max_seeds}, margin ±{plan.margin:g}\n")
+          f"min {plan.min_seeds}, max {plan.max_seeds}, margin ±{plan.margin:g}"
+          + (", shared-baseline correlation " + ", ".join(f"base {b} ρ {r:.2f}" for b, r in sorted(rho.items()))
+             if rho else "") + "\n")
     print("| " + " | ".join(f"{t}: Δ {e:+.2f}, σ {s_:.2f}" for t, e, s_ in zip(names, effect, sigma)) + " |")
     print("|" + "---|" * k + "\n")
     print(f"| rule | runs | tricks decided (of {k}) | correct verdicts (of {k}) | "
@@ -220,7 +241,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.records is None:
         replay(plan, args.sims, rng)
     else:
-        table = from_records(args.records)
+        table, rho, collapsed = from_records(args.records)
+        if collapsed:
+            print(f"Left out (a run of theirs or of their baseline collapsed: no more seeds): {', '.join(collapsed)}")
         unknown = [t for t, (_, sigma, _) in table.items() if math.isnan(sigma)]
         if unknown:
             print(f"Left out (no σ: a single paired seed and no pool in their base): {', '.join(unknown)}")
@@ -229,8 +252,10 @@ def main(argv: list[str] | None = None) -> None:
             print("Nothing to replay: no trick has two seeds paired with its baseline's yet.")
             return
         bases = sorted({b for *_, b in table.values()})
-        replay(plan, args.sims, rng, table, f"the effects of {args.records} (their mean paired differences) and "
-               f"their bases' pooled σ_d (bases {', '.join(map(str, bases))}: in the order of their names)")
+        source = (f"the effects of {args.records} (their mean paired differences) and their bases' pooled σ_d "
+                  f"(bases {', '.join(map(str, bases))}: in the order of their names)")
+        replay(plan, args.sims, rng, table, source + ", the tricks drawn independently")
+        replay(plan, args.sims, rng, table, source, {b: rho.get(b, 0.0) for b in bases})
     print(f"\n({time.perf_counter() - start:.0f} s)")
 
 

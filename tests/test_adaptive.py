@@ -279,6 +279,8 @@ def test_the_simulations_replay_reads_effects_and_pooled_noise_from_records(tmp_
     # benchmarks/adaptive_simulation.py --records: each trick's mean paired difference, and its base's pooled
     # σ_d. fcos: a, b against the baseline 40, 41: a +1, +2 (mean 1.5), b −1, 0 (mean −0.5); residuals ±0.5 each,
     # pooled variance (0.5 + 0.5) / 2 = 0.5. frcnn: c +0.5 at one seed: no σ of its own, its base has no pool.
+    # fcos/z collapsed at seed 1 (a health warning): left out, as the sweep leaves it, and out of the pool.
+    # ρ̂ of fcos: residuals at seed 0 sum to −1, at seed 1 to +1: (1 + 1 − 4 · 0.25) / (2 pairs · 0.5) = 1.
     import importlib
     import sys as _sys
     from pathlib import Path as _Path
@@ -288,17 +290,20 @@ def test_the_simulations_replay_reads_effects_and_pooled_noise_from_records(tmp_
     _sys.path.insert(0, str(_Path(__file__).resolve().parents[1] / "benchmarks"))
     simulation = importlib.import_module("adaptive_simulation")
     records = []
-    for seed, (base, a, b) in enumerate([(40.0, 41.0, 39.0), (41.0, 43.0, 41.0)]):
+    for seed, (base, a, b, z) in enumerate([(40.0, 41.0, 39.0, 30.0), (41.0, 43.0, 41.0, 1.0)]):
         records += [make_record("fcos/baseline", tricks=[], seed=seed, mAP=base / 100, base="f"),
                     make_record("fcos/a", tricks=["a"], seed=seed, mAP=a / 100, base="f"),
-                    make_record("fcos/b", tricks=["b"], seed=seed, mAP=b / 100, base="f")]
+                    make_record("fcos/b", tricks=["b"], seed=seed, mAP=b / 100, base="f"),
+                    make_record("fcos/z", tricks=["z"], seed=seed, mAP=z / 100, base="f")]
+    records[-1].health = [{"code": "no_detections", "message": "no detection"}]
     records += [make_record("frcnn/baseline", tricks=[], seed=0, mAP=0.7, base="r"),
                 make_record("frcnn/c", tricks=["c"], seed=0, mAP=0.705, base="r")]
     for r in records:
         r.config_hash += f"-{r.variant}"
     write_all(tmp_path, records)
-    table = simulation.from_records(tmp_path)
-    assert set(table) == {"fcos/a", "fcos/b", "frcnn/c"}
+    table, rho, collapsed = simulation.from_records(tmp_path)
+    assert set(table) == {"fcos/a", "fcos/b", "frcnn/c"} and collapsed == ["fcos/z"]
+    assert rho == {0: pytest.approx(1.0), 1: 0.0}
     assert table["fcos/a"][0] == pytest.approx(1.5) and table["fcos/b"][0] == pytest.approx(-0.5)
     assert table["fcos/a"][1] == pytest.approx(math.sqrt(0.5)) and table["fcos/b"][1] == pytest.approx(math.sqrt(0.5))
     assert table["frcnn/c"][0] == pytest.approx(0.5) and math.isnan(table["frcnn/c"][1])
