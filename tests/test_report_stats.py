@@ -152,6 +152,11 @@ def test_the_report_leads_with_its_decisions(three_seeds, tmp_path: Path):
     assert set(lines) == {"Helped", "Hurt", "No effect", "Undecided", "Best variant"}
     assert "`tight` +2.5 [+1.3, +3.7]" in lines["Helped"] and "(p " not in lines["Helped"]  # p: in the table
     assert "`wide` +2.0 [" in lines["Helped"] and "`worse`" not in lines["Helped"]
+    # wide's own CI [−0.5, +4.5] spans zero: the line says what its "helped" rests on (σ_d 0.71, Holm 0.043);
+    # tight's excludes zero and needs no such word.
+    assert (f"`wide` +2.0 [{MINUS}0.5, +4.5] (its own CI spans zero; decided on the base's pooled σ_d 0.71, "
+            f"Holm p 0.043)") in lines["Helped"]
+    assert "`tight` +2.5 [+1.3, +3.7]," in lines["Helped"] or lines["Helped"].endswith("`tight` +2.5 [+1.3, +3.7].")
     assert f"`worse` {MINUS}2.5 [{MINUS}3.7, {MINUS}1.3]" in lines["Hurt"] and "`tight`" not in lines["Hurt"]
     assert "`lone` +1.0 (1 seed, no CI)" in lines["Undecided"]
     assert "`tight`" not in lines["Undecided"] and "`wide`" not in lines["Undecided"]

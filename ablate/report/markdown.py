@@ -210,13 +210,23 @@ def _with_ci(r: Mapping, several: bool) -> str:
     return text + (" (not tested: unpaired)" if math.isnan(r["p_difference"]) else "")
 
 
+def _decided(r: Mapping, several: bool) -> str:
+    """A helped or hurt variant with its own 95% CI, and, where that CI spans zero, what the verdict rests
+    on instead (the base's pooled σ_d, corrected), so that the line does not read as a contradiction."""
+    text = _with_ci(r, several)
+    if r["delta_sign"] == 0:
+        text += (f" (its own CI spans zero; decided on the base's pooled σ_d {r['sigma_d']:.2f}, "
+                 f"{CORRECTION} p {r['p_difference_adjusted']:.2g})")
+    return text
+
+
 def _verdict_lines(rows: Sequence[Mapping], several: bool) -> list[str]:
     """The healthy variants by verdict: helped, hurt, no effect (with its margin), undecided (an adaptive
     sweep's open ones among them, said so); each line says "none" rather than disappearing."""
     by = {v: [r for r in rows if r["verdict"] == v] for v in ("helped", "hurt", "no_effect")}
     undecided = [r for r in rows if r["verdict"] not in by]
-    return ["- **Helped**: " + (", ".join(_with_ci(r, several) for r in by["helped"]) or "none") + ".",
-            "- **Hurt**: " + (", ".join(_with_ci(r, several) for r in by["hurt"]) or "none") + ".",
+    return ["- **Helped**: " + (", ".join(_decided(r, several) for r in by["helped"]) or "none") + ".",
+            "- **Hurt**: " + (", ".join(_decided(r, several) for r in by["hurt"]) or "none") + ".",
             "- **No effect** beyond the margin stated: "
             + (", ".join(f"{_with_ci(r, several)} (|Δ| < {r['margin']:.1f})" for r in by["no_effect"]) or "none")
             + ".",
