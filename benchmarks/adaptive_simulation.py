@@ -13,7 +13,7 @@ Holm ones); the new rule is ablate/sweep/adaptive.py. One more row at Δ = 0 giv
 baseline (half of each difference's variance common to all tricks, correlation 0.5), which the pooled
 σ_d assumes away.
 
-Part 2, a replay at the committed bag-of-tricks table (reports/bag_of_tricks/runs): each trick's
+Part 2, a replay at the committed bag-of-tricks table (reports/bag_of_tricks_3seed/runs): each trick's
 difference Normal(its mean, its own std over the 3 committed seeds), FCOS's 7 tricks on one baseline and
 iou_balanced on Faster R-CNN's; runs in all (variants and baselines), tricks decided and correct verdicts
 (helped/hurt of the true sign, or no effect with |true Δ| under the margin stated), for the old rule, the
@@ -41,7 +41,7 @@ from ablate.report.stats import TARGET_DELTA  # noqa: E402
 from ablate.sweep.adaptive import (HELPED, HURT, NO_EFFECT, OPEN, UNDECIDED, Plan, holm_rows, look,  # noqa: E402
                                    pooled_sigma, run_plan)
 
-# The committed table (reports/bag_of_tricks/runs, 3 seeds): mean and std of each trick's paired
+# The committed table (reports/bag_of_tricks_3seed/runs, 3 seeds): mean and std of each trick's paired
 # differences, points of mAP, and its base (0 FCOS, 1 Faster R-CNN).
 COMMITTED = {
     "warmup": (1.06, 0.52, 0), "mixup": (-3.10, 1.98, 0), "cutmix": (-7.91, 0.64, 0),

@@ -22,7 +22,7 @@ from ablate.report.table import epoch_curves, per_class_deltas
 from ablate.results import RunRecord, find_records
 
 REPO = Path(__file__).resolve().parents[1]
-BAG = REPO / "reports" / "bag_of_tricks" / "runs"
+BAG = REPO / "reports" / "bag_of_tricks_3seed" / "runs"
 CLASSES = [f"class_{c:02d}" for c in range(12)]
 BASES = ("fcos", "faster_rcnn", "retinanet")
 FIGURES = ("delta_map.png", "curves.png", "pareto.png", "per_class.png")

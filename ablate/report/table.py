@@ -42,7 +42,7 @@ TIMING_COLUMNS = ("train_s", "images_per_s", "peak_memory_mb", "inference_ms", "
 # varies by more than this factor between the runs of one base, something else shared the CPU (another
 # job, a second run of the sweep), and their wall times measure that, not the tricks: the base's Train
 # time and Images/s are then taken from CPU seconds (timings.train_cpu_s). Measured here: 1-thread runs
-# alone 0.96-1.0 CPU s per wall s; beside other work 0.47-0.96 (reports/bag_of_tricks).
+# alone 0.96-1.0 CPU s per wall s; beside other work 0.47-0.96 (reports/bag_of_tricks_3seed).
 SHARED_CPU_RATIO = 1.25
 
 # Cost column -> (its change column against the baseline, "pct" or "abs").
