@@ -1,7 +1,9 @@
 """How noisy a sweep's paired comparisons are, from its records: per base, the paired σ_d of its
 tricks (the report's pool, robust to an outlying trick, and the plain pool), the seed-to-seed σ of
 the baseline, the correlation between a variant's mAP and its baseline's across seeds, and the
-noise the val set alone explains (each run's bootstrap `mAP_se`, where records carry it).
+noise the val set alone explains (each run's bootstrap `mAP_se`, where records carry it); with
+--early EPOCH, how much of each variant's seed noise its early training already shows (the spread of
+its training loss in that epoch over seeds, and that loss's correlation with the final mAP).
 
     python benchmarks/paired_noise.py before=reports/bag_of_tricks_3seed/runs after=reports/bag_of_tricks/runs
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -83,9 +86,48 @@ def base_rows(runs: dict[str, dict[int, tuple[float, float]]]) -> list[dict]:
     return rows
 
 
+def early_loss(root: Path, epoch: int) -> dict[str, dict[int, tuple[float, float]]]:
+    """variant -> seed -> (training loss of `epoch`, mAP in points), healthy ok runs: the epoch's mean loss
+    from the run's train.log (its last "epoch E/N: loss X" line, the one of the launch that finished),
+    else the mean of the record's loss curve in that epoch (every 20th step: a noisier figure)."""
+    found, _ = find_records(root)
+    out: dict[str, dict[int, tuple[float, float]]] = defaultdict(dict)
+    for path, r in found:
+        if r.status != "ok" or r.health:
+            continue
+        log = Path(path).parent / "train.log"
+        logged = re.findall(rf"epoch {epoch}/\d+: loss ([0-9.]+)", log.read_text()) if log.is_file() else []
+        losses = [float(logged[-1])] if logged else [p["loss"] for p in (r.curve or []) if p.get("epoch") == epoch]
+        if losses:
+            out[r.variant][r.seed] = (float(np.mean(losses)), 100 * r.metrics["mAP"])
+    return out
+
+
+def early_rows(runs: dict[str, dict[int, tuple[float, float]]]) -> list[dict]:
+    """Per variant with 3 seeds or more: the spread over seeds of its early loss and of its mAP, and
+    their correlation; per base, that correlation pooled over its variants (each centred on its own
+    means): how much of the seed noise the early phase of training already shows."""
+    rows = []
+    for base in sorted({v.split("/", 1)[0] for v in runs if "/" in v}):
+        xs, ys = [], []
+        for v in sorted(t for t in runs if t.startswith(f"{base}/") and len(runs[t]) >= 3):
+            loss, m = (np.array(c) for c in zip(*runs[v].values()))
+            rows.append({"variant": v, "seeds": len(loss), "loss_sd": float(loss.std(ddof=1)),
+                         "map_sd": float(m.std(ddof=1)), "r": float(np.corrcoef(loss, m)[0, 1])})
+            xs += list(loss - loss.mean())
+            ys += list(m - m.mean())
+        if len(xs) >= 3:
+            rows.append({"variant": f"{base} (pooled)", "seeds": len(xs), "loss_sd": math.nan, "map_sd": math.nan,
+                         "r": float(np.corrcoef(xs, ys)[0, 1])})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", nargs="+", help="LABEL=RUNS_DIR")
+    ap.add_argument("--early", type=int, default=0, metavar="EPOCH",
+                    help="also: per variant, the spread over seeds of its training loss in EPOCH and that loss's "
+                         "correlation with the final mAP (healthy runs; variants with 3 seeds or more)")
     args = ap.parse_args(argv)
     print("| records | base | tricks | runs | σ_d pooled (df; left out) | σ_d plain pool | σ baseline | r(variant, baseline) "
           "| √(se_v² + se_b²) |")
@@ -96,6 +138,13 @@ def main(argv: list[str] | None = None) -> None:
             out = ", ".join(r["left_out"]) or "none"
             print(f"| {label} | {r['base']} | {r['tricks']} | {r['runs']} | {r['sigma_d']:.2f} ({r['df']:.1f}; {out}) "
                   f"| {r['sigma_d_plain']:.2f} | {r['sigma_base']:.2f} | {r['r']:+.2f} | {r['val_noise']:.2f} |")
+    if args.early:
+        print(f"\n| records | variant | seeds | sd of epoch-{args.early} loss | σ mAP | r(epoch-{args.early} loss, mAP) |")
+        print("|---|---|--:|--:|--:|--:|")
+        for arg in args.runs:
+            label, _, path = arg.partition("=")
+            for r in early_rows(early_loss(Path(path), args.early)):
+                print(f"| {label} | {r['variant']} | {r['seeds']} | {r['loss_sd']:.3f} | {r['map_sd']:.2f} | {r['r']:+.2f} |")
 
 
 if __name__ == "__main__":
