@@ -97,7 +97,8 @@ def early_loss(root: Path, epoch: int) -> dict[str, dict[int, tuple[float, float
             continue
         log = Path(path).parent / "train.log"
         logged = re.findall(rf"epoch {epoch}/\d+: loss ([0-9.]+)", log.read_text()) if log.is_file() else []
-        losses = [float(logged[-1])] if logged else [p["loss"] for p in (r.curve or []) if p.get("epoch") == epoch]
+        losses = [float(logged[-1])] if logged else [p["loss"] for p in (r.curve or [])
+                                                     if p.get("epoch") == epoch and "loss" in p]
         if losses:
             out[r.variant][r.seed] = (float(np.mean(losses)), 100 * r.metrics["mAP"])
     return out
