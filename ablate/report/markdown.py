@@ -18,11 +18,11 @@ import numpy as np
 import pandas as pd
 
 from ablate.report.stats import (ALPHA, CUMULATIVE, POWER, TARGET_DELTA, compare, cumulative_steps, detect_design,
-                                 detectable_change, factorial_effects, seeds_needed, seeds_needed_z)
+                                 detectable_change, factorial_effects, paired_differences, seeds_needed,
+                                 seeds_needed_z)
 from ablate.report.table import (mixed_code, COST_HEADERS, DASH, DELTA_HEADER, HEALTH_HEADER, NA, P_HEADER,
                                  SHARED_CPU_RATIO, TABLE_METRICS, WARN, display_table, fmt_bounds, fmt_ci, fmt_delta, fmt_interval,
-                                 fmt_p, fmt_points, fmt_verdict, metrics_table, paired_differences, seed_values,
-                                 variant_label)
+                                 fmt_p, fmt_points, fmt_verdict, metrics_table, seed_values, variant_label)
 from ablate.sweep.adaptive import COLLAPSED, CORRECTION, OPEN, SCREEN_LEVEL, pooled_sigma
 from ablate.results import STATUSES
 

@@ -6,7 +6,8 @@ No torch here (see ``ablate.report``); scipy is imported on first use, so ``impo
 Formulas (n seeds, d_i the per-seed differences variant − baseline):
 
 - paired 95% CI: mean(d) ± t_{0.975, n−1} · s_d / √n, s_d the sample std (ddof 1) of the d_i;
-- Welch's 95% CI (neither seed set contains the other; otherwise the d_i are taken on the seeds both ran): mean(a) − mean(b) ± t_{0.975, ν} · √(s_a²/n_a + s_b²/n_b), with
+- Welch's 95% CI (neither seed set contains the other; otherwise the d_i are taken on the seeds both
+  ran): mean(a) − mean(b) ± t_{0.975, ν} · √(s_a²/n_a + s_b²/n_b), with
   ν = (s_a²/n_a + s_b²/n_b)² / ((s_a²/n_a)²/(n_a − 1) + (s_b²/n_b)²/(n_b − 1));
 - seeds for a paired test to detect a change δ with power 1 − β at two-sided level α:
   n = ((z_{1−α/2} + z_{1−β}) · σ_d / δ)², and with the t-distribution the smallest n ≥ 2 such that
@@ -124,24 +125,29 @@ def welch_interval(a: Sequence[float], b: Sequence[float], level: float = LEVEL)
     return Interval(mean=mean, half=half, method=WELCH, n=n, df=df)
 
 
-def paired_seeds(variant: Mapping[int, float], baseline: Mapping[int, float]) -> list[int] | None:
-    """The seeds on which to pair variant and baseline, in order: the seeds both ran, when one side's seeds
+def paired_differences(variant: Mapping[int, float], baseline: Mapping[int, float]) -> np.ndarray | None:
+    """Per-seed differences variant − baseline on the seeds both ran, in seed order, when one side's seeds
     contain the other's (the same seeds; an adaptive sweep's trick that stopped before its baseline, whose
     other tricks went on; a run that failed on one side). None when neither contains the other (seed sets
-    that merely overlap, or none): then the two groups are compared as independent."""
+    that merely overlap, or none): then the two groups are compared as independent.
+
+    Pairing by seed removes the part of the seed noise the two runs share (same data order, same
+    initialisation of the shared layers), so the spread of these differences, not the spread of
+    either mAP, is what says whether a trick helps.
+    """
     a, b = set(variant), set(baseline)
     if not a or not b or not (a <= b or b <= a):
         return None
-    return sorted(a & b)
+    return np.asarray([variant[s] - baseline[s] for s in sorted(a & b)], dtype=float)
 
 
 def compare(variant: Mapping[int, float], baseline: Mapping[int, float], level: float = LEVEL) -> Interval:
-    """variant − baseline: paired by seed on ``paired_seeds``, else Welch's interval of the two groups."""
+    """variant − baseline: paired by seed on ``paired_differences``, else Welch's interval of the two groups."""
     if not variant or not baseline:
         return Interval()
-    seeds = paired_seeds(variant, baseline)
-    if seeds is not None:
-        return paired_interval([variant[s] - baseline[s] for s in seeds], level)
+    diffs = paired_differences(variant, baseline)
+    if diffs is not None:
+        return paired_interval(diffs, level)
     return welch_interval(list(variant.values()), list(baseline.values()), level)
 
 

@@ -23,8 +23,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from ablate.report.stats import (ALPHA, POWER, TARGET_DELTA, Interval, compare, paired_seeds, relative_change,
-                                 trick_kind)
+from ablate.report.stats import (ALPHA, POWER, TARGET_DELTA, Interval, compare, paired_differences,
+                                 relative_change, trick_kind)
 from ablate.results import COCO_METRICS, STATUSES, RunRecord, tricks_hash
 from ablate.sweep.adaptive import UNDECIDED, fixed_decisions
 
@@ -164,20 +164,6 @@ def per_seed(values: Iterable[tuple[int, float]]) -> dict[int, float]:
         if not math.isnan(value):
             by_seed.setdefault(seed, []).append(value)
     return {seed: float(np.mean(v)) for seed, v in sorted(by_seed.items())}
-
-
-def paired_differences(variant: Mapping[int, float], baseline: Mapping[int, float]) -> np.ndarray | None:
-    """Per-seed differences variant − baseline on the seeds both ran, in seed order, when one side's seeds
-    contain the other's (stats.paired_seeds: an adaptive sweep stops a trick before its baseline); else None.
-
-    Pairing by seed removes the part of the seed noise the two runs share (same data order, same
-    initialisation of the shared layers), so the spread of these differences, not the spread of
-    either mAP, is what says whether a trick helps.
-    """
-    seeds = paired_seeds(variant, baseline)
-    if seeds is None:
-        return None
-    return np.asarray([variant[s] - baseline[s] for s in seeds], dtype=float)
 
 
 @dataclass
