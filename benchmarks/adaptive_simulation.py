@@ -150,8 +150,9 @@ def from_records(root: Path) -> tuple[dict[str, tuple[float, float, int]], dict[
 
     from ablate.results import find_records
 
-    unhealthy = {r.variant for _, r in find_records(root)[0] if r.status == "ok" and r.health}
-    runs = by_variant(root)
+    found, _ = find_records(root)
+    unhealthy = {r.variant for _, r in found if r.status == "ok" and r.health}
+    runs = by_variant(found)
     out: dict[str, tuple[float, float, int]] = {}
     rho: dict[int, float] = {}
     collapsed = []

@@ -19,19 +19,22 @@ import re
 import sys
 from collections import defaultdict
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ablate.report.stats import pooled_std  # noqa: E402
-from ablate.results import find_records  # noqa: E402
+from ablate.results import RunRecord, find_records  # noqa: E402
 from ablate.sweep.adaptive import pooled_sigma  # noqa: E402
 
 
-def by_variant(root: Path) -> dict[str, dict[int, tuple[float, float]]]:
+Found = list[tuple[Path, RunRecord]]  # find_records' records with their result.json paths
+
+
+def by_variant(found: Found) -> dict[str, dict[int, tuple[float, float]]]:
     """variant -> seed -> (mAP, mAP_se) in points, ok runs only (mAP_se NaN where not recorded)."""
-    found, _ = find_records(root)
     out: dict[str, dict[int, tuple[float, float]]] = defaultdict(dict)
     for _, r in found:
         if r.status == "ok":
@@ -56,12 +59,17 @@ def rms(values: list[float]) -> float:
     return float(np.sqrt(np.mean(np.square(values)))) if values else math.nan
 
 
+def base_names(runs: Mapping[str, object]) -> list[str]:
+    """The bases of variants named <base>/<tricks>, in the order of their names."""
+    return sorted({v.split("/", 1)[0] for v in runs if "/" in v})
+
+
 def by_base(runs: dict[str, dict[int, tuple[float, float]]]
             ) -> list[tuple[str, dict[int, tuple[float, float]], list[str], list[list[int]]]]:
     """Per base, in the order of their names: its baseline's runs, its tricks, and the seeds each trick
     shares with the baseline (those its paired differences are taken at)."""
     out = []
-    for base in sorted({v.split("/", 1)[0] for v in runs if "/" in v}):
+    for base in base_names(runs):
         baseline = runs.get(f"{base}/baseline", {})
         tricks = sorted(v for v in runs if v.startswith(f"{base}/") and v != f"{base}/baseline")
         out.append((base, baseline, tricks, [sorted(set(runs[t]) & set(baseline)) for t in tricks]))
@@ -86,11 +94,10 @@ def base_rows(runs: dict[str, dict[int, tuple[float, float]]]) -> list[dict]:
     return rows
 
 
-def early_loss(root: Path, epoch: int) -> dict[str, dict[int, tuple[float, float]]]:
+def early_loss(found: Found, epoch: int) -> dict[str, dict[int, tuple[float, float]]]:
     """variant -> seed -> (training loss of `epoch`, mAP in points), healthy ok runs: the epoch's mean loss
     from the run's train.log (its last "epoch E/N: loss X" line, the one of the launch that finished),
     else the mean of the record's loss curve in that epoch (every 20th step: a noisier figure)."""
-    found, _ = find_records(root)
     out: dict[str, dict[int, tuple[float, float]]] = defaultdict(dict)
     for path, r in found:
         if r.status != "ok" or r.health:
@@ -109,7 +116,7 @@ def early_rows(runs: dict[str, dict[int, tuple[float, float]]]) -> list[dict]:
     their correlation; per base, that correlation pooled over its variants (each centred on its own
     means): how much of the seed noise the early phase of training already shows."""
     rows = []
-    for base in sorted({v.split("/", 1)[0] for v in runs if "/" in v}):
+    for base in base_names(runs):
         xs, ys = [], []
         for v in sorted(t for t in runs if t.startswith(f"{base}/") and len(runs[t]) >= 3):
             loss, m = (np.array(c) for c in zip(*runs[v].values()))
@@ -133,18 +140,17 @@ def main(argv: list[str] | None = None) -> None:
     print("| records | base | tricks | runs | σ_d pooled (df; left out) | σ_d plain pool | σ baseline | r(variant, baseline) "
           "| √(se_v² + se_b²) |")
     print("|---|---|--:|--:|--:|--:|--:|--:|--:|")
-    for arg in args.runs:
-        label, _, path = arg.partition("=")
-        for r in base_rows(by_variant(Path(path))):
+    records = {label: find_records(Path(path))[0] for label, _, path in (a.partition("=") for a in args.runs)}
+    for label, found in records.items():
+        for r in base_rows(by_variant(found)):
             out = ", ".join(r["left_out"]) or "none"
             print(f"| {label} | {r['base']} | {r['tricks']} | {r['runs']} | {r['sigma_d']:.2f} ({r['df']:.1f}; {out}) "
                   f"| {r['sigma_d_plain']:.2f} | {r['sigma_base']:.2f} | {r['r']:+.2f} | {r['val_noise']:.2f} |")
     if args.early:
         print(f"\n| records | variant | seeds | sd of epoch-{args.early} loss | σ mAP | r(epoch-{args.early} loss, mAP) |")
         print("|---|---|--:|--:|--:|--:|")
-        for arg in args.runs:
-            label, _, path = arg.partition("=")
-            for r in early_rows(early_loss(Path(path), args.early)):
+        for label, found in records.items():
+            for r in early_rows(early_loss(found, args.early)):
                 print(f"| {label} | {r['variant']} | {r['seeds']} | {r['loss_sd']:.3f} | {r['map_sd']:.2f} | {r['r']:+.2f} |")
 
 
