@@ -15,7 +15,8 @@ from ablate.report.table import (display_table, epoch_curves, paired_differences
                                  runs_table)
 from ablate.errors import UserInputError
 from ablate.results import RECORD_NAME, RunRecord, atomic_write_text, find_records
-from ablate.sweep.adaptive import ADAPTIVE_FILE, Plan, decisions_from_records
+from ablate.sweep.adaptive import (ADAPTIVE_FILE, HELPED, HURT, NO_EFFECT, OPEN, UNDECIDED, Plan,
+                                   decisions_from_records)
 
 __all__ = ["ReportError", "build_report", "records_table", "runs_table", "display_table", "paired_differences"]
 
@@ -48,13 +49,16 @@ def adaptive_lines(runs_dirs: list[Path], found: list[tuple[Path, RunRecord]]) -
 
 def adopt_decisions(table, decisions: list) -> None:
     """The adaptive sweep's decisions (on which it stopped) in place of the table's one-look ones, for the
-    variants named alike."""
+    variants named alike. table.csv's verdict keeps to helped, hurt, no_effect, undecided (and open while the
+    sweep runs), as a fixed-seed table's does: a variant left undecided because a run collapsed or failed says
+    why in its health and status columns and in the "Adaptive seeds" section."""
     for d in decisions:
         rows = (table["variant"] == d.variant) & ~table["baseline"]
         if rows.any():
+            verdict = d.verdict if d.verdict in (HELPED, HURT, NO_EFFECT, UNDECIDED, OPEN) else UNDECIDED
             table.loc[rows, ["verdict", "p_difference", "p_difference_adjusted", "p_equivalence",
                              "p_equivalence_adjusted", "margin", "sigma_d", "sigma_d_df", "sigma_d_pooled"]] = [
-                d.verdict, d.p_difference, d.p_difference_adjusted, d.p_equivalence, d.p_equivalence_adjusted,
+                verdict, d.p_difference, d.p_difference_adjusted, d.p_equivalence, d.p_equivalence_adjusted,
                 d.margin, d.std, d.df, d.pooled]
 
 
