@@ -114,6 +114,11 @@ def runs_of(seeds: np.ndarray, bases: np.ndarray) -> np.ndarray:
     return seeds.sum(1) + sum(seeds[:, bases == b].max(1) for b in np.unique(bases))
 
 
+def stated(margin: np.ndarray, bases: np.ndarray) -> str:
+    """The mean no-effect margin a rule stated, per base: "X0 / X1"."""
+    return " / ".join(f"{np.nanmean(margin[:, bases == b]):.2f}" for b in np.unique(bases))
+
+
 def correct(verdict: np.ndarray, effect: np.ndarray, margin: np.ndarray) -> np.ndarray:
     return (((verdict == HELPED) & (effect > 0)) | ((verdict == HURT) & (effect < 0))
             | ((verdict == NO_EFFECT) & (np.abs(effect) < margin)))
@@ -190,9 +195,10 @@ def replay(plan: Plan, sims: int, rng: np.random.Generator, table: dict[str, tup
              if rho else "") + "\n")
     print("| " + " | ".join(f"{t}: Δ {e:+.2f}, σ {s_:.2f}" for t, e, s_ in zip(names, effect, sigma)) + " |")
     print("|" + "---|" * k + "\n")
-    print(f"| rule | runs | tricks decided (of {k}) | correct verdicts (of {k}) | "
-          + " | ".join(names) + " |")
-    print("|---|---:|---:|---:|" + "---:|" * len(names))
+    # X: the no-effect margin each rule states, which a design with fewer seeds widens to what it can reach
+    print(f"| rule | runs | tricks decided (of {k}) | correct verdicts (of {k}) | mean X stated, base "
+          + " / ".join(str(b) for b in np.unique(bases)) + " | " + " | ".join(names) + " |")
+    print("|---|---:|---:|---:|---:|" + "---:|" * len(names))
     old_v, old_seeds = old_rule(d, plan)
     new = run_plan(d, plan, bases)
     fixed_v, fixed_x = fixed_rule(d, bases, 3, TARGET_DELTA, plan.alpha)  # the report's margin
@@ -206,7 +212,7 @@ def replay(plan: Plan, sims: int, rng: np.random.Generator, table: dict[str, tup
         good = correct(v, effect[None, :], x)
         per = " | ".join(f"{100 * good[:, j].mean():.0f}% ({seeds[:, j].mean():.1f})" for j in range(len(names)))
         print(f"| {name} | {runs_of(seeds, bases).mean():.1f} | {decided.sum(1).mean():.2f} | "
-              f"{good.sum(1).mean():.2f} | {per} |")
+              f"{good.sum(1).mean():.2f} | {stated(x, bases)} | {per} |")
     print("\n(per trick: the share of correct verdicts, and its mean seeds)")
     print(f"\nThe new rule at other margins (the same {sims} sweeps):\n")
     print(f"| margin | runs | tricks decided (of {k}) | correct verdicts (of {k}) | mean X stated, base "
@@ -217,8 +223,7 @@ def replay(plan: Plan, sims: int, rng: np.random.Generator, table: dict[str, tup
         o = run_plan(d, other, bases)
         decided = (o.verdict == HELPED) | (o.verdict == HURT) | (o.verdict == NO_EFFECT)
         print(f"| {margin:g} | {runs_of(o.seeds, bases).mean():.1f} | {decided.sum(1).mean():.2f} | "
-              f"{correct(o.verdict, effect[None, :], o.margin).sum(1).mean():.2f} | "
-              + " / ".join(f"{np.nanmean(o.margin[:, bases == b]):.2f}" for b in np.unique(bases)) + " |")
+              f"{correct(o.verdict, effect[None, :], o.margin).sum(1).mean():.2f} | {stated(o.margin, bases)} |")
 
 
 def main(argv: list[str] | None = None) -> None:
