@@ -12,7 +12,7 @@ from ablate.results import read_record
 from ablate.sweep.adaptive import (HELPED, HURT, NO_EFFECT, OPEN, UNDECIDED, Plan, PlanError, decide,
                                    decisions_from_records, holm, look, pooled_sigma, run_plan, simulate)
 from ablate.sweep.design import SweepFileError, load_sweep
-from conftest import ablate, paths
+from conftest import REPO_ROOT, ablate, paths
 
 SIMS = 20_000
 
@@ -308,3 +308,29 @@ def test_the_simulations_replay_reads_effects_and_pooled_noise_from_records(tmp_
     assert table["fcos/a"][1] == pytest.approx(math.sqrt(0.5)) and table["fcos/b"][1] == pytest.approx(math.sqrt(0.5))
     assert table["frcnn/c"][0] == pytest.approx(0.5) and math.isnan(table["frcnn/c"][1])
     assert (table["fcos/a"][2], table["frcnn/c"][2]) == (0, 1)
+
+
+def test_the_committed_bag_tables_verdicts_and_seeds_are_what_its_records_decide():
+    """reports/bag_of_tricks/table.csv (the README's table) against the rule replayed on its committed
+    records: a change to the rule or the table that is not followed by a rebuilt report fails here."""
+    import pandas as pd
+
+    from ablate.report import adaptive_lines, adopt_decisions, records_table
+    from ablate.results import find_records
+
+    report = REPO_ROOT / "reports" / "bag_of_tricks"
+    runs = report / "runs" / "bag_of_tricks"
+    found, errors = find_records(runs)
+    assert found and not errors
+    info = json.loads((runs / "adaptive.json").read_text())
+    assert info.get("complete", True), "the committed bag sweep is marked unfinished"
+    table = records_table([r for _, r in found])
+    _, decisions = adaptive_lines([runs], found)
+    adopt_decisions(table, decisions)
+    committed = pd.read_csv(report / "table.csv")
+    assert list(committed["variant"]) == list(table["variant"])
+    assert list(committed["seeds"]) == list(table["seeds"])
+    assert list(committed["verdict"].fillna("")) == list(table["verdict"].fillna(""))
+    assert {d.variant for d in decisions} == set(info["variants"])
+    stops = {d.variant: d.seeds for d in decisions}
+    assert all(stops[v] <= table.set_index("variant").loc[v, "seeds"] for v in stops)
