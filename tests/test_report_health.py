@@ -65,6 +65,9 @@ def test_collapsed_variant_is_flagged_in_table_summary_and_csv(tmp_path: Path):
     assert "300 of 300 detections" in health and "AR100 0.000 is below 0.01" in health
     assert "degenerate_boxes, near_zero_recall" in health  # seed 0's codes
     assert "Health: run-health warnings" in section(report, "Notes")
+    # σ_d pools ls alone (differences +1, +1: its own ~0), not mixup's −40, −42, as the decisions leave it out
+    noise = section(report, "Seed noise and power")
+    assert "pooled over the paired per-seed differences of 1 variant" in noise
 
     table = pd.read_csv(out / "table.csv").set_index("variant")
     assert table.loc["mixup", "health"] == "degenerate_boxes (2/2 seeds), near_zero_recall (1/2 seeds)"
@@ -106,6 +109,10 @@ def test_collapsed_baseline_is_flagged_first_and_voids_every_delta(tmp_path: Pat
     table = pd.read_csv(out / "table.csv").set_index("variant")
     assert table.loc["baseline", "health"] == "degenerate_boxes (2/2 seeds)"
     assert bool(table.loc["mixup", "baseline_unhealthy"]) and not bool(table.loc["baseline", "baseline_unhealthy"])
+    # a collapsed baseline's spread is the collapse's: no σ_d, no seeds needed
+    noise = section(report, "Seed noise and power")
+    assert "The baseline collapsed (degenerate_boxes (2/2 seeds)" in noise
+    assert "σ_d =" not in noise and "seeds** per variant" not in noise
 
 
 def test_healthy_sweep_shows_no_health_marks(tmp_path: Path):

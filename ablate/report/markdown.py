@@ -319,6 +319,10 @@ def _base_noise_line(block: pd.DataFrame, runs: pd.DataFrame, several: bool, alp
     delta, power = TARGET_DELTA, POWER
     base_row = block[block["baseline"]].iloc[0]
     prefix = f"**{base_row['base']}**: " if several else ""
+    if base_row["health"]:  # its spread would be the collapse's, not the seeds'
+        return (f"- {prefix}The baseline collapsed ({base_row['health']}; see “Run health”): its seed-to-seed "
+                f"spread measures the collapse, not the seed noise, so this base gets no σ_d and no power "
+                f"statement.")
     baseline = seed_values(runs, base_row)
     n_b = len(baseline)
     sigma = float(np.std(list(baseline.values()), ddof=1)) if n_b >= 2 else math.nan
@@ -377,7 +381,10 @@ def _sigma_d(block: pd.DataFrame, runs: pd.DataFrame, baseline: Mapping[int, flo
     seed of each variant: pooled over the variants with two paired seeds or more (the outliers left
     out), else √2·σ from the baseline's spread (NaN when that is unknown too)."""
     names, groups = [], []
-    for rec in block[~block["baseline"] & block["delta_paired"] & (block["delta_seeds"] >= 2)].to_dict("records"):
+    # a variant with a collapsed run measures the collapse: outside the pool, as it is outside the decisions
+    healthy = ~block["health"].fillna("").astype(bool) & ~block["baseline_unhealthy"].astype(bool)
+    rows = ~block["baseline"] & block["delta_paired"] & (block["delta_seeds"] >= 2) & healthy
+    for rec in block[rows].to_dict("records"):
         variant = seed_values(runs, rec)
         names.append(_name(rec, several))
         groups.append(paired_differences(variant, baseline).tolist())
