@@ -183,7 +183,7 @@ def decision_lines(table: pd.DataFrame, runs: pd.DataFrame) -> list[str]:
     several = table["base_hash"].nunique() > 1
     lines = health_lines(table)  # a collapse first: it says which decisions mean nothing
     computed = table[~table["baseline"] & table["delta_mAP"].notna()]
-    rows = computed[(computed["health"] == "") & ~computed["baseline_unhealthy"]].to_dict("records")
+    rows = computed[_healthy(computed)].to_dict("records")
     if rows:
         lines += _verdict_lines(rows, several)
     elif len(computed):
@@ -208,6 +208,12 @@ def _with_ci(r: Mapping, several: bool) -> str:
         return f"{_name(r, several)} {fmt_delta(r['delta_mAP'])} (1 seed, no CI)"
     text = f"{_name(r, several)} {fmt_delta(r['delta_mAP'])} {fmt_bounds(r['delta_ci_low'], r['delta_ci_high'])}"
     return text + (" (not tested: unpaired)" if math.isnan(r["p_difference"]) else "")
+
+
+def _healthy(rows: pd.DataFrame) -> pd.Series:
+    """The rows of variants with no run-health warning on their side or their baseline's: those the
+    decisions and the σ_d pool read (a collapsed run measures the collapse, not the trick)."""
+    return (rows["health"] == "") & ~rows["baseline_unhealthy"]
 
 
 def _decided(r: Mapping, several: bool) -> str:
@@ -382,8 +388,7 @@ def _sigma_d(block: pd.DataFrame, runs: pd.DataFrame, baseline: Mapping[int, flo
     out), else √2·σ from the baseline's spread (NaN when that is unknown too)."""
     names, groups = [], []
     # a variant with a collapsed run measures the collapse: outside the pool, as it is outside the decisions
-    healthy = ~block["health"].fillna("").astype(bool) & ~block["baseline_unhealthy"].astype(bool)
-    rows = ~block["baseline"] & block["delta_paired"] & (block["delta_seeds"] >= 2) & healthy
+    rows = ~block["baseline"] & block["delta_paired"] & (block["delta_seeds"] >= 2) & _healthy(block)
     for rec in block[rows].to_dict("records"):
         variant = seed_values(runs, rec)
         names.append(_name(rec, several))
